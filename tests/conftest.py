@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random model (once per session), a local Ray (once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.fakes.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for all integration tests (starting Ray costs seconds)."""
+    from themis.config import RayConfig
+    from themis.runtime import init_ray
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=400))
+    import ray
+
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,197 @@
+"""A real local OpenAI-compatible HTTP server for tests, with scripted faults.
+
+It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 (a free port) from a
+background thread. ``faults`` maps a key found in the last user message (a row id such as
+"row-3") to the faults its successive attempts get; once they are used up the row gets a valid
+reply, ``"ok: <last user message>"``. Fault kinds:
+
+- "429": Too Many Requests with ``Retry-After: 0``;  "500", "503": server errors;
+- "400": a permanent client error;
+- "timeout": no reply for ``hang_s`` seconds (set it above the client's timeout);
+- "malformed": 200 with a non-JSON body;  "empty": 200 with ``choices: []``;
+- "null": 200 with a choice whose content is null.
+
+Usage::
+
+    with FakeOpenAIServer({"row-3": ["500", "429"]}) as server:
+        engine = OpenAIEngine(OpenAIEngineConfig(base_url=server.base_url, model="fake"))
+        ...
+        assert server.attempts["row-3"] == 3
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_ERROR_STATUSES = {"429": 429, "500": 500, "503": 503, "400": 400}
+
+
+class _Server(ThreadingHTTPServer):
+    # The stdlib's listen backlog of 5 drops connections when a client opens many at once, which
+    # shows up as spurious connect timeouts; a real server accepts them all.
+    request_queue_size = 128
+    daemon_threads = True  # a hanging "timeout" reply must not block stop()
+
+
+class FakeOpenAIServer:
+    """Start with ``start()``/``stop()`` or as a context manager; inspect what it received."""
+
+    def __init__(
+        self,
+        faults: dict[str, list[str]] | None = None,
+        *,
+        hang_s: float = 2.0,
+        delay_s: float = 0.0,
+        model: str = "fake",
+    ):
+        self.faults = {key: list(kinds) for key, kinds in (faults or {}).items()}
+        self.hang_s = hang_s  # how long a "timeout" fault stays silent
+        self.delay_s = delay_s  # time every request takes, so that requests overlap
+        self.model = model
+        self.attempts: Counter[str] = Counter()  # per fault key, else per last user message
+        self.bodies: list[dict[str, Any]] = []  # every chat request body, in arrival order
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give a client, ending in /v1."""
+        assert self._httpd is not None, "start the server first"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        """Bind a free port and serve from a daemon thread."""
+        self._httpd = httpd = _Server(("127.0.0.1", 0), _make_handler(self))
+        # A short poll interval lets stop() return promptly (the default waits up to 0.5s).
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Wake any hanging replies and shut the server down."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def next_fault(self, body: dict[str, Any]) -> str | None:
+        """Record one attempt for this request's key and return its fault, if any is left."""
+        text = _last_user_text(body)
+        key = self._key_for(text)
+        with self._lock:
+            self.bodies.append(body)
+            self.attempts[key or text] += 1
+            pending = self.faults.get(key) if key else None
+            return pending.pop(0) if pending else None
+
+    def _key_for(self, text: str) -> str | None:
+        # Whole-token match, so that the key "row-1" does not also hit "row-10".
+        for key in self.faults:
+            if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text):
+                return key
+        return None
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    content = users[-1].get("content", "") if users else ""
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def _completion(model: str, content: str | None) -> dict[str, Any]:
+    message = {"role": "assistant", "content": content}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/models":
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+
+        def do_POST(self) -> None:
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            server.enter()
+            try:
+                self._answer(body, server.next_fault(body))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (e.g. its timeout fired); nothing to tell it
+            finally:
+                server.leave()
+
+        def _answer(self, body: dict[str, Any], fault: str | None) -> None:
+            if server.delay_s:
+                server._stopping.wait(server.delay_s)
+            if fault == "timeout":
+                server._stopping.wait(server.hang_s)
+                self.close_connection = True
+            elif fault in _ERROR_STATUSES:
+                headers = {"Retry-After": "0"} if fault == "429" else {}
+                self._send(_ERROR_STATUSES[fault], {"error": {"message": f"fake {fault}"}}, headers)
+            elif fault == "malformed":
+                self._send_raw(200, b"<html>this is not json", "application/json")
+            elif fault == "empty":
+                self._send(200, {**_completion(server.model, "x"), "choices": []})
+            elif fault == "null":
+                self._send(200, _completion(server.model, None))
+            elif fault is None:
+                self._send(200, _completion(server.model, f"ok: {_last_user_text(body)}"))
+            else:
+                raise ValueError(f"unknown fault kind {fault!r}")
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+        def _send_raw(
+            self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

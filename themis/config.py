@@ -1,0 +1,293 @@
+"""Job configuration: one pydantic model for the pipeline, loaded from YAML with key=value overrides.
+
+Every stage reads its own section (``cfg.judgments``, ``cfg.train`` ...) plus the shared parts
+(``run``, ``ray``, ``engines``). Unknown keys are rejected so that a typo never silently falls
+back to a default. Pure: imports no Ray, torch or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES = ("instructions", "responses", "judgments", "dataset", "train", "evaluate", "serve")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what and where."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- shared parts -------------------------------------------------------------------------------
+
+
+class StorageConfig(Strict):
+    root: str = Field("runs", description="Where runs live: a local folder or an s3://bucket/prefix URI.")
+    s3_endpoint: str | None = Field(
+        None, description="Endpoint override for S3-compatible servers, e.g. http://127.0.0.1:9000."
+    )
+    s3_region: str = Field("us-east-1", description="Region passed to the S3 client.")
+
+
+class RunConfig(Strict):
+    name: str = Field("demo", description="Run name; all outputs go under <storage.root>/<name>/.")
+    seed: int = Field(0, description="Seed for every random choice of the pipeline.")
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("run.name must be a plain folder name (no '/', not starting with '.')")
+        return v
+
+
+class RayConfig(Strict):
+    address: str = Field(
+        "local",
+        description="'local' starts a private Ray in this process; 'auto' or ray://... joins a cluster. "
+        "RAY_ADDRESS in the environment (set by `ray job submit`) wins.",
+    )
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray; None = all of the machine.")
+    object_store_memory_mb: int = Field(512, ge=75, description="Object store size for a local Ray.")
+
+
+class Sampling(Strict):
+    max_tokens: int = Field(128, ge=1, description="Most new tokens per generation.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class TransformersEngineConfig(Strict):
+    kind: Literal["transformers"] = "transformers"
+    model: str = Field(description="A Hugging Face folder, 'builtin:smollm2-135m-instruct', or 'trained'.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(4, ge=1, description="Prompts per forward pass.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU; None = torch's choice.")
+
+
+class OpenAIEngineConfig(Strict):
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(description="An OpenAI-compatible base URL ending in /v1.")
+    model: str = Field(description="Model name sent with every request.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and bad bodies.")
+    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    continue_final_message: bool = Field(
+        False,
+        description="Send a forced verdict opening as a final assistant message to be continued "
+        "(vLLM and Themis' own endpoint support this; OpenAI does not).",
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON for every request.")
+
+
+EngineConfig = Annotated[TransformersEngineConfig | OpenAIEngineConfig, Field(discriminator="kind")]
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+class RolePlayConfig(Strict):
+    per_scenario: int = Field(2, ge=0, description="Quiz instructions per role-play scenario.")
+
+
+class ReferenceBasedConfig(Strict):
+    passages_dir: str | None = Field(None, description="Folder of .txt passages; None = the shipped set.")
+    per_scenario: int = Field(2, ge=0, description="Instructions per reference-based scenario.")
+
+
+class InstructionsConfig(Strict):
+    engine: str = Field("teacher", description="Engine (name in `engines`) that writes instructions.")
+    classifier_engine: str = Field("teacher", description="Engine that labels unlabelled instructions.")
+    sampling: Sampling = Sampling(max_tokens=64, temperature=0.7)
+    scenarios: list[str] | None = Field(None, description="Scenario ids to generate for; None = all.")
+    reference_based: ReferenceBasedConfig = ReferenceBasedConfig()
+    role_play: RolePlayConfig = RolePlayConfig()
+    user_file: str | None = Field(
+        None, description="A JSONL of the user's own instructions (instruction, optional scenario, reference)."
+    )
+    min_chars: int = Field(12, ge=1, description="Shorter generated instructions are rejected.")
+
+
+class AnswerModel(Strict):
+    name: str = Field(description="Label stored with each response.")
+    engine: str = Field(description="Engine name in `engines`.")
+    sampling: Sampling = Sampling(max_tokens=128, temperature=0.8)
+
+
+class ResponsesConfig(Strict):
+    pool: list[AnswerModel] = Field(min_length=1, description="Answer models; responses cycle through them.")
+    per_instruction: int = Field(2, ge=1, description="K responses per instruction.")
+
+
+class JudgmentsConfig(Strict):
+    engine: str = Field("teacher", description="The teacher engine.")
+    sampling: Sampling = Sampling(max_tokens=96)
+    single: bool = Field(True, description="Grade every response on its own (1-5).")
+    reference_guided: bool = Field(True, description="Grade with a reference in reference-guided scenarios.")
+    pairwise: bool = Field(True, description="Compare pairs of responses in both orders.")
+    pairs_per_instruction: int = Field(1, ge=0, description="Most response pairs judged per instruction.")
+    reference_sampling: Sampling = Sampling(max_tokens=96)
+    constrain_format: bool = Field(
+        True, description="Force the verdict opening and constrain the score token (local engines)."
+    )
+
+
+class DatasetConfig(Strict):
+    balance: bool = Field(True, description="Sub-sample so every score / verdict is equally common.")
+    balance_floor: int = Field(
+        2, ge=1, description="When balancing, keep at least this many per class even if a class is rarer."
+    )
+    swap_pairs: bool = Field(True, description="Add a copy of every pair with responses swapped.")
+    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Strict):
+    base_model: str = Field("builtin:smollm2-135m-instruct", description="Student to fine-tune.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on a cluster).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    micro_batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_seq_len: int = Field(1024, ge=32)
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = each epoch end.")
+
+
+class EvaluateConfig(Strict):
+    judge: str = Field("trained", description="'trained' (this run's export) or an engine name.")
+    labels: str = Field(
+        "validation",
+        description="'validation' (this run's split), 'pandalm' (human-labelled pairs), or a path to a "
+        "JSONL/Parquet in Themis' judgment format.",
+    )
+    shared_data_dir: str = Field("../shared/data", description="Where third-party labelled sets live.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many items.")
+    sampling: Sampling = Sampling(max_tokens=64)
+    engine: TransformersEngineConfig | None = Field(
+        None, description="Engine settings for judge='trained' (model is filled in with the export)."
+    )
+
+
+class AutoscalingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.max_replicas must be >= min_replicas")
+        return self
+
+
+class ServeConfig(Strict):
+    model: str = Field("trained", description="'trained' (this run's export) or a Hugging Face folder.")
+    model_name: str = Field("themis-judge", description="Name shown by GET /v1/models.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    cpus_per_replica: float = Field(1.0, gt=0)
+    gpus_per_replica: float = Field(0.0, ge=0)
+    sampling: Sampling = Sampling(max_tokens=96)
+    batch_size: int = Field(4, ge=1)
+    smoke_test: bool = Field(True, description="In `pipeline`, call the endpoint once, then shut it down.")
+
+
+class PipelineConfig(Strict):
+    """The whole job: shared parts plus one section per stage."""
+
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    engines: dict[str, EngineConfig] = Field(description="Named engines the stages refer to.")
+    stages: list[Literal[STAGES]] = Field(list(STAGES), description="Stages `pipeline` runs, in order.")  # type: ignore[valid-type]
+    instructions: InstructionsConfig = InstructionsConfig()
+    responses: ResponsesConfig
+    judgments: JudgmentsConfig = JudgmentsConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _engines_exist(self) -> PipelineConfig:
+        wanted = {
+            "instructions.engine": self.instructions.engine,
+            "instructions.classifier_engine": self.instructions.classifier_engine,
+            "judgments.engine": self.judgments.engine,
+        }
+        wanted |= {f"responses.pool[{i}].engine": m.engine for i, m in enumerate(self.responses.pool)}
+        if self.evaluate.judge != "trained":
+            wanted["evaluate.judge"] = self.evaluate.judge
+        missing = {k: v for k, v in wanted.items() if v not in self.engines}
+        if missing:
+            known = ", ".join(sorted(self.engines)) or "none"
+            lines = "; ".join(f"{k}={v!r}" for k, v in missing.items())
+            raise ValueError(f"unknown engine name(s): {lines} (defined engines: {known})")
+        return self
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value (``3`` -> int, ``[1,2]`` -> list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``data[path[0]][path[1]]... = value``, creating sections that are missing."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a YAML job config, apply ``key=value`` overrides, validate; raise ConfigError on any problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path}:\n{format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, with the dotted key, so a user can find it in the YAML."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)

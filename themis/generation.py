@@ -1,0 +1,93 @@
+"""Generation inside Ray Data: an engine actor pool over a stream of prompt rows.
+
+A prompt row carries ``messages`` (JSON chat), ``prefix`` and ``choices`` (JSON list); the actor
+adds ``output`` and ``error``. Rows never vanish: a failed call comes back with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from themis.config import EngineConfig, OpenAIEngineConfig, Sampling
+from themis.engines import GenerationRequest, build_engine
+from themis.prompts import JudgePrompt
+
+
+def prompt_row(messages: list[dict[str, str]], prefix: str = "", choices: tuple[str, ...] = (), closing: str = "") -> dict[str, Any]:
+    """The columns generation needs, in the form Ray Data carries well (JSON strings)."""
+    return {"messages": json.dumps(messages), "prefix": prefix, "choices": json.dumps(list(choices)), "closing": closing}
+
+
+def judge_prompt_row(prompt: JudgePrompt, constrain: bool) -> dict[str, Any]:
+    """Prompt columns for a judge prompt, with the verdict forced or left free."""
+    if not constrain:
+        return prompt_row(prompt.messages)
+    return prompt_row(prompt.messages, prompt.opening, prompt.choices, prompt.closing)
+
+
+class EngineActor:
+    """Holds one engine (model weights load once per actor) and runs it batch by batch."""
+
+    def __init__(self, engine_cfg: EngineConfig, sampling: Sampling, seed: int | None, model_path: str | None):
+        self.engine = build_engine(engine_cfg, Path(model_path) if model_path else None)
+        self.sampling = sampling
+        self.seed = seed
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        requests = [self._request(row) for row in batch.itertuples(index=False)]
+        results = self.engine.generate(requests)
+        batch = batch.copy()
+        batch["output"] = [r.text for r in results]
+        batch["error"] = [r.error or "" for r in results]
+        return batch
+
+    def _request(self, row: Any) -> GenerationRequest:
+        return GenerationRequest(
+            messages=json.loads(row.messages),
+            max_tokens=self.sampling.max_tokens,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            seed=self.seed,
+            prefix=row.prefix,
+            choices=tuple(json.loads(row.choices)),
+            closing=row.closing,
+        )
+
+
+def generate(
+    rows: list[dict[str, Any]],
+    engine_cfg: EngineConfig,
+    sampling: Sampling,
+    *,
+    seed: int | None = None,
+    model_path: str | None = None,
+) -> pd.DataFrame:
+    """Run ``rows`` (each with prompt columns) through an engine actor pool; return them with outputs."""
+    import ray
+
+    if not rows:
+        return pd.DataFrame(rows)
+    remote = isinstance(engine_cfg, OpenAIEngineConfig)
+    batch_size = engine_cfg.concurrency * 2 if remote else engine_cfg.batch_size
+    ds = ray.data.from_pandas(pd.DataFrame(rows))
+    out = ds.map_batches(
+        EngineActor,
+        fn_constructor_kwargs={"engine_cfg": engine_cfg, "sampling": sampling, "seed": seed, "model_path": model_path},
+        batch_size=batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        # An HTTP engine only waits on the network; a local model needs a whole core (or a GPU).
+        num_cpus=0.25 if remote else 1,
+        num_gpus=_gpus_for(engine_cfg),
+    )
+    return out.to_pandas()
+
+
+def _gpus_for(engine_cfg: EngineConfig) -> float:
+    if isinstance(engine_cfg, OpenAIEngineConfig):
+        return 0
+    return 1 if engine_cfg.device.startswith("cuda") else 0

@@ -1,0 +1,100 @@
+"""Turn model outputs back into data: scores, pairwise verdicts, scenario labels, instructions.
+
+Every parser returns a value or raises ``ParseError`` whose message is the reject reason stored
+with the row. Small models drift from the format, so the parsers accept the common near-misses
+(a missing closing bracket, "Rating: 4/5") but never guess. Pure: no Ray, torch or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from themis.prompts import PAIR_CHOICES, SCENARIO_LETTERS
+
+
+class ParseError(ValueError):
+    """An output that does not contain what was asked for; the message is the reject reason."""
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """A parsed judgment: a score (1-5) or a winner ('A', 'B', 'tie'), and the rationale after it."""
+
+    verdict: int | str
+    rationale: str
+
+
+_BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]{1,12}?)\s*(?:\]\]|\]|(?=\s|$))")
+_LOOSE_SCORE = re.compile(r"(?:rating|score)\s*(?:is|:|=)?\s*\**\s*([0-9]+(?:\.[0-9]+)?(?:\s*/\s*5)?)", re.I)
+
+
+def parse_score(text: str) -> Judgment:
+    """The overall 1-5 score: the first ``[[N]]`` (or ``Rating: N``), and the text after it."""
+    text = _nonempty(text)
+    match = _BRACKETED.search(text) or _LOOSE_SCORE.search(text)
+    if not match:
+        raise ParseError("no rating found")
+    raw = match.group(1).split("/")[0].strip()  # "4/5" -> "4"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParseError(f"rating is not a number: {raw!r}") from None
+    if not value.is_integer() or not 1 <= value <= 5:
+        raise ParseError(f"rating out of range 1-5: {raw}")
+    return Judgment(int(value), _rest(text, match.end()))
+
+
+def parse_pairwise(text: str) -> Judgment:
+    """The verdict in ``[[A]]``/``[[B]]``/``[[C]]`` (C or 'tie' = tie) and the text after it."""
+    text = _nonempty(text)
+    match = _BRACKETED.search(text)
+    if not match:
+        raise ParseError("no verdict found")
+    token = match.group(1).strip().upper()
+    if token in ("TIE", "C"):
+        return Judgment("tie", _rest(text, match.end()))
+    if token in PAIR_CHOICES:
+        return Judgment(token, _rest(text, match.end()))
+    raise ParseError(f"verdict is not A, B or C: {match.group(1)!r}")
+
+
+def parse_scenario(text: str, scenario_ids: list[str]) -> str:
+    """The scenario id picked by the classifier's ``[[X]]`` letter."""
+    text = _nonempty(text)
+    match = _BRACKETED.search(text)
+    if not match:
+        raise ParseError("no scenario letter found")
+    letter = match.group(1).strip().upper()
+    index = SCENARIO_LETTERS.find(letter) if len(letter) == 1 else -1
+    if not 0 <= index < len(scenario_ids):
+        raise ParseError(f"scenario letter out of range: {match.group(1)!r}")
+    return scenario_ids[index]
+
+
+_LABEL = re.compile(r"^\s*(?:\*\*)?(?:instruction|question|quiz question|task)\s*\d*\s*[:.]\s*(?:\*\*)?\s*", re.I)
+
+
+def parse_instruction(text: str, min_chars: int) -> str:
+    """A generated instruction: drop a leading label and surrounding quotes; reject if too short."""
+    text = _nonempty(text)
+    text = _LABEL.sub("", text, count=1).strip().strip('"').strip()
+    if len(text) < min_chars:
+        raise ParseError(f"instruction too short ({len(text)} < {min_chars} characters)")
+    return text
+
+
+def flip_winner(winner: str) -> str:
+    """The same verdict seen with the two responses swapped."""
+    return {"A": "B", "B": "A"}.get(winner, winner)
+
+
+def _nonempty(text: str | None) -> str:
+    if text is None or not text.strip():
+        raise ParseError("empty output")
+    return text.strip()
+
+
+def _rest(text: str, start: int) -> str:
+    """The rationale: what follows the verdict, without leftover brackets and punctuation."""
+    return text[start:].lstrip(" ]].:-\n").strip()

@@ -1,0 +1,167 @@
+"""Object storage: one run root on a local folder or an ``s3://`` URI, through ``pyarrow.fs``.
+
+Layout of a run root::
+
+    <root>/<run>/manifest.json          per stage: config, inputs, outputs, counts, duration, versions
+    <root>/<run>/<stage>/...            stage outputs (Parquet)
+    <root>/<run>/rejects/<stage>/...    rows a stage could not use, each with a reason
+    <root>/<run>/checkpoints/...        Ray Train checkpoints
+    <root>/<run>/model/                 the exported Hugging Face judge
+    <root>/<run>/reports/...            evaluation reports
+
+This is the only module that talks to storage; stages receive a ``RunStore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from themis.config import StorageConfig
+
+
+class StorageError(RuntimeError):
+    """A path that cannot be read or written; the message names it."""
+
+
+def build_filesystem(storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
+    """Return (filesystem, base path inside it) for ``storage.root``."""
+    parsed = urlparse(storage.root)
+    if parsed.scheme == "s3":
+        return _s3_filesystem(storage), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme not in ("", "file"):
+        raise StorageError(f"unsupported storage root {storage.root!r}: use a local path or s3://")
+    local = Path(parsed.path if parsed.scheme == "file" else storage.root).expanduser().resolve()
+    return pafs.LocalFileSystem(), local.as_posix()
+
+
+def _s3_filesystem(storage: StorageConfig) -> pafs.S3FileSystem:
+    if storage.s3_endpoint:
+        # pyarrow's default streaming checksum trailer is rejected by non-AWS servers (Ceph: HTTP 411).
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+        os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+    endpoint = urlparse(storage.s3_endpoint) if storage.s3_endpoint else None
+    return pafs.S3FileSystem(
+        region=storage.s3_region,
+        endpoint_override=endpoint.netloc if endpoint else None,
+        scheme=endpoint.scheme if endpoint else "https",
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        allow_bucket_creation=True,
+    )
+
+
+class RunStore:
+    """Reads and writes one run's files, relative to its root, on any pyarrow filesystem."""
+
+    def __init__(self, storage: StorageConfig, run_name: str):
+        self.storage = storage
+        self.fs, base = build_filesystem(storage)
+        self.root = posixpath.join(base, run_name)
+        self.uri_root = storage.root.rstrip("/") + "/" + run_name
+        self.fs.create_dir(self.root, recursive=True)
+
+    # paths
+    def path(self, *parts: str) -> str:
+        """Path of a file in the run, as the filesystem sees it (no scheme)."""
+        return posixpath.join(self.root, *parts)
+
+    def uri(self, *parts: str) -> str:
+        """Path of a file in the run as a user would type it (with s3:// where relevant)."""
+        return posixpath.join(self.uri_root, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        info = self.fs.get_file_info(self.path(*parts))
+        return info.type != pafs.FileType.NotFound
+
+    # tables
+    def write_table(self, rel: str, table: pa.Table) -> str:
+        """Write one Parquet file at ``rel`` (replacing what was there) and return its URI."""
+        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+        pq.write_table(table, self.path(rel), filesystem=self.fs)
+        return self.uri(rel)
+
+    def read_table(self, rel: str) -> pa.Table:
+        """Read a Parquet file or a folder of Parquet files; raise StorageError naming it if absent."""
+        if not self.exists(rel):
+            raise StorageError(f"input not found: {self.uri(rel)} (run the stage that writes it first)")
+        try:
+            return pads.dataset(self.path(rel), filesystem=self.fs, format="parquet").to_table()
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read {self.uri(rel)}: {exc}") from None
+
+    # json and text
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_text(rel))
+
+    def write_text(self, rel: str, text: str) -> str:
+        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+        with self.fs.open_output_stream(self.path(rel)) as out:
+            out.write(text.encode())
+        return self.uri(rel)
+
+    def read_text(self, rel: str) -> str:
+        if not self.exists(rel):
+            raise StorageError(f"not found: {self.uri(rel)}")
+        with self.fs.open_input_stream(self.path(rel)) as src:
+            return src.read().decode()
+
+    # folders (models, checkpoints)
+    def upload_dir(self, local: str | Path, rel: str) -> str:
+        """Copy a local folder into the run at ``rel`` (replacing it) and return its URI."""
+        dest = self.path(rel)
+        if self.exists(rel):
+            self.fs.delete_dir(dest)
+        self.fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(Path(local).resolve()), dest, destination_filesystem=self.fs)
+        return self.uri(rel)
+
+    def local_dir(self, rel: str) -> Path:
+        """A local folder holding ``rel``: itself on a local root, else a downloaded copy."""
+        if not self.exists(rel):
+            raise StorageError(f"not found: {self.uri(rel)}")
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return Path(self.path(rel))
+        target = Path(tempfile.mkdtemp(prefix="themis-")) / posixpath.basename(rel)
+        pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs)
+        return target
+
+    def remove(self, rel: str) -> None:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+
+    # manifest
+    def record_stage(self, stage: str, entry: dict[str, Any]) -> None:
+        """Add or replace one stage's entry in ``manifest.json``."""
+        manifest = self.read_json("manifest.json") if self.exists("manifest.json") else {}
+        manifest.setdefault("run_root", self.uri_root)
+        manifest.setdefault("stages", {})[stage] = {"finished_at": time.strftime("%FT%T%z"), **entry}
+        self.write_json("manifest.json", manifest)
+
+    def manifest(self) -> dict[str, Any]:
+        return self.read_json("manifest.json") if self.exists("manifest.json") else {"stages": {}}
+
+
+def copy_local_tree(src: Path, dst: Path) -> None:
+    """Replace ``dst`` with a copy of ``src`` (used for model folders)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
