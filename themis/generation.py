@@ -29,6 +29,10 @@ def judge_prompt_row(prompt: JudgePrompt, constrain: bool) -> dict[str, Any]:
     return prompt_row(prompt.messages, prompt.opening, prompt.choices, prompt.closing)
 
 
+class EngineUnavailableError(RuntimeError):
+    """Every row of a generation failed, so the engine (not the data) is at fault."""
+
+
 class EngineActor:
     """Holds one engine (model weights load once per actor) and runs it batch by batch."""
 
@@ -84,7 +88,11 @@ def generate(
         num_cpus=0.25 if remote else 1,
         num_gpus=_gpus_for(engine_cfg),
     )
-    return out.to_pandas()
+    result = out.to_pandas()
+    if (result["error"] != "").all():
+        # Every call failed: the engine is down or misconfigured, not the data. Stop loudly.
+        raise EngineUnavailableError(f"all {len(result)} calls to the engine failed; first error: {result['error'].iloc[0]}")
+    return result
 
 
 def _gpus_for(engine_cfg: EngineConfig) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -138,7 +137,9 @@ class RunStore:
         if isinstance(self.fs, pafs.LocalFileSystem):
             return Path(self.path(rel))
         target = Path(tempfile.mkdtemp(prefix="themis-")) / posixpath.basename(rel)
-        pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs)
+        target.mkdir(parents=True)
+        pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
         return target
 
     def remove(self, rel: str) -> None:
@@ -159,9 +160,3 @@ class RunStore:
     def manifest(self) -> dict[str, Any]:
         return self.read_json("manifest.json") if self.exists("manifest.json") else {"stages": {}}
 
-
-def copy_local_tree(src: Path, dst: Path) -> None:
-    """Replace ``dst`` with a copy of ``src`` (used for model folders)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)

@@ -1,0 +1,323 @@
+"""The served judge's API rules without a server: validation, kind inference, prompts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from themis.config import AutoscalingConfig, Sampling, ServeConfig
+from themis.engines.base import GenerationResult
+from themis.judge_api import (
+    ApiError,
+    ChatCompletionRequest,
+    JudgeRequest,
+    chat_completion,
+    chat_generation_request,
+    check_judge_request,
+    classifier_request,
+    deployment_options,
+    forced_request,
+    infer_kind,
+    judge_response,
+    model_list,
+    parse_classification,
+    render_judge_prompt,
+    serve_engine_config,
+    unclassified_response,
+    validation_error_body,
+)
+from themis.parsing import ParseError
+from themis.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_OPENING
+from themis.scenarios import load_scenarios
+
+Q = "What is the capital of France?"
+
+
+def _judge(**fields) -> JudgeRequest:
+    return JudgeRequest(instruction=Q, **fields)
+
+
+def _chat(**fields) -> ChatCompletionRequest:
+    fields.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return ChatCompletionRequest(**fields)
+
+
+def test_importing_the_api_pulls_in_no_ray_torch_or_fastapi():
+    code = (
+        "import sys, themis.judge_api; "
+        "print(sorted(m for m in ('ray', 'torch', 'fastapi', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- /v1/judge: schema (422) and semantics (400) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"response": "Paris"},  # no instruction
+        {"instruction": "", "response": "Paris"},
+        {"instruction": "   ", "response": "Paris"},
+        {"instruction": Q, "response": "Paris", "kind": "triple"},
+        {"instruction": Q, "response": "Paris", "scenario": ""},
+        {"instruction": Q, "responce": "Paris"},  # a typo is an unknown field, not ignored
+    ],
+)
+def test_schema_errors_are_rejected(body):
+    with pytest.raises(ValidationError):
+        JudgeRequest.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    "fields, kind",
+    [
+        ({"response": "Paris"}, "single"),
+        ({"response": "Paris", "reference": "Paris"}, "reference"),
+        ({"response_a": "Paris", "response_b": "Lyon"}, "pairwise"),
+        ({"response_a": "Paris"}, "pairwise"),  # then refused as incomplete, not judged as single
+        ({"response": "Paris", "reference": "Paris", "kind": "single"}, "single"),  # explicit wins
+    ],
+)
+def test_kind_is_inferred_from_the_fields(fields, kind):
+    assert infer_kind(_judge(**fields)) == kind
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"response_a": "Paris"}, "pairwise needs response_a and response_b"),
+        ({"response_a": "Paris", "response_b": ""}, "pairwise needs response_a and response_b"),
+        ({"kind": "pairwise", "response": "Paris"}, "pairwise needs response_a and response_b"),
+        ({"response_a": "a", "response_b": "b", "response": "c"}, "not response"),
+        ({}, "kind 'single' needs a non-empty response"),
+        (
+            {"kind": "reference", "response": "Paris"},
+            "kind 'reference' needs a non-empty reference",
+        ),
+        ({"kind": "single", "response": "Paris", "reference": "Paris"}, "takes no reference"),
+        (
+            {"kind": "single", "response_a": "a", "response_b": "b"},
+            "takes response, not response_a",
+        ),
+    ],
+)
+def test_semantic_errors_are_400_with_a_clear_message(fields, message):
+    with pytest.raises(ApiError) as info:
+        check_judge_request(_judge(**fields))
+    assert info.value.status == 400 and message in info.value.message
+
+
+def test_unknown_scenario_names_the_known_ones():
+    with pytest.raises(ApiError) as info:
+        check_judge_request(_judge(response="Paris", scenario="cooking"))
+    err = info.value
+    assert (err.status, err.code, err.param) == (400, "unknown_scenario", "scenario")
+    assert "'cooking'" in err.message
+    assert all(sid in err.message for sid in load_scenarios())
+    assert err.body()["error"]["message"] == err.message
+
+
+def test_valid_requests_pass():
+    assert check_judge_request(_judge(response="Paris", scenario="close_qa")) == "single"
+    pair = _judge(response_a="a", response_b="b", reference="r")  # pairwise may use a reference
+    assert check_judge_request(pair) == "pairwise"
+
+
+# --- prompts and forced verdicts -----------------------------------------------------------------
+
+
+def test_single_and_reference_prompts():
+    single = render_judge_prompt(_judge(response="Paris."), "single", "close_qa")
+    assert single.opening == SCORE_OPENING and single.choices == ("1", "2", "3", "4", "5")
+    text = single.messages[-1]["content"]
+    assert Q in text and "Paris." in text and "[Reference Answer]" not in text
+    ref = render_judge_prompt(_judge(response="Lyon.", reference="Paris."), "reference", "close_qa")
+    assert "[Reference Answer]\nParis." in ref.messages[-1]["content"]
+
+
+def test_pairwise_prompt_and_forced_request():
+    prompt = render_judge_prompt(
+        _judge(response_a="Paris.", response_b="Lyon."), "pairwise", "open_qa"
+    )
+    assert prompt.opening == PAIR_OPENING and prompt.choices == ("A", "B", "C")
+    body = prompt.messages[-1]["content"]
+    assert "[Response A]\nParis." in body and "[Response B]\nLyon." in body
+    req = forced_request(prompt, Sampling(max_tokens=7, temperature=0.5, top_p=0.9))
+    assert (req.prefix, req.choices, req.closing) == (PAIR_OPENING, ("A", "B", "C"), "]]")
+    assert (req.max_tokens, req.temperature, req.top_p) == (7, 0.5, 0.9)
+
+
+def test_classifier_request_and_parse():
+    req = classifier_request(Q)
+    ids = list(load_scenarios())
+    assert req.prefix == SCENARIO_OPENING and len(req.choices) == len(ids)
+    assert Q in req.messages[-1]["content"]
+    assert parse_classification(GenerationResult(text=f"{SCENARIO_OPENING}B]]")) == ids[1]
+    with pytest.raises(ParseError, match="generation failed"):
+        parse_classification(GenerationResult(error="boom"))
+    failed = unclassified_response("single", GenerationResult(text="??"), ParseError("no letter"))
+    assert failed.scenario is None and not failed.parsed and "no letter" in failed.error
+
+
+def test_judge_response_parses_or_reports():
+    ok = judge_response(
+        "single", "close_qa", "given", GenerationResult(text="Overall rating: [[4]]. Good.")
+    )
+    assert (ok.score, ok.verdict, ok.parsed, ok.error, ok.rationale) == (
+        4,
+        None,
+        True,
+        None,
+        "Good.",
+    )
+    pair = judge_response(
+        "pairwise", "open_qa", "classified", GenerationResult(text="Verdict: [[C]]")
+    )
+    assert (pair.verdict, pair.score, pair.parsed, pair.scenario_source) == (
+        "tie",
+        None,
+        True,
+        "classified",
+    )
+    bad = judge_response("single", "close_qa", "given", GenerationResult(text="no idea"))
+    assert not bad.parsed and bad.score is None and bad.error.startswith("unparseable output")
+    assert bad.output == "no idea"
+    failed = judge_response("single", "close_qa", "given", GenerationResult(error="OOM"))
+    assert not failed.parsed and "generation failed: OOM" in failed.error
+
+
+# --- OpenAI-compatible chat ----------------------------------------------------------------------
+
+DEFAULTS = Sampling(max_tokens=96, temperature=0.0, top_p=1.0)
+
+
+def test_chat_request_maps_sampling_and_defaults():
+    req = chat_generation_request(
+        _chat(model="judge", max_tokens=5, temperature=0.3, seed=7), "judge", DEFAULTS
+    )
+    assert (req.max_tokens, req.temperature, req.top_p, req.seed, req.prefix) == (
+        5,
+        0.3,
+        1.0,
+        7,
+        "",
+    )
+    assert req.messages == [{"role": "user", "content": "hi"}]
+    req = chat_generation_request(
+        _chat(max_completion_tokens=9), "judge", DEFAULTS
+    )  # model omitted
+    assert (req.max_tokens, req.temperature) == (9, 0.0)
+    parts = _chat(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            }
+        ]
+    )
+    assert chat_generation_request(parts, "judge", DEFAULTS).messages[0]["content"] == "ab"
+
+
+def test_continue_final_message_becomes_the_prefix():
+    messages = [
+        {"role": "user", "content": "Rate it."},
+        {"role": "assistant", "content": "Overall rating: [["},
+    ]
+    for extra in (
+        {"continue_final_message": True, "add_generation_prompt": False},
+        {"add_generation_prompt": False},
+    ):
+        req = chat_generation_request(_chat(messages=messages, **extra), "judge", DEFAULTS)
+        assert req.prefix == "Overall rating: [[" and req.messages == messages[:1]
+    # Without the flags a final assistant message is an ordinary turn of the conversation.
+    assert chat_generation_request(_chat(messages=messages), "judge", DEFAULTS).prefix == ""
+
+
+@pytest.mark.parametrize(
+    "fields, status, param",
+    [
+        ({"stream": True}, 400, "stream"),
+        ({"n": 2}, 400, "n"),
+        ({"model": "gpt-4o"}, 404, "model"),
+        (
+            {"continue_final_message": True, "add_generation_prompt": False},
+            400,
+            "messages",
+        ),  # last is user
+        ({"continue_final_message": True}, 400, "add_generation_prompt"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            400,
+            "messages[0].content",
+        ),
+    ],
+)
+def test_unsupported_chat_requests_are_refused(fields, status, param):
+    with pytest.raises(ApiError) as info:
+        chat_generation_request(_chat(**fields), "judge", DEFAULTS)
+    assert (info.value.status, info.value.param) == (status, param)
+    if status == 404:
+        assert info.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"messages": []},
+        {"max_tokens": 0},
+        {"temperature": -1},
+        {"top_p": 0},
+        {"messages": [{"role": "robot", "content": "x"}]},
+    ],
+)
+def test_chat_schema_errors(fields):
+    with pytest.raises(ValidationError):
+        _chat(**fields)
+
+
+def test_chat_completion_and_model_list_match_the_openai_client():
+    from openai.types import Model
+    from openai.types.chat import ChatCompletion
+
+    completion = ChatCompletion.model_validate(chat_completion("judge", "hello", 10, 2, "stop"))
+    assert completion.choices[0].message.content == "hello"
+    assert (completion.usage.prompt_tokens, completion.usage.total_tokens) == (10, 12)
+    listing = model_list("judge", 123)
+    assert [Model.model_validate(m).id for m in listing["data"]] == ["judge"]
+
+
+def test_validation_error_body_is_openai_shaped():
+    try:
+        JudgeRequest.model_validate({"instruction": ""})
+    except ValidationError as exc:
+        body = validation_error_body(exc.errors())
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith("instruction:")
+    assert body["detail"][0]["loc"] == ("instruction",)
+
+
+# --- deployment settings -------------------------------------------------------------------------
+
+
+def test_deployment_options_are_explicit():
+    cfg = ServeConfig(
+        autoscaling=AutoscalingConfig(min_replicas=0, max_replicas=3, target_ongoing_requests=2),
+        cpus_per_replica=2,
+        gpus_per_replica=0.5,
+        batch_size=8,
+    )
+    opts = deployment_options(cfg)
+    assert opts["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "target_ongoing_requests": 2,
+    }
+    assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
+    assert opts["max_ongoing_requests"] >= 8
+    engine = serve_engine_config(cfg, "/models/judge")
+    assert (engine.model, engine.batch_size, engine.num_threads) == ("/models/judge", 8, 2)

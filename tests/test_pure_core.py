@@ -1,0 +1,19 @@
+"""The pure core imports no Ray, torch or DeepSpeed: checked in a fresh interpreter."""
+
+import subprocess
+import sys
+
+PURE = ["themis.config", "themis.prompts", "themis.parsing", "themis.filters", "themis.metrics",
+        "themis.scenarios", "themis.benchmarks", "themis.engines", "themis.engines.base", "themis.sft",
+        "themis.judge_api", "themis.stages"]
+HEAVY = ["ray", "torch", "deepspeed", "vllm"]
+
+
+def test_pure_modules_import_no_heavy_stack() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for m in {PURE!r}: importlib.import_module(m)\n"
+        f"print([h for h in {HEAVY!r} if h in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,0 +1,125 @@
+"""The train stage on local Ray: 2 DeepSpeed workers on CPU (gloo), ZeRO-2 and ZeRO-3, resume, export.
+
+Each fit costs ~10-17 s of Ray Train overhead, so the tests share fits: the ZeRO-3 test also
+covers resume and the skip-when-done path. The error tests fail before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from themis.config import PipelineConfig, StorageConfig
+from themis.models import ModelNotFoundError
+from themis.stages import train as train_stage
+from themis.storage import RunStore, StorageError
+
+SYSTEM = "You are a judge. Rate the response on a scale of 1 to 5."
+
+
+def _rows(n: int, prefix: str) -> pa.Table:
+    rows = []
+    for i in range(max(n, 1)):
+        score = i % 5 + 1
+        messages = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Instruction: answer question {i}. Response: data {i}."},
+            {"role": "assistant", "content": f"Strengths: clear and correct. Overall rating: [[{score}]]"},
+        ]
+        rows.append({
+            "example_id": f"{prefix}-{i}", "kind": "single", "scenario": "general",
+            "instruction_id": f"ins-{i}", "label": str(score), "messages": json.dumps(messages),
+        })
+    return pa.Table.from_pylist(rows).slice(0, n)  # n == 0 keeps the schema
+
+
+def _store(tmp_path: Path, n_train: int = 16, n_val: int = 3) -> RunStore:
+    store = RunStore(StorageConfig(root=str(tmp_path)), "t")
+    store.write_table("dataset/train.parquet", _rows(n_train, "tr"))
+    store.write_table("dataset/validation.parquet", _rows(n_val, "va"))
+    return store
+
+
+def _cfg(model: str, **train) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "engines": {"teacher": {"kind": "transformers", "model": model}},
+        "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
+        "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+        "train": {
+            "base_model": model, "num_workers": 2, "cpus_per_worker": 0.5, "max_seq_len": 128,
+            "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every": 2, **train,
+        },
+    })
+
+
+def _load(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.integration
+def test_zero2_trains_and_exports_a_loadable_model(ray_local, tiny_model_dir, tmp_path):
+    import torch
+
+    store = _store(tmp_path)
+    report = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=2, max_steps=2), store)
+    assert report.counts["steps"] == 2 and report.counts["resumed_from_step"] == 0
+    assert len(report.details["train_loss"]) == 2 and report.details["val_loss"] > 0
+    assert report.details["zero_stage"] == 2 and report.details["world_size"] == 2
+    model, tokenizer = _load(store.local_dir("model"))
+    ids = tokenizer("Overall rating: [[4]]", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids, labels=ids).loss)
+    assert report.outputs["model"] == store.uri("model")
+
+
+@pytest.mark.integration
+def test_zero3_exports_real_weights_and_resumes(ray_local, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    store = _store(tmp_path)
+    first = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=2), store)
+    assert first.counts["steps"] == 2
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    tuned, _ = _load(store.local_dir("model"))
+    tuned_sd = tuned.state_dict()
+    assert set(tuned_sd) == set(base)
+    assert all(tuned_sd[k].shape == base[k].shape for k in base)  # gathered, not ZeRO-3 shards
+    assert any(not tuned_sd[k].equal(base[k]) for k in base)
+
+    second = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=4), store)
+    assert second.counts["resumed_from_step"] == 2 and second.counts["steps"] == 4
+    assert len(second.details["train_loss"]) == 4  # history carried over in the checkpoint
+    assert second.details["train_loss"][:2] == first.details["train_loss"]
+
+    done = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=4), store)
+    assert done.counts["resumed_from_step"] == 4 and done.counts["steps"] == 4
+    assert store.exists("model", "model.safetensors")
+
+
+def test_missing_dataset_names_the_path(tiny_model_dir, tmp_path):
+    store = RunStore(StorageConfig(root=str(tmp_path)), "t")
+    with pytest.raises(StorageError, match="dataset/train.parquet"):
+        train_stage.run(_cfg(str(tiny_model_dir)), store)
+
+
+def test_empty_train_set_is_an_error(tiny_model_dir, tmp_path):
+    store = _store(tmp_path, n_train=0)
+    with pytest.raises(ValueError, match="empty"):
+        train_stage.run(_cfg(str(tiny_model_dir)), store)
+
+
+def test_too_few_examples_for_one_step_is_an_error(tiny_model_dir, tmp_path):
+    store = _store(tmp_path, n_train=1)
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        train_stage.run(_cfg(str(tiny_model_dir)), store)
+
+
+def test_missing_base_model_is_an_error(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        train_stage.run(_cfg(str(tmp_path / "no-such-model")), store)

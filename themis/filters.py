@@ -1,0 +1,117 @@
+"""Filtering, balancing and splitting teacher judgments into an SFT set. Pure: no Ray or torch.
+
+Every function returns what it keeps and what it rejects, each reject carrying a ``reason``, so
+the dataset stage can prove that rows in = rows kept + rows rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from typing import Any
+
+from themis.parsing import flip_winner
+from themis.prompts import render_pair_verdict, render_score_verdict
+
+Row = dict[str, Any]
+
+
+def reject(rows: list[Row], reason: str) -> list[Row]:
+    """The rows, each tagged with why it was dropped."""
+    return [r | {"reason": reason} for r in rows]
+
+
+def drop_duplicates(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """Keep the first judgment of each distinct prompt (identical answers give identical prompts)."""
+    seen: set[str] = set()
+    kept, dropped = [], []
+    for row in rows:
+        if row["messages"] in seen:
+            dropped.append(row)
+        else:
+            kept.append(row)
+            seen.add(row["messages"])
+    return kept, reject(dropped, "duplicate prompt")
+
+
+def label_of(row: Row) -> str:
+    """The class a judgment belongs to: its score, or its winner in the ``ab`` order."""
+    if row["kind"] != "pairwise":
+        return str(row["score"])
+    return row["winner"] if row["order"] == "ab" else flip_winner(row["winner"])
+
+
+def pair_consistency(rows: list[Row], keep_swapped: bool) -> tuple[list[Row], list[Row], list[Row]]:
+    """Keep pairs whose two orders agree: returns (ab records, their ba copies, rejects).
+
+    The ``ba`` judgment is the swapped-order copy of its pair, with the teacher's own rationale for
+    that order, which beats a mechanically swapped text that would name the wrong response.
+    """
+    by_pair: dict[str, dict[str, Row]] = defaultdict(dict)
+    for row in rows:
+        by_pair[row["pair_id"]][row["order"]] = row
+    records, copies, rejected = [], [], []
+    for orders in by_pair.values():
+        ab, ba = orders.get("ab"), orders.get("ba")
+        if ab is None or ba is None:
+            rejected += reject(list(orders.values()), "other order missing (not parsed or duplicate)")
+        elif label_of(ab) != label_of(ba):
+            rejected += reject([ab, ba], "pair orders disagree (position bias)")
+        elif keep_swapped:
+            records.append(ab)
+            copies.append(ba)
+        else:
+            records.append(ab)
+            rejected += reject([ba], "swapped copy not wanted (dataset.swap_pairs=false)")
+    return records, copies, rejected
+
+
+def balance(rows: list[Row], floor: int, seed: int) -> tuple[list[Row], list[Row]]:
+    """Sub-sample every class of each judgment kind down to the rarest class's size (at least ``floor``)."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(_kind_family(row), label_of(row))].append(row)
+    quota = defaultdict(lambda: 10**9)
+    for (family, _), members in groups.items():
+        quota[family] = min(quota[family], len(members))
+    kept, dropped = [], []
+    for (family, _), members in sorted(groups.items()):
+        rng.shuffle(members)
+        n = max(quota[family], floor)
+        kept += members[:n]
+        dropped += members[n:]
+    return kept, reject(dropped, "balancing: over the class quota")
+
+
+def _kind_family(row: Row) -> str:
+    return "pairwise" if row["kind"] == "pairwise" else "score"
+
+
+def split_by_instruction(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Train/validation split by instruction, so no instruction (or pair copy) leaks across."""
+    ids = sorted({r["instruction_id"] for r in rows})
+    random.Random(seed).shuffle(ids)
+    n_val = round(len(ids) * fraction)
+    if fraction > 0 and n_val == 0 and len(ids) > 1:
+        n_val = 1
+    val_ids = set(ids[:n_val])
+    return [r for r in rows if r["instruction_id"] not in val_ids], [r for r in rows if r["instruction_id"] in val_ids]
+
+
+def render_target(row: Row) -> str:
+    """The judgment text the student learns: the canonical verdict sentence, then the rationale."""
+    head = render_pair_verdict(row["winner"]) if row["kind"] == "pairwise" else render_score_verdict(row["score"])
+    return f"{head}\n{row['rationale']}".strip()
+
+
+def to_sft_example(row: Row) -> Row:
+    """A chat-format SFT record: the judge prompt plus the target as the assistant's reply."""
+    messages = json.loads(row["messages"]) + [{"role": "assistant", "content": render_target(row)}]
+    label = row["winner"] if row["kind"] == "pairwise" else str(row["score"])
+    return {
+        "example_id": row["judgment_id"], "kind": row["kind"], "order": row["order"], "pair_id": row["pair_id"],
+        "scenario": row["scenario"], "instruction_id": row["instruction_id"], "label": label,
+        "messages": json.dumps(messages),
+    }

@@ -1,0 +1,357 @@
+"""The HTTP API of the served judge, without the server: request and response models, request
+checks, and the request -> prompt -> verdict logic.
+
+``themis.stages.serve`` wraps this in a Ray Serve deployment. Keeping it here means every rule of
+the API is testable in milliseconds. Two endpoints families:
+
+* ``POST /v1/judge``: Themis' own judging call (single, reference-guided or pairwise).
+* ``GET /v1/models`` and ``POST /v1/chat/completions``: enough of OpenAI's protocol for the
+  official ``openai`` client, including vLLM's ``continue_final_message`` extension.
+
+Pure: imports no Ray, torch or FastAPI.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from themis.config import Sampling, ServeConfig, TransformersEngineConfig
+from themis.engines.base import GenerationRequest, GenerationResult
+from themis.parsing import ParseError, parse_pairwise, parse_scenario, parse_score
+from themis.prompts import (
+    JudgePrompt,
+    render_classifier_prompt,
+    render_pairwise_prompt,
+    render_single_prompt,
+)
+from themis.scenarios import get_scenario, load_scenarios
+
+JudgeKind = Literal["single", "reference", "pairwise"]
+
+
+class ApiError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error body with this HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.type, self.param = type, param
+
+    def body(self) -> dict[str, Any]:
+        """``{"error": {...}}`` as OpenAI returns it, so its client raises the right exception."""
+        error = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+        return {"error": error}
+
+
+def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A 422 body from pydantic errors: one readable line per problem, plus the raw list."""
+    detail = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors]
+    lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail]
+    error = {"message": "; ".join(lines), "type": "invalid_request_error", "code": "invalid_body"}
+    return {"error": error | {"param": None}, "detail": detail}
+
+
+# --- POST /v1/judge ------------------------------------------------------------------------------
+
+
+class JudgeRequest(BaseModel):
+    """What to judge. ``kind`` is inferred when absent: pairwise if response_a/response_b are given,
+    reference if a reference is given, else single."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(min_length=1, description="The user instruction the responses answer.")
+    response: str | None = Field(None, description="The response to grade (single, reference).")
+    response_a: str | None = Field(None, description="First response of a pair (pairwise).")
+    response_b: str | None = Field(None, description="Second response of a pair (pairwise).")
+    reference: str | None = Field(None, description="Reference answer (needed for reference).")
+    scenario: str | None = Field(None, min_length=1, description="Scenario id; None = classify it.")
+    kind: JudgeKind | None = Field(None, description="single, reference or pairwise; None = infer.")
+
+    @field_validator("instruction")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("instruction must not be blank")
+        return v
+
+
+class JudgeResponse(BaseModel):
+    """The verdict. ``parsed`` is False (and ``error`` says why) when the output had no verdict."""
+
+    kind: JudgeKind
+    scenario: str | None
+    scenario_source: Literal["given", "classified"]
+    score: int | None = None
+    verdict: Literal["A", "B", "tie"] | None = None
+    rationale: str = ""
+    output: str = ""
+    parsed: bool = False
+    error: str | None = None
+
+
+def infer_kind(req: JudgeRequest) -> JudgeKind:
+    """The kind asked for, else pairwise / reference / single from the fields present."""
+    if req.kind:
+        return req.kind
+    if req.response_a is not None or req.response_b is not None:
+        return "pairwise"
+    return "reference" if req.reference is not None else "single"
+
+
+def check_judge_request(req: JudgeRequest) -> JudgeKind:
+    """The request's kind; ApiError(400) if the fields do not fit it or the scenario is unknown."""
+    kind = infer_kind(req)
+    problem = _kind_problem(req, kind)
+    if problem:
+        raise ApiError(400, problem, code="invalid_judge_request")
+    if req.scenario is not None and req.scenario not in load_scenarios():
+        known = ", ".join(load_scenarios())
+        message = f"unknown scenario {req.scenario!r}; known scenario ids: {known}"
+        raise ApiError(400, message, code="unknown_scenario", param="scenario")
+    return kind
+
+
+def _kind_problem(req: JudgeRequest, kind: JudgeKind) -> str | None:
+    if kind == "pairwise":
+        if not req.response_a or not req.response_b:
+            return "pairwise needs response_a and response_b (both non-empty)"
+        if req.response is not None:
+            return "pairwise takes response_a and response_b, not response"
+        return None
+    if req.response_a is not None or req.response_b is not None:
+        return f"kind {kind!r} takes response, not response_a/response_b (those are for pairwise)"
+    if not req.response:
+        return f"kind {kind!r} needs a non-empty response"
+    if kind == "reference" and not req.reference:
+        return "kind 'reference' needs a non-empty reference"
+    if kind == "single" and req.reference is not None:
+        return "kind 'single' takes no reference; use kind 'reference' (or leave kind out)"
+    return None
+
+
+def classifier_request(instruction: str) -> GenerationRequest:
+    """Ask for the instruction's scenario letter, forced into ``Scenario: [[X]]``."""
+    return forced_request(render_classifier_prompt(instruction), Sampling(max_tokens=1))
+
+
+def parse_classification(result: GenerationResult) -> str:
+    """The scenario id in a classifier output; raises ParseError (also for a failed generation)."""
+    if not result.ok:
+        raise ParseError(f"generation failed: {result.error}")
+    return parse_scenario(result.text, list(load_scenarios()))
+
+
+def unclassified_response(
+    kind: JudgeKind, result: GenerationResult, exc: ParseError
+) -> JudgeResponse:
+    """The answer when no scenario could be classified: nothing judged, the reason in ``error``."""
+    return JudgeResponse(
+        kind=kind,
+        scenario=None,
+        scenario_source="classified",
+        output=result.text,
+        error=f"scenario classification failed: {exc}",
+    )
+
+
+def render_judge_prompt(req: JudgeRequest, kind: JudgeKind, scenario_id: str) -> JudgePrompt:
+    """The judge prompt for a checked request (see ``check_judge_request``)."""
+    scenario = get_scenario(scenario_id)
+    if kind == "pairwise":
+        assert req.response_a is not None and req.response_b is not None
+        return render_pairwise_prompt(
+            scenario, req.instruction, req.response_a, req.response_b, req.reference
+        )
+    assert req.response is not None
+    reference = req.reference if kind == "reference" else None
+    return render_single_prompt(scenario, req.instruction, req.response, reference)
+
+
+def forced_request(prompt: JudgePrompt, sampling: Sampling) -> GenerationRequest:
+    """A generation that forces the verdict sentence: opening, one of the choices, closing."""
+    return GenerationRequest(
+        messages=prompt.messages,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        prefix=prompt.opening,
+        choices=prompt.choices,
+        closing=prompt.closing,
+    )
+
+
+def judge_response(
+    kind: JudgeKind, scenario: str, source: Literal["given", "classified"], result: GenerationResult
+) -> JudgeResponse:
+    """Parse a judge output into the response; an unparseable output is reported, not raised."""
+    out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text)
+    if not result.ok:
+        return out.model_copy(update={"error": f"generation failed: {result.error}"})
+    try:
+        judgment = parse_pairwise(result.text) if kind == "pairwise" else parse_score(result.text)
+    except ParseError as exc:
+        return out.model_copy(update={"error": f"unparseable output: {exc}"})
+    field = "verdict" if kind == "pairwise" else "score"
+    return out.model_copy(
+        update={field: judgment.verdict, "rationale": judgment.rationale, "parsed": True}
+    )
+
+
+# --- OpenAI-compatible chat ----------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The part of OpenAI's chat request this server honours; other fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    n: int | None = None
+    stream: bool | None = None
+    # vLLM's extensions: continue the final assistant message instead of starting a new one.
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+
+def chat_generation_request(
+    req: ChatCompletionRequest, model_name: str, defaults: Sampling
+) -> GenerationRequest:
+    """Check a chat request and turn it into a generation; raise ApiError (400/404) if refused."""
+    _check_chat(req, model_name)
+    messages = [{"role": m.role, "content": _text(m, i)} for i, m in enumerate(req.messages)]
+    prefix = ""
+    if _continues(req):
+        prefix = messages.pop()["content"]
+    return GenerationRequest(
+        messages=messages,
+        max_tokens=req.max_completion_tokens or req.max_tokens or defaults.max_tokens,
+        temperature=defaults.temperature if req.temperature is None else req.temperature,
+        top_p=defaults.top_p if req.top_p is None else req.top_p,
+        seed=req.seed,
+        prefix=prefix,
+    )
+
+
+def _check_chat(req: ChatCompletionRequest, model_name: str) -> None:
+    if req.model is not None and req.model != model_name:
+        message = f"The model {req.model!r} does not exist; this server serves {model_name!r}."
+        raise ApiError(404, message, code="model_not_found", param="model")
+    if req.stream:
+        message = "stream=true is not supported; send stream=false."
+        raise ApiError(400, message, "unsupported_value", param="stream")
+    if req.n not in (None, 1):
+        message = f"n={req.n} is not supported; only n=1."
+        raise ApiError(400, message, "unsupported_value", param="n")
+    if req.continue_final_message and req.add_generation_prompt:
+        message = "continue_final_message=true needs add_generation_prompt=false."
+        raise ApiError(400, message, "invalid_value", param="add_generation_prompt")
+    if req.continue_final_message and req.messages[-1].role != "assistant":
+        message = "continue_final_message=true needs the last message to be an assistant message."
+        raise ApiError(400, message, "invalid_value", param="messages")
+
+
+def _continues(req: ChatCompletionRequest) -> bool:
+    """Whether the last (assistant) message is a prefix to continue rather than a finished turn."""
+    last_is_assistant = req.messages[-1].role == "assistant"
+    return req.continue_final_message or (not req.add_generation_prompt and last_is_assistant)
+
+
+def _text(message: ChatMessage, index: int) -> str:
+    """A message's text; content parts must all be text."""
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    texts = [p.get("text") for p in message.content if p.get("type") == "text"]
+    if len(texts) != len(message.content) or not all(isinstance(t, str) for t in texts):
+        param = f"messages[{index}].content"
+        message = "only text content parts are supported"
+        raise ApiError(400, message, "unsupported_value", param=param)
+    return "".join(texts)  # type: ignore[arg-type]
+
+
+def chat_completion(
+    model_name: str, content: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
+) -> dict[str, Any]:
+    """A ``chat.completion`` object as OpenAI returns it."""
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": finish_reason,
+        "logprobs": None,
+    }
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def model_list(model_name: str, created: int) -> dict[str, Any]:
+    """``GET /v1/models``: the one served model."""
+    model = {"id": model_name, "object": "model", "owned_by": "themis", "created": created}
+    return {"object": "list", "data": [model]}
+
+
+# --- deployment settings -------------------------------------------------------------------------
+
+
+def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> TransformersEngineConfig:
+    """The engine each replica builds: the served folder, batched, one torch thread per CPU."""
+    return TransformersEngineConfig(
+        model=model_path,
+        batch_size=serve_cfg.batch_size,
+        num_threads=max(1, int(serve_cfg.cpus_per_replica)),
+    )
+
+
+def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
+    """``serve.deployment`` options: explicit autoscaling and per-replica resources."""
+    scaling = serve_cfg.autoscaling
+    return {
+        "autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        },
+        # Room for a full batch and for the queue the autoscaler measures against its target.
+        "max_ongoing_requests": max(
+            serve_cfg.batch_size, math.ceil(2 * scaling.target_ongoing_requests)
+        ),
+        "ray_actor_options": {
+            "num_cpus": serve_cfg.cpus_per_replica,
+            "num_gpus": serve_cfg.gpus_per_replica,
+        },
+    }
