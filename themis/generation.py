@@ -14,6 +14,7 @@ import pandas as pd
 
 from themis.config import EngineConfig, OpenAIEngineConfig, Sampling
 from themis.engines import GenerationRequest, build_engine
+from themis.models import resolve_model
 from themis.prompts import JudgePrompt
 
 
@@ -75,6 +76,8 @@ def generate(
 
     if not rows:
         return pd.DataFrame(rows)
+    if not isinstance(engine_cfg, OpenAIEngineConfig) and model_path is None:
+        resolve_model(engine_cfg.model)  # fail here, clearly, rather than inside a Ray actor
     remote = isinstance(engine_cfg, OpenAIEngineConfig)
     batch_size = engine_cfg.concurrency * 2 if remote else engine_cfg.batch_size
     ds = ray.data.from_pandas(pd.DataFrame(rows))

@@ -32,6 +32,7 @@ from themis.prompts import (
 from themis.scenarios import get_scenario, load_scenarios
 
 JudgeKind = Literal["single", "reference", "pairwise"]
+ScenarioSource = Literal["given", "classified"]
 
 
 class ApiError(Exception):
@@ -93,7 +94,7 @@ class JudgeResponse(BaseModel):
 
     kind: JudgeKind
     scenario: str | None
-    scenario_source: Literal["given", "classified"]
+    scenario_source: ScenarioSource
     score: int | None = None
     verdict: Literal["A", "B", "tie"] | None = None
     rationale: str = ""
@@ -194,7 +195,7 @@ def forced_request(prompt: JudgePrompt, sampling: Sampling) -> GenerationRequest
 
 
 def judge_response(
-    kind: JudgeKind, scenario: str, source: Literal["given", "classified"], result: GenerationResult
+    kind: JudgeKind, scenario: str, source: ScenarioSource, result: GenerationResult
 ) -> JudgeResponse:
     """Parse a judge output into the response; an unparseable output is reported, not raised."""
     out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text)

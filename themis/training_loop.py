@@ -21,11 +21,12 @@ from themis.config import TrainConfig
 from themis.models import resolve_model
 
 STATE_FILE = "themis_state.json"
+SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume point, for the driver
 DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by Ray
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train (or resume), export on rank 0 to the store's ``model/``, report final metrics."""
+    """Train (or resume), export to the store's ``model/`` and write ``train/summary.json`` (rank 0)."""
     tcfg: TrainConfig = config["train"]
     if not tcfg.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # read once, at DeepSpeed's first import
@@ -40,9 +41,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed_from = state["step"]
     if state["step"] < config["total_steps"]:
         _train(engine, config, state, rank, world)
-    model_uri = _export(engine, tcfg, config["store"], rank)
-    final = {k: state[k] for k in ("step", "train_loss", "val_loss")}
-    ray.train.report({**final, "resumed_from_step": resumed_from, "model": model_uri})
+    _export(engine, tcfg, config["store"], rank)
+    if rank == 0:
+        # Not a final ray.train.report: Ray Train V2's Result.metrics are the latest checkpoint's,
+        # and metrics reported without a checkpoint never reach the driver.
+        summary = {k: state[k] for k in ("step", "train_loss", "val_loss")}
+        config["store"].write_json(SUMMARY, {**summary, "resumed_from_step": resumed_from})
 
 
 def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
@@ -171,7 +175,7 @@ def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any]
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _export(engine: Any, tcfg: TrainConfig, store: Any, rank: int) -> str | None:
+def _export(engine: Any, tcfg: TrainConfig, store: Any, rank: int) -> None:
     """Gather full weights (all ranks take part under ZeRO-3); rank 0 uploads a HF folder."""
     import torch
     from transformers import AutoTokenizer
@@ -182,11 +186,9 @@ def _export(engine: Any, tcfg: TrainConfig, store: Any, rank: int) -> str | None
         state_dict = engine._zero3_consolidated_16bit_state_dict()
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
-    uri = None
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="themis-export-") as folder:
             engine.module.save_pretrained(folder, state_dict=state_dict)
             AutoTokenizer.from_pretrained(resolve_model(tcfg.base_model)).save_pretrained(folder)
-            uri = store.upload_dir(folder, "model")
+            store.upload_dir(folder, "model")
     torch.distributed.barrier()
-    return uri

@@ -34,6 +34,7 @@ from themis.judge_api import (
     ChatCompletionRequest,
     JudgeRequest,
     JudgeResponse,
+    ScenarioSource,
     chat_completion,
     chat_generation_request,
     check_judge_request,
@@ -109,9 +110,9 @@ class JudgeServer:
     async def judge(self, body: JudgeRequest) -> JudgeResponse:
         """Grade one response (single, reference) or compare two (pairwise)."""
         kind = check_judge_request(body)
-        scenario, source = body.scenario, "given"
+        scenario = body.scenario
+        source: ScenarioSource = "given" if scenario else "classified"
         if scenario is None:
-            source = "classified"
             classified = await self._generate(classifier_request(body.instruction))
             try:
                 scenario = parse_classification(classified)
@@ -119,7 +120,7 @@ class JudgeServer:
                 return unclassified_response(kind, classified, exc)
         prompt = render_judge_prompt(body, kind, scenario)
         result = await self._generate(forced_request(prompt, self.sampling))
-        return judge_response(kind, scenario, source, result)  # type: ignore[arg-type]
+        return judge_response(kind, scenario, source, result)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
@@ -181,14 +182,17 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
             smoke = smoke_test(url, serve_cfg.model_name) if serve_cfg.smoke_test else {}
     finally:
         # Shut down only a Serve instance this call started; another one may hold other apps.
-        serve.shutdown() if started_here else serve.delete(APP_NAME)
+        if started_here:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
     details = {
         "smoke": smoke,
         "autoscaling": serve_cfg.autoscaling.model_dump(),
         "model": str(model_path),
     }
     inputs = {"model": store.uri("model") if serve_cfg.model == "trained" else serve_cfg.model}
-    counts = {"smoke_requests": len(smoke)}
+    counts = {"smoke_requests": len(smoke)}  # one request per endpoint
     return StageReport(inputs=inputs, outputs={"url": url}, counts=counts, details=details)
 
 

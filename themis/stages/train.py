@@ -11,6 +11,7 @@ exported as a Hugging Face folder to ``model/``.
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from themis.models import resolve_model
 from themis.runtime import init_ray
 from themis.stages import StageReport
 from themis.storage import RunStore
+from themis.training_loop import SUMMARY, train_loop_per_worker
 
 TRAIN, VALIDATION = "dataset/train.parquet", "dataset/validation.parquet"
 KEEP_CHECKPOINTS = 2  # the latest is all a resume needs; one more guards a half-written upload
@@ -48,11 +50,16 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "steps_per_epoch": per_epoch, "total_steps": total,
     }
     init_ray(cfg.ray)
-    metrics, latest = _fit(tcfg, store, loop_config)
+    store.remove(SUMMARY)  # so a stale one can never pass for this attempt's
+    latest = _fit(tcfg, store, loop_config)
+    metrics = store.read_json(SUMMARY)
     val_losses = metrics["val_loss"]
     return StageReport(
         inputs={"train": store.uri(TRAIN), "validation": store.uri(VALIDATION)},
-        outputs={"model": store.uri("model"), "checkpoints": store.uri("checkpoints", "train")},
+        outputs={
+            "model": store.uri("model"), "checkpoints": store.uri("checkpoints", "train"),
+            "summary": store.uri(SUMMARY),
+        },
         counts={
             "train_examples": len(train), "validation_examples": len(val),
             "rejected": len(rejects) + len(val_rejects),
@@ -109,12 +116,10 @@ def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
     return per_epoch
 
 
-def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Run the workers; return rank 0's final metrics and the latest checkpoint's path."""
+def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str | None:
+    """Run the workers; return the URI of the latest checkpoint (None if there is none)."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from themis.training_loop import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -131,4 +136,6 @@ def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> tup
         ),
     )
     result = trainer.fit()  # raises TrainingFailedError carrying the worker's traceback
-    return result.metrics, result.checkpoint.path if result.checkpoint else None
+    if result.checkpoint is None:
+        return None
+    return store.uri("checkpoints", "train", posixpath.basename(result.checkpoint.path))

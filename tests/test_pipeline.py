@@ -1,0 +1,103 @@
+"""Every stage on local Ray with a tiny random model, plus the bad inputs a user will hit."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from themis import cli, runner
+from themis.config import load_config
+from themis.generation import EngineUnavailableError
+from themis.models import ModelNotFoundError
+from themis.storage import StorageError
+
+pytestmark = pytest.mark.integration
+TINY = Path(__file__).parents[1] / "jobs" / "configs" / "tiny.yaml"
+USER_FILE = Path(__file__).parents[1] / "themis" / "data" / "user_instructions_example.jsonl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(model: Path, root: Path, *extra: str):
+    # A random model writes empty text when greedy; sampling keeps every stage fed.
+    overrides = [
+        f"engines.local.model={model}", f"train.base_model={model}", f"run.storage.root={root}",
+        f"instructions.user_file={USER_FILE}", f"serve.port={free_port()}",
+        "responses.pool=[{name: a, engine: local, sampling: {max_tokens: 12, temperature: 1.0}}, "
+        "{name: b, engine: local, sampling: {max_tokens: 12, temperature: 1.0}}]",
+        "judgments.reference_sampling.temperature=1.0", *extra,
+    ]
+    return load_config(TINY, overrides)
+
+
+def test_every_stage_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_model_dir, tmp_path)
+    reports = runner.run_pipeline(cfg)
+    run_root = tmp_path / "tiny"
+    manifest = runner.RunStore(cfg.run.storage, cfg.run.name).manifest()
+    assert list(manifest["stages"]) == list(cfg.stages) and len(manifest["stages"]) == 7
+    for name, entry in manifest["stages"].items():
+        assert entry["status"] == "ok" and entry["duration_s"] >= 0 and entry["versions"]["ray"] == "2.60.0"
+        counts = entry["counts"]
+        if "rows_in" in counts:  # nothing is lost: every row is kept or rejected with a reason
+            assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"], name
+    instructions = pq.read_table(run_root / "instructions/data.parquet").to_pylist()
+    assert instructions and all(r["scenario"] for r in instructions)
+    assert {r["scenario_source"] for r in instructions} >= {"generated", "given"}
+    judgments = pq.read_table(run_root / "judgments/data.parquet").to_pylist()
+    assert {r["kind"] for r in judgments} >= {"single", "pairwise"}
+    assert pq.read_table(run_root / "dataset/train.parquet").num_rows > 0
+    assert (run_root / "model" / "model.safetensors").is_file()
+    assert (run_root / "reports/evaluation.json").is_file() and (run_root / "reports/evaluation.md").is_file()
+    assert reports["serve"].counts["smoke_requests"] >= 1
+
+
+def test_unreachable_teacher_fails_with_the_url(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tiny_model_dir, tmp_path, f"engines.remote={{kind: openai, base_url: 'http://127.0.0.1:{free_port()}/v1', "
+        "model: m, max_retries: 1, backoff_s: 0.01, timeout_s: 2}", "instructions.engine=remote",
+    )
+    with pytest.raises(EngineUnavailableError, match="cannot reach http://127.0.0.1"):
+        runner.run_stage("instructions", cfg)
+    entry = runner.RunStore(cfg.run.storage, cfg.run.name).manifest()["stages"]["instructions"]
+    assert entry["status"] == "failed" and "cannot reach" in entry["error"]
+
+
+def test_missing_input_names_the_path(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_model_dir, tmp_path)
+    with pytest.raises(StorageError, match=r"input not found: .*instructions/data.parquet"):
+        runner.run_stage("responses", cfg)
+
+
+def test_model_path_that_does_not_exist(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_model_dir, tmp_path, f"engines.local.model={tmp_path / 'no-such-model'}")
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        runner.run_stage("instructions", cfg)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> None:
+    assert cli.main(["pipeline", str(TINY), "train.epochz=2"]) == 1
+    err = capsys.readouterr().err
+    assert "train.epochz: unknown key" in err and "Traceback" not in err
+    assert cli.main(["instructions", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_unreadable_user_file_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from themis.stages.instructions import read_user_file
+
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"instruction": "Explain rain"}\nnot json\n{"instruction": "x", "scenario": "nope"}\n')
+    rows, rejects = read_user_file(str(bad))
+    assert len(rows) == 1 and len(rejects) == 2
+    assert "mine.jsonl line 2: not valid JSON" in rejects[0]["reason"]
+    assert "unknown scenario 'nope'" in rejects[1]["reason"]
+    with pytest.raises(FileNotFoundError, match="user_file not found"):
+        read_user_file(str(tmp_path / "absent.jsonl"))
