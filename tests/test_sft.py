@@ -57,7 +57,8 @@ def test_target_that_cannot_fit_raises(tokenizer):
 
 def test_collate_pads_right():
     batch = sft.collate(
-        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_id=0,
     )
     assert batch == {
         "input_ids": [[5, 6, 7], [8, 0, 0]],
@@ -67,7 +68,10 @@ def test_collate_pads_right():
 
 
 def test_epoch_plan_gives_ranks_disjoint_equal_shards():
-    plans = [sft.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2) for r in (0, 1)]
+    plans = [
+        sft.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2)
+        for r in (0, 1)
+    ]
     assert [len(p) for p in plans] == [2, 2] == [sft.steps_per_epoch(19, 2, 2, 2)] * 2
     seen = [i for p in plans for step in p for micro in step for i in micro]
     assert len(seen) == len(set(seen)) == 16

@@ -1,4 +1,4 @@
-"""The train stage on local Ray: 2 DeepSpeed workers on CPU (gloo), ZeRO-2 and ZeRO-3, resume, export.
+"""The train stage on local Ray: 2 DeepSpeed workers on CPU (gloo); ZeRO-2, ZeRO-3, resume, export.
 
 Each fit costs ~10-17 s of Ray Train overhead, so the tests share fits: the ZeRO-3 test also
 covers resume and the skip-when-done path. The error tests fail before Ray starts.
@@ -27,12 +27,21 @@ def _rows(n: int, prefix: str) -> pa.Table:
         messages = [
             {"role": "system", "content": SYSTEM},
             {"role": "user", "content": f"Instruction: answer question {i}. Response: data {i}."},
-            {"role": "assistant", "content": f"Strengths: clear and correct. Overall rating: [[{score}]]"},
+            {
+                "role": "assistant",
+                "content": f"Strengths: clear and correct. Overall rating: [[{score}]]",
+            },
         ]
-        rows.append({
-            "example_id": f"{prefix}-{i}", "kind": "single", "scenario": "general",
-            "instruction_id": f"ins-{i}", "label": str(score), "messages": json.dumps(messages),
-        })
+        rows.append(
+            {
+                "example_id": f"{prefix}-{i}",
+                "kind": "single",
+                "scenario": "general",
+                "instruction_id": f"ins-{i}",
+                "label": str(score),
+                "messages": json.dumps(messages),
+            }
+        )
     return pa.Table.from_pylist(rows).slice(0, n)  # n == 0 keeps the schema
 
 
@@ -44,15 +53,23 @@ def _store(tmp_path: Path, n_train: int = 16, n_val: int = 3) -> RunStore:
 
 
 def _cfg(model: str, **train) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "engines": {"teacher": {"kind": "transformers", "model": model}},
-        "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
-        "train": {
-            "base_model": model, "num_workers": 2, "cpus_per_worker": 0.5, "max_seq_len": 128,
-            "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every": 2, **train,
-        },
-    })
+    return PipelineConfig.model_validate(
+        {
+            "engines": {"teacher": {"kind": "transformers", "model": model}},
+            "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "train": {
+                "base_model": model,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "max_seq_len": 128,
+                "lr": 1e-3,
+                "warmup_ratio": 0.0,
+                "checkpoint_every": 2,
+                **train,
+            },
+        }
+    )
 
 
 def _load(folder: Path):
@@ -123,3 +140,17 @@ def test_missing_base_model_is_an_error(tmp_path):
     store = _store(tmp_path)
     with pytest.raises(ModelNotFoundError, match="no-such-model"):
         train_stage.run(_cfg(str(tmp_path / "no-such-model")), store)
+
+
+def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(tiny_model_dir, tmp_path):
+    store = RunStore(StorageConfig(root=str(tmp_path)), "t")
+    table = _rows(2, "tr").to_pylist()
+    long_reply = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "[[5]] " * 40}]
+    table[1]["messages"] = json.dumps(long_reply)
+    store.write_table("dataset/train.parquet", pa.Table.from_pylist(table))
+    store.write_table("dataset/validation.parquet", _rows(1, "va"))
+    with pytest.raises(ValueError, match="1 usable training examples"):
+        train_stage.run(_cfg(str(tiny_model_dir), max_seq_len=32), store)
+    rejects = store.read_table("rejects/train/examples.parquet").to_pylist()
+    assert [(r["split"], r["example_id"]) for r in rejects] == [("train", "tr-1")]
+    assert "does not fit max_seq_len=32" in rejects[0]["reason"]

@@ -19,6 +19,7 @@ from typing import Any
 from themis import sft
 from themis.config import TrainConfig
 from themis.models import resolve_model
+from themis.storage import RunStore
 
 STATE_FILE = "themis_state.json"
 SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume point, for the driver
@@ -26,7 +27,7 @@ DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train (or resume), export to the store's ``model/`` and write ``train/summary.json`` (rank 0)."""
+    """Train (or resume), export to the store's ``model/``, write ``train/summary.json``."""
     tcfg: TrainConfig = config["train"]
     if not tcfg.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # read once, at DeepSpeed's first import
@@ -55,7 +56,9 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     from transformers import AutoModelForCausalLM
 
     # fp32 weights even for bf16: DeepSpeed casts the module and keeps fp32 master weights.
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(tcfg.base_model), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(tcfg.base_model), dtype=torch.float32
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -73,8 +76,9 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
         if state["world_size"] != world:
             raise ValueError(
-                f"checkpoint {checkpoint.path} was written by {state['world_size']} workers, this run "
-                f"has {world}: resume with the same train.num_workers or delete the checkpoints"
+                f"checkpoint {checkpoint.path} was written by {state['world_size']} workers, "
+                f"this run has {world}: resume with the same train.num_workers or delete "
+                "the checkpoints"
             )
         loaded, _ = engine.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
         if loaded is None:
@@ -82,7 +86,9 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
     return state
 
 
-def _train(engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int, world: int) -> None:
+def _train(
+    engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int, world: int
+) -> None:
     """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured."""
     tcfg: TrainConfig = config["train"]
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
@@ -90,8 +96,13 @@ def _train(engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int
     while state["step"] < total:
         epoch = state["step"] // per_epoch
         plan = sft.epoch_plan(
-            len(config["train_examples"]), epoch, config["seed"], rank, world,
-            tcfg.micro_batch_size, tcfg.grad_accum,
+            len(config["train_examples"]),
+            epoch,
+            config["seed"],
+            rank,
+            world,
+            tcfg.micro_batch_size,
+            tcfg.grad_accum,
         )
         for micro_batches in plan[state["step"] % per_epoch :]:
             step = state["step"]
@@ -102,7 +113,9 @@ def _train(engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int
             metrics = {"step": step, "epoch": epoch, "train_loss": loss, "lr": lr}
             if step % per_epoch == 0 or step == total:
                 metrics["val_loss"] = _evaluate(engine, config, rank, world)
-                state["val_loss"].append({"epoch": epoch, "step": step, "loss": metrics["val_loss"]})
+                state["val_loss"].append(
+                    {"epoch": epoch, "step": step, "loss": metrics["val_loss"]}
+                )
             if _checkpoint_due(step, total, per_epoch, tcfg.checkpoint_every):
                 _save_and_report(engine, state, metrics, rank)
             if step == total:
@@ -114,7 +127,9 @@ def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
     return step == total or (step % every == 0 if every else step % per_epoch == 0)
 
 
-def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[int]], lr: float) -> float:
+def _optimizer_step(
+    engine: Any, config: dict[str, Any], micro_batches: list[list[int]], lr: float
+) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; return the loss averaged over ranks."""
     import torch
 
@@ -157,8 +172,10 @@ def _tensors(config: dict[str, Any], split: str, indices: list[int], device: Any
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
 
 
-def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
-    """Every rank saves its DeepSpeed shards to a temp folder; Ray merges them into one checkpoint."""
+def _save_and_report(
+    engine: Any, state: dict[str, Any], metrics: dict[str, Any], rank: int
+) -> None:
+    """Each rank saves its DeepSpeed shards to a temp folder; Ray merges them into one folder."""
     import ray.train
 
     folder = tempfile.mkdtemp(prefix="themis-ckpt-")
@@ -175,7 +192,7 @@ def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any]
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _export(engine: Any, tcfg: TrainConfig, store: Any, rank: int) -> None:
+def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
     """Gather full weights (all ranks take part under ZeRO-3); rank 0 uploads a HF folder."""
     import torch
     from transformers import AutoTokenizer
