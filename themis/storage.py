@@ -69,7 +69,8 @@ class RunStore:
         self.storage = storage
         self.fs, base = build_filesystem(storage)
         self.root = posixpath.join(base, run_name)
-        self.uri_root = storage.root.rstrip("/") + "/" + run_name
+        is_s3 = storage.root.startswith("s3://")
+        self.uri_root = storage.root.rstrip("/") + "/" + run_name if is_s3 else self.root
         self.fs.create_dir(self.root, recursive=True)
 
     # paths
