@@ -87,8 +87,9 @@ def generate(
         batch_size=batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=1),
-        # An HTTP engine only waits on the network; a local model needs a whole core (or a GPU).
-        num_cpus=0.25 if remote else 1,
+        # An HTTP engine only waits on the network; a local model gets the cores its torch threads use
+        # (Ray also sets OMP_NUM_THREADS from this, so a 1-CPU actor would run torch on one core).
+        num_cpus=0.25 if remote else (engine_cfg.num_threads or 1),
         num_gpus=_gpus_for(engine_cfg),
     )
     result = out.to_pandas()
