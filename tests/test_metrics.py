@@ -1,23 +1,81 @@
-import pytest
+"""Agreement metrics: hand-checked values, and the batched forms against scikit-learn and scipy."""
 
-from themis.metrics import accuracy, agreement, dual_order_consistency, mae
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import cohen_kappa_score
+
+from themis.evaluation import metrics as m
 
 
 def test_agr_2_2_hand_checked() -> None:
     # gaps 0, 1, 2, 1 -> 1, 1/4, 0, 1/4 -> mean 1.5/4
-    assert agreement([3, 4, 5, 2], [3, 3, 3, 3], 2, 2) == pytest.approx(0.375)
-    assert agreement([3, 4, 5, 2], [3, 3, 3, 3], 1, 0) == pytest.approx(0.25)  # Agr(1, q) = exact accuracy
+    assert m.agreement([3, 4, 5, 2], [3, 3, 3, 3], 2, 2) == pytest.approx(0.375)
+    assert m.agreement([3, 4, 5, 2], [3, 3, 3, 3], 1, 0) == pytest.approx(0.25)  # Agr(1, q) = exact accuracy
+    # Agr(3, 1): gaps 0, 1, 2, 1 -> 1, 1/2, 1/3, 1/2
+    assert m.agreement([3, 4, 5, 2], [3, 3, 3, 3], 3, 1) == pytest.approx((1 + 0.5 + 1 / 3 + 0.5) / 4)
 
 
 def test_mae_accuracy_and_consistency() -> None:
-    assert mae([1, 2, 5], [1, 3, 3]) == pytest.approx(1.0)
-    assert accuracy(["A", "B", "tie"], ["A", "A", "tie"]) == pytest.approx(2 / 3)
+    assert m.mae([1, 2, 5], [1, 3, 3]) == pytest.approx(1.0)
+    assert m.accuracy(["A", "B", "tie"], ["A", "A", "tie"]) == pytest.approx(2 / 3)
     # ab says A; ba (swapped) says B -> same response: consistent. Second pair flips: inconsistent.
-    assert dual_order_consistency(["A", "A", "tie"], ["B", "A", "tie"]) == pytest.approx(2 / 3)
+    assert m.dual_order_consistency(["A", "A", "tie"], ["B", "A", "tie"]) == pytest.approx(2 / 3)
+    # correct in both orders: only the first pair (gold A: ab A, ba B).
+    assert m.correct_both_orders(["A", "A", "tie"], ["B", "A", "tie"], ["A", "A", "B"]) == pytest.approx(1 / 3)
+
+
+def test_unparsable_is_always_wrong_and_never_consistent() -> None:
+    assert m.accuracy([m.UNPARSABLE, "A"], ["A", "A"]) == 0.5
+    assert m.dual_order_consistency([m.UNPARSABLE], [m.UNPARSABLE]) == 0.0
+    assert m.verdict_metrics([m.UNPARSABLE, "A", "B"], ["A", "A", "B"])["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_position_rates() -> None:
+    rates = m.position_rates(["A", "A", "B", "tie", m.UNPARSABLE])
+    assert rates == {"prefer_first": 0.5, "prefer_second": 0.25, "tie_rate": 0.25}
+
+
+def test_correlations_are_none_when_undefined() -> None:
+    assert m.correlation([3, 3, 3], [1, 2, 3], "pearson") is None
+    assert m.correlation([1, 2, 3], [1, 2, 3], "kendall") == pytest.approx(1.0)
+    assert m.weighted_kappa([4, 4], [4, 4]) is None
+
+
+def test_batched_verdict_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    gold = rng.choice(["tie", "A", "B"], size=(5, 200), p=[0.2, 0.4, 0.4])
+    pred = rng.choice(["tie", "A", "B", m.UNPARSABLE], size=(5, 200), p=[0.1, 0.4, 0.4, 0.1])
+    for g, p in zip(gold, pred):
+        batched = m.batched_verdict_metrics(m.verdict_confusions(p[None, :], g))
+        exact = m.verdict_metrics(list(p), list(g))
+        for key, value in exact.items():
+            assert batched[key][0] == pytest.approx(value), key
+
+
+def test_batched_score_metrics_match_scipy_and_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        gold = rng.integers(1, 6, size=60)
+        pred = np.clip(gold + rng.integers(-2, 3, size=60), 1, 5)
+        batched = {k: v[0] for k, v in m.batched_score_metrics(pred[None, :], gold[None, :], 2, 2).items()}
+        assert batched["mae"] == pytest.approx(m.mae(pred, gold))
+        assert batched["agr"] == pytest.approx(m.agreement(pred, gold, 2, 2))
+        assert batched["pearson"] == pytest.approx(sps.pearsonr(pred, gold).statistic)
+        assert batched["spearman"] == pytest.approx(sps.spearmanr(pred, gold).statistic)
+        qwk = cohen_kappa_score(gold, pred, labels=[1, 2, 3, 4, 5], weights="quadratic")
+        assert batched["qwk"] == pytest.approx(qwk)
+
+
+def test_annotator_agreement_has_every_pair() -> None:
+    votes = [("A", "A", "B"), ("B", "B", "B"), ("tie", "A", "tie"), ("A", "A", "A")]
+    out = m.annotator_agreement(votes, "pairwise")
+    assert set(out) == {"kappa_1_2", "kappa_1_3", "kappa_2_3", "mean"}
+    assert out["kappa_1_2"] == pytest.approx(cohen_kappa_score(["A", "B", "tie", "A"], ["A", "B", "A", "A"]))
 
 
 def test_metric_inputs_are_checked() -> None:
     with pytest.raises(ValueError, match="length"):
-        mae([1], [1, 2])
+        m.mae([1], [1, 2])
     with pytest.raises(ValueError, match="no items"):
-        accuracy([], [])
+        m.accuracy([], [])

@@ -55,7 +55,9 @@ def test_every_stage_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path)
     assert {r["kind"] for r in judgments} >= {"single", "pairwise"}
     assert pq.read_table(run_root / "dataset/train.parquet").num_rows > 0
     assert (run_root / "model" / "model.safetensors").is_file()
-    assert (run_root / "reports/evaluation.json").is_file() and (run_root / "reports/evaluation.md").is_file()
+    report_dir = run_root / "reports/evaluation/trained"
+    assert (report_dir / "report.json").is_file() and (report_dir / "report.md").is_file()
+    assert reports["evaluate"].details["trained"]["overall"] is None or -1 <= reports["evaluate"].details["trained"]["overall"] <= 1
     assert reports["serve"].counts["smoke_requests"] >= 1
 
 

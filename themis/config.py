@@ -169,19 +169,89 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = each epoch end.")
 
 
-class EvaluateConfig(Strict):
-    judge: str = Field("trained", description="'trained' (this run's export) or an engine name.")
-    labels: str = Field(
+class BenchmarkConfig(Strict):
+    name: Literal["validation", "pandalm", "hhh", "file"] = Field(
         "validation",
-        description="'validation' (this run's split), 'pandalm' (human-labelled pairs), or a path to a "
-        "JSONL/Parquet in Themis' judgment format.",
+        description="'validation' (this run's split, the teacher as annotator), 'pandalm' or 'hhh' "
+        "(human-labelled pairs in shared_data_dir), or 'file' (a JSONL/Parquet at `path`).",
     )
-    shared_data_dir: str = Field("../shared/data", description="Where third-party labelled sets live.")
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many items.")
-    sampling: Sampling = Sampling(max_tokens=64)
+    path: str | None = Field(None, description="For name=file: the JSONL or Parquet of labelled items.")
+    kind: Literal["pointwise", "pairwise"] = Field("pointwise", description="For name=file: what the rows hold.")
+    columns: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="For name=file: canonical field -> file column (instruction, response, response_a, "
+        "response_b, reference, scenario, category, item_id; human -> one column or a list, one per annotator).",
+    )
+    shared_data_dir: str = Field("../shared/data", description="Where the third-party labelled sets live.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N items.")
+
+    @model_validator(mode="after")
+    def _file_has_path(self) -> BenchmarkConfig:
+        if self.name == "file" and not self.path:
+            raise ValueError("benchmark.name=file needs benchmark.path")
+        return self
+
+
+class TrainedJudge(Strict):
+    kind: Literal["trained"] = "trained"
+    name: str = Field("trained", description="Report folder name.")
     engine: TransformersEngineConfig | None = Field(
-        None, description="Engine settings for judge='trained' (model is filled in with the export)."
+        None, description="Engine settings for the export (model is filled in); None = defaults."
     )
+
+
+class EngineJudge(Strict):
+    kind: Literal["engine"] = "engine"
+    name: str = Field(description="Report folder name.")
+    engine: str = Field(description="An engine name in `engines`: an OpenAI-compatible endpoint or a local checkpoint.")
+
+
+class RecordedJudge(Strict):
+    kind: Literal["recorded"] = "recorded"
+    name: str = Field(description="Report folder name.")
+    path: str = Field(description="JSON array, JSONL or Parquet of someone's verdicts.")
+    id_field: str = Field("idx", description="Column holding the benchmark item id.")
+    verdict_field: str = Field(description="Column holding the verdict.")
+    values: dict[str, str] = Field(
+        description="Raw value -> A, B, tie (pairs) or 1-5 (scores); anything else is unparsable."
+    )
+
+
+JudgeConfig = Annotated[TrainedJudge | EngineJudge | RecordedJudge, Field(discriminator="kind")]
+
+
+class BootstrapConfig(Strict):
+    resamples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals; 0 = none.")
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class EvaluateConfig(Strict):
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    judges: list[JudgeConfig] = Field(
+        default_factory=lambda: [TrainedJudge()], min_length=1, description="Judges under test; one report each."
+    )
+    sampling: Sampling = Sampling(max_tokens=64)
+    unparsable: Literal["tie", "wrong", "exclude"] = Field(
+        "wrong", description="How an unparsable pairwise verdict counts; the report states it."
+    )
+    both_orders: bool = Field(True, description="Judge pairs in both orders (engine judges).")
+    reference_effect: bool = Field(
+        False, description="Judge items that have a reference with and without it, and report the difference."
+    )
+    agr_p: float = Field(2, gt=0, description="p of Agr(p, q).")
+    agr_q: float = Field(2, ge=0, description="q of Agr(p, q).")
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    breakdown: Literal["scenario", "category"] = Field("scenario", description="Group items by this in the report.")
+    plots: bool = Field(True, description="Write PNG plots beside each report.")
+
+    @field_validator("judges")
+    @classmethod
+    def _unique_names(cls, judges: list[Any]) -> list[Any]:
+        names = [j.name for j in judges]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"judge names must be unique (they name report folders): {dupes}")
+        return judges
 
 
 class AutoscalingConfig(Strict):
@@ -214,10 +284,10 @@ class PipelineConfig(Strict):
 
     run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
-    engines: dict[str, EngineConfig] = Field(description="Named engines the stages refer to.")
+    engines: dict[str, EngineConfig] = Field(default_factory=dict, description="Named engines the stages refer to.")
     stages: list[Literal[STAGES]] = Field(list(STAGES), description="Stages `pipeline` runs, in order.")  # type: ignore[valid-type]
     instructions: InstructionsConfig = InstructionsConfig()
-    responses: ResponsesConfig
+    responses: ResponsesConfig | None = Field(None, description="Needed by the responses stage.")
     judgments: JudgmentsConfig = JudgmentsConfig()
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
@@ -225,21 +295,34 @@ class PipelineConfig(Strict):
     serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
-    def _engines_exist(self) -> PipelineConfig:
-        wanted = {
-            "instructions.engine": self.instructions.engine,
-            "instructions.classifier_engine": self.instructions.classifier_engine,
-            "judgments.engine": self.judgments.engine,
-        }
-        wanted |= {f"responses.pool[{i}].engine": m.engine for i, m in enumerate(self.responses.pool)}
-        if self.evaluate.judge != "trained":
-            wanted["evaluate.judge"] = self.evaluate.judge
-        missing = {k: v for k, v in wanted.items() if v not in self.engines}
+    def _stages_are_complete(self) -> PipelineConfig:
+        for stage in self.stages:
+            self.check_stage(stage)
+        return self
+
+    def check_stage(self, stage: str) -> None:
+        """Raise if ``stage`` cannot run with this config: a missing section or an unknown engine name."""
+        if stage == "responses" and self.responses is None:
+            raise ValueError("the responses stage needs a `responses:` section with a pool of answer models")
+        missing = {k: v for k, v in self.engine_names(stage).items() if v not in self.engines}
         if missing:
             known = ", ".join(sorted(self.engines)) or "none"
             lines = "; ".join(f"{k}={v!r}" for k, v in missing.items())
             raise ValueError(f"unknown engine name(s): {lines} (defined engines: {known})")
-        return self
+
+    def engine_names(self, stage: str) -> dict[str, str]:
+        """The engine names a stage refers to, keyed by where they are set."""
+        if stage == "instructions":
+            return {"instructions.engine": self.instructions.engine,
+                    "instructions.classifier_engine": self.instructions.classifier_engine}
+        if stage == "responses" and self.responses:
+            return {f"responses.pool[{i}].engine": m.engine for i, m in enumerate(self.responses.pool)}
+        if stage == "judgments":
+            return {"judgments.engine": self.judgments.engine}
+        if stage == "evaluate":
+            return {f"evaluate.judges[{i}].engine": j.engine for i, j in enumerate(self.evaluate.judges)
+                    if isinstance(j, EngineJudge)}
+        return {}
 
 
 # --- loading ------------------------------------------------------------------------------------

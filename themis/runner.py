@@ -7,12 +7,12 @@ import sys
 import time
 from typing import Any
 
-from themis.config import STAGES, PipelineConfig
+from themis.config import STAGES, ConfigError, PipelineConfig
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
 
-NEEDS_RAY = {"instructions", "responses", "judgments", "train", "evaluate", "serve"}
+NEEDS_RAY = {"instructions", "responses", "judgments", "train", "serve"}  # evaluate starts Ray only for engine judges
 
 
 def say(message: str) -> None:
@@ -24,6 +24,10 @@ def run_stage(name: str, cfg: PipelineConfig, **kwargs: Any) -> StageReport:
     """Run one stage and record it (or its failure) in the run's manifest."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    try:
+        cfg.check_stage(name)
+    except ValueError as exc:
+        raise ConfigError(f"cannot run {name}: {exc}") from None
     store = RunStore(cfg.run.storage, cfg.run.name)
     if name in NEEDS_RAY:
         init_ray(cfg.ray)

@@ -26,7 +26,7 @@ LOCAL_ENV = {
     "RAY_DEDUP_LOGS": "1",
 }
 
-PACKAGES = ("themis-judge", "ray", "torch", "deepspeed", "transformers", "pyarrow", "pydantic")
+PACKAGES = ("themis-judge", "ray", "torch", "deepspeed", "transformers", "pyarrow", "pydantic", "scipy", "scikit-learn")
 
 
 def init_ray(cfg: RayConfig) -> None:

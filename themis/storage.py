@@ -115,6 +115,12 @@ class RunStore:
             out.write(text.encode())
         return self.uri(rel)
 
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+        with self.fs.open_output_stream(self.path(rel)) as out:
+            out.write(data)
+        return self.uri(rel)
+
     def read_text(self, rel: str) -> str:
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")
@@ -161,3 +167,15 @@ class RunStore:
     def manifest(self) -> dict[str, Any]:
         return self.read_json("manifest.json") if self.exists("manifest.json") else {"stages": {}}
 
+
+def read_text_at(uri: str, storage: StorageConfig | None = None) -> str:
+    """One file by its full path or URI (local or s3://, with ``storage``'s endpoint settings)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        fs, path = _s3_filesystem(storage or StorageConfig()), f"{parsed.netloc}{parsed.path}"
+    else:
+        fs, path = pafs.LocalFileSystem(), Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve().as_posix()
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise StorageError(f"not found: {uri}")
+    with fs.open_input_stream(path) as src:
+        return src.read().decode()

@@ -111,6 +111,8 @@ def _train(
             state["step"] = step = step + 1
             state["train_loss"].append(loss)
             metrics = {"step": step, "epoch": epoch, "train_loss": loss, "lr": lr}
+            if rank == 0:  # progress for the driver's console (Ray forwards worker stdout)
+                print(f"[themis] train: step {step}/{total} loss={loss:.4f} lr={lr:.2e}", flush=True)
             if step % per_epoch == 0 or step == total:
                 metrics["val_loss"] = _evaluate(engine, config, rank, world)
                 state["val_loss"].append(

@@ -17,7 +17,8 @@ from themis.stages.judgments import REJECT_SCHEMA
 from themis.storage import RunStore
 from themis.tables import string_schema, to_table
 
-SFT_SCHEMA = string_schema(["example_id", "kind", "order", "pair_id", "scenario", "instruction_id", "label", "messages"])
+SFT_SCHEMA = string_schema(["example_id", "kind", "order", "pair_id", "scenario", "instruction_id", "label", "messages",
+                            "instruction", "responses", "reference"])
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:

@@ -1,133 +1,138 @@
-"""Stage 6, evaluate: run a judge over a labelled set and report its agreement.
+"""Stage 6, evaluate: measure judges against labelled items and write one report per judge.
 
-The judge is this run's trained model or any engine (an OpenAI-compatible endpoint included).
-The labels are this run's validation split, the PandaLM human-labelled pairs, or a user file.
-Metrics: MAE and Agr(2,2) for scores; accuracy and dual-order consistency for pairs. An output
-that does not parse counts as wrong for pairs and is left out of score metrics; the report says
-so and gives the counts. Writes ``reports/evaluation.json`` and ``reports/evaluation.md``.
+The benchmark (``evaluate.benchmark``): this run's validation split, the PandaLM or HHH human-
+labelled pairs, or a user's JSONL/Parquet. The judges (``evaluate.judges``): this run's trained
+model, any engine (an OpenAI-compatible endpoint or a local checkpoint), or a file of recorded
+verdicts. Engine judges see pairs in both orders and, with ``reference_effect``, items that have a
+reference both with and without it.
+
+Writes, per judge, under ``reports/evaluation/<judge>/``: ``report.json`` (every number, the
+config, data hashes, package versions), ``report.md``, ``predictions.parquet`` (every verdict, or
+why there is none) and PNG plots. ``themis evaluate compare A B`` sets two reports side by side.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict
 from typing import Any
 
-from themis import benchmarks, metrics
-from themis.config import EngineConfig, PipelineConfig, TransformersEngineConfig
-from themis.generation import generate, prompt_row
-from themis.parsing import ParseError, parse_pairwise, parse_score
-from themis.prompts import PAIR_CHOICES, PAIR_OPENING, SCORE_CHOICES, SCORE_OPENING
+from themis.config import (
+    BenchmarkConfig,
+    EngineJudge,
+    PipelineConfig,
+    RecordedJudge,
+    TrainedJudge,
+    TransformersEngineConfig,
+)
+from themis.evaluation import benchmarks, judges, markdown, plots
+from themis.evaluation.benchmarks import Item
+from themis.evaluation.judges import Prediction
+from themis.evaluation.report import Settings, build_report
+from themis.generation import generate, judge_prompt_row
+from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
+from themis.tables import string_schema, to_table
 
-UNPARSABLE_POLICY = "pairs: an unparsable verdict counts as wrong; scores: unparsable items are excluded"
+PREDICTION_SCHEMA = string_schema(["item_id", "order", "with_reference", "verdict", "output", "error"])
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
-    """Judge every labelled item, compute metrics, write the JSON and Markdown reports."""
+    """Judge the benchmark with every configured judge; write a report per judge."""
     section = cfg.evaluate
-    items, source = load_items(cfg, store)
-    if section.limit:
-        items = items[: section.limit]
+    items, source = load_benchmark(section.benchmark, store)
+    settings = Settings(section.unparsable, section.agr_p, section.agr_q, section.bootstrap.resamples,
+                        section.bootstrap.confidence, cfg.run.seed, section.breakdown)
+    outputs, details = {}, {}
+    for judge in section.judges:
+        predictions, unmatched = predict(judge, items, cfg, store)
+        report = build_report(items, predictions, settings) | {
+            "judge": judge.model_dump(mode="json"), "unmatched_prediction_ids": unmatched[:50],
+            "benchmark": {"name": section.benchmark.name, "source": source, "items": len(items),
+                          "sha256": items_hash(items)},
+            "config": section.model_dump(mode="json"), "versions": package_versions(),
+        }
+        outputs |= write_report(store, judge.name, report, predictions, section.plots)
+        details[judge.name] = headline(report)
+    counts = {"items": len(items), "judges": len(section.judges)}
+    return StageReport(inputs={"benchmark": source}, outputs=outputs, counts=counts, details=details)
+
+
+def load_benchmark(cfg: BenchmarkConfig, store: RunStore) -> tuple[list[Item], str]:
+    """The labelled items and where they came from."""
+    if cfg.name == "validation":
+        path = "dataset/validation.parquet"
+        if not store.exists(path):
+            raise FileNotFoundError(f"no validation split at {store.uri(path)}: run the dataset stage first")
+        items, source = benchmarks.from_validation(store.read_table(path).to_pylist()), store.uri(path)
+    elif cfg.name == "pandalm":
+        items, source = benchmarks.load_pandalm(cfg.shared_data_dir), f"{cfg.shared_data_dir}/pandalm"
+    elif cfg.name == "hhh":
+        items, source = benchmarks.load_hhh(cfg.shared_data_dir), f"{cfg.shared_data_dir}/hhh_alignment"
+    else:
+        items, source = benchmarks.load_file(cfg.path, cfg.kind, cfg.columns), str(cfg.path)
+    items = items[: cfg.limit] if cfg.limit else items
     if not items:
         raise ValueError(f"no labelled items in {source}")
-    engine_cfg, model_path = judge_engine(cfg, store)
-    out = generate([_prompt(i) for i in items], engine_cfg, section.sampling, seed=cfg.run.seed, model_path=model_path)
-    predictions = [predict(row) for row in out.to_dict("records")]
-    report = build_report(items, predictions, judge=section.judge, labels=source)
+    return items, source
+
+
+def predict(judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore) -> tuple[list[Prediction], list[str]]:
+    """One judge's predictions, and the recorded ids that matched no item (recorded judges only)."""
+    if isinstance(judge, RecordedJudge):
+        return judges.load_recorded(judge.path, judge.id_field, judge.verdict_field, judge.values, items)
+    section = cfg.evaluate
+    modes = (True, False) if section.reference_effect else (True,)
+    calls = judges.judge_calls(items, section.both_orders, modes)
+    rows = [{"call": n} | judge_prompt_row(c["prompt"], constrain=True) for n, c in enumerate(calls)]
+    engine, model_path = judge_engine(judge, cfg, store)
+    init_ray(cfg.ray)
+    out = generate(rows, engine, section.sampling, seed=cfg.run.seed, model_path=model_path)
+    answers = {int(r["call"]): (r["output"], r["error"] or None) for r in out.to_dict("records")}
+    return [judges.parse_call(c, *answers[n]) for n, c in enumerate(calls)], []
+
+
+def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore) -> tuple[Any, str | None]:
+    """The engine config to judge with, and the model folder for this run's trained judge."""
+    if isinstance(judge, EngineJudge):
+        return cfg.engines[judge.engine], None
+    if not store.exists("model"):
+        raise FileNotFoundError(f"no trained judge at {store.uri('model')}: run the train stage first")
+    return judge.engine or TransformersEngineConfig(model="trained"), str(store.local_dir("model"))
+
+
+def items_hash(items: list[Item]) -> str:
+    """A fingerprint of the labelled items, so two reports can be checked to share a benchmark."""
+    blob = json.dumps([asdict(i) | {"kind": i.kind} for i in items], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def write_report(store: RunStore, name: str, report: dict[str, Any], predictions: list[Prediction], with_plots: bool) -> dict[str, str]:
+    """report.json, report.md, predictions.parquet and the plots, under reports/evaluation/<name>/."""
+    base = f"reports/evaluation/{name}"
+    rows = [asdict(p) | {"with_reference": str(p.with_reference).lower(), "verdict": _text(p.verdict)} for p in predictions]
     outputs = {
-        "report_json": store.write_json("reports/evaluation.json", report),
-        "report_md": store.write_text("reports/evaluation.md", render_markdown(report)),
+        f"{name}/report_json": store.write_json(f"{base}/report.json", report),
+        f"{name}/report_md": store.write_text(f"{base}/report.md", markdown.render_report(report)),
+        f"{name}/predictions": store.write_table(f"{base}/predictions.parquet", to_table(rows, PREDICTION_SCHEMA)),
     }
-    counts = {"items": len(items), "parsed": sum(p["parsed"] for p in predictions)}
-    return StageReport(inputs={"labels": source}, outputs=outputs, counts=counts, details=report["metrics"])
+    if with_plots:
+        for plot, png in plots.render_plots(report).items():
+            outputs[f"{name}/{plot}"] = store.write_bytes(f"{base}/{plot}.png", png)
+    return outputs
 
 
-def load_items(cfg: PipelineConfig, store: RunStore) -> tuple[list[dict[str, Any]], str]:
-    """The labelled items named by ``evaluate.labels`` and where they came from."""
-    labels = cfg.evaluate.labels
-    if labels == "validation":
-        return benchmarks.from_validation(store.read_table("dataset/validation.parquet").to_pylist()), store.uri(
-            "dataset/validation.parquet"
-        )
-    if labels == "pandalm":
-        return benchmarks.from_pandalm(cfg.evaluate.shared_data_dir), f"{cfg.evaluate.shared_data_dir}/pandalm"
-    return benchmarks.from_file(labels), labels
-
-
-def judge_engine(cfg: PipelineConfig, store: RunStore) -> tuple[EngineConfig, str | None]:
-    """The engine to judge with, and the model folder for the trained judge."""
-    if cfg.evaluate.judge != "trained":
-        return cfg.engines[cfg.evaluate.judge], None
-    engine = cfg.evaluate.engine or TransformersEngineConfig(model="trained")
-    return engine, str(store.local_dir("model"))
-
-
-def _prompt(item: dict[str, Any]) -> dict[str, Any]:
-    messages = json.loads(item["messages"])
-    if item["kind"] == "pairwise":
-        return item | prompt_row(messages, PAIR_OPENING, PAIR_CHOICES, "]]")
-    return item | prompt_row(messages, SCORE_OPENING, SCORE_CHOICES, "]]")
-
-
-def predict(row: dict[str, Any]) -> dict[str, Any]:
-    """The judge's parsed verdict for one item, or why there is none."""
-    base = {"item_id": row["item_id"], "output": row["output"], "parsed": False, "prediction": None}
-    if row["error"]:
-        return base | {"error": f"engine error: {row['error']}"}
-    try:
-        judged = parse_pairwise(row["output"]) if row["kind"] == "pairwise" else parse_score(row["output"])
-    except ParseError as exc:
-        return base | {"error": str(exc)}
-    return base | {"parsed": True, "prediction": str(judged.verdict), "error": None}
-
-
-def build_report(items: list[dict], predictions: list[dict], judge: str, labels: str) -> dict[str, Any]:
-    """Every number, with the counts in and used and the unparsable policy."""
-    by_id = {p["item_id"]: p for p in predictions}
-    scored = [i for i in items if i["kind"] != "pairwise"]
-    pairs = [i for i in items if i["kind"] == "pairwise"]
-    result: dict[str, Any] = {"judge": judge, "labels": labels, "policy": UNPARSABLE_POLICY, "metrics": {}}
-    if scored:
-        result["metrics"]["scores"] = score_metrics(scored, by_id)
-    if pairs:
-        result["metrics"]["pairs"] = pair_metrics(pairs, by_id)
-    result["predictions"] = [{**by_id[i["item_id"]], "label": i["label"], "kind": i["kind"]} for i in items]
-    return result
-
-
-def score_metrics(items: list[dict], by_id: dict[str, dict]) -> dict[str, Any]:
-    used = [i for i in items if by_id[i["item_id"]]["parsed"]]
-    out: dict[str, Any] = {"items_in": len(items), "items_used": len(used), "parse_rate": len(used) / len(items)}
-    if used:
-        pred = [int(by_id[i["item_id"]]["prediction"]) for i in used]
-        gold = [int(i["label"]) for i in used]
-        out |= {"mae": metrics.mae(pred, gold), "agr_2_2": metrics.agreement(pred, gold, 2, 2),
-                "exact": metrics.agreement(pred, gold, 1, 0)}
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers the manifest and the console show."""
+    out: dict[str, Any] = {"overall": report["overall"]["value"]}
+    for family in ("pointwise", "pairwise"):
+        if family in report:
+            out[family] = {k: v["value"] for k, v in report[family]["metrics"].items()} | {"counts": report[family]["counts"]}
     return out
 
 
-def pair_metrics(items: list[dict], by_id: dict[str, dict]) -> dict[str, Any]:
-    pred = [by_id[i["item_id"]]["prediction"] or "unparsable" for i in items]
-    gold = [i["label"] for i in items]
-    out: dict[str, Any] = {"items_in": len(items), "items_used": len(items),
-                           "parse_rate": sum(p != "unparsable" for p in pred) / len(items),
-                           "accuracy": metrics.accuracy(pred, gold)}
-    orders = {(i["pair_id"], i["order"]): by_id[i["item_id"]]["prediction"] for i in items}
-    both = [pid for pid, order in orders if order == "ab" and orders.get((pid, "ba"))]
-    both = [pid for pid in both if orders[(pid, "ab")]]
-    if both:
-        out["dual_order_consistency"] = metrics.dual_order_consistency(
-            [orders[(p, "ab")] for p in both], [orders[(p, "ba")] for p in both])
-        out["pairs_with_both_orders"] = len(both)
-    return out
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A short human-readable report: one table per judgment family."""
-    lines = [f"# Evaluation: judge `{report['judge']}` on `{report['labels']}`", "", f"Policy: {report['policy']}", ""]
-    for family, values in report["metrics"].items():
-        lines += [f"## {family}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""Agreement between a judge and human labels, on scipy and scikit-learn. Pure: no Ray or torch.
+
+Scores (1-5): MAE, the paper's Agr(p, q), Pearson, Spearman, Kendall and quadratic-weighted kappa.
+Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where the gap is below p, else 0; Agr(2, 2)
+gives 1 for an exact match and 0.25 for off by one.
+
+Pairs (verdicts "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1 over the
+three classes, Cohen's kappa, and the position-bias figures that need both orders (dual-order
+consistency, correct in both orders) or none (how often the first or second position wins).
+An unparsable verdict is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
+
+SCORES = (1, 2, 3, 4, 5)
+VERDICTS = ("tie", "A", "B")
+UNPARSABLE = "unparsable"
+FLIP = {"A": "B", "B": "A", "tie": "tie", UNPARSABLE: UNPARSABLE}
+CODES = {"tie": 0, "A": 1, "B": 2, UNPARSABLE: 3}
+
+
+def mae(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Mean absolute error."""
+    _check(pred, gold)
+    return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(gold, float))))
+
+
+def agreement(pred: Sequence[float], gold: Sequence[float], p: float = 2, q: float = 2) -> float:
+    """Agr(p, q) of the paper: partial credit 1/(gap + 1)^q for gaps below p."""
+    _check(pred, gold)
+    gap = np.abs(np.asarray(pred, float) - np.asarray(gold, float))
+    return float(np.mean(np.where(gap < p, 1.0 / (gap + 1.0) ** q, 0.0)))
+
+
+def correlation(pred: Sequence[float], gold: Sequence[float], method: str) -> float | None:
+    """Pearson, Spearman or Kendall; None where it is undefined (a constant side)."""
+    _check(pred, gold)
+    if len(set(pred)) < 2 or len(set(gold)) < 2:
+        return None
+    test = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}[method]
+    return _finite(test(pred, gold).statistic)
+
+
+def weighted_kappa(pred: Sequence[int], gold: Sequence[int], labels: Sequence[int] = SCORES) -> float | None:
+    """Quadratic-weighted Cohen's kappa over the score scale; None where undefined."""
+    _check(pred, gold)
+    return _kappa(pred, gold, list(labels), "quadratic")
+
+
+def score_metrics(pred: Sequence[int], gold: Sequence[int], p: float = 2, q: float = 2) -> dict[str, float | None]:
+    """Every score metric for one set of (judge, human) scores."""
+    return {
+        "mae": mae(pred, gold),
+        f"agr_{_num(p)}_{_num(q)}": agreement(pred, gold, p, q),
+        "exact": agreement(pred, gold, 1, 0),
+        "pearson": correlation(pred, gold, "pearson"),
+        "spearman": correlation(pred, gold, "spearman"),
+        "kendall": correlation(pred, gold, "kendall"),
+        "qwk": weighted_kappa(pred, gold),
+    }
+
+
+def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
+    """Share of exact matches."""
+    _check(pred, gold)
+    return float(np.mean([a == b for a, b in zip(pred, gold)]))
+
+
+def verdict_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float | None]:
+    """Accuracy, macro precision/recall/F1 over {tie, A, B}, and Cohen's kappa."""
+    _check(pred, gold)
+    # Integer codes: scikit-learn is several times faster on them than on strings (bootstraps call this often).
+    p, g = _codes(pred), _codes(gold)
+    precision, recall, f1, _ = precision_recall_fscore_support(g, p, labels=[0, 1, 2], average="macro", zero_division=0)
+    return {
+        "accuracy": float(np.mean(p == g)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "kappa": _kappa(p, g, [0, 1, 2, 3], None),
+    }
+
+
+def _codes(verdicts: Sequence[str]) -> np.ndarray:
+    return np.fromiter((CODES[v] for v in verdicts), dtype=np.int64, count=len(verdicts))
+
+
+def position_rates(pred: Sequence[str]) -> dict[str, float]:
+    """How often the judge picks the first response, the second, or a tie (of all verdicts given)."""
+    given = [v for v in pred if v != UNPARSABLE]
+    n = len(given) or 1
+    return {"prefer_first": given.count("A") / n, "prefer_second": given.count("B") / n, "tie_rate": given.count("tie") / n}
+
+
+def dual_order_consistency(ab: Sequence[str], ba: Sequence[str]) -> float:
+    """Share of pairs whose ``ba`` verdict, mapped back to the ``ab`` order, equals the ``ab`` one."""
+    _check(ab, ba)
+    return float(np.mean([x != UNPARSABLE and x == FLIP[y] for x, y in zip(ab, ba)]))
+
+
+def correct_both_orders(ab: Sequence[str], ba: Sequence[str], gold_ab: Sequence[str]) -> float:
+    """Share of pairs judged correctly in both orders (the ``ba`` verdict mapped back first)."""
+    _check(ab, gold_ab)
+    _check(ba, gold_ab)
+    return float(np.mean([x == g and FLIP[y] == g for x, y, g in zip(ab, ba, gold_ab)]))
+
+
+def annotator_agreement(votes: Sequence[Sequence], kind: str) -> dict[str, float | None]:
+    """Human-human agreement, the ceiling: every annotator pair's Cohen's kappa (quadratic-weighted
+    for scores) and their mean. ``votes`` has one row per item, one column per annotator."""
+    columns = list(zip(*votes))
+    out: dict[str, float | None] = {}
+    for i in range(len(columns)):
+        for j in range(i + 1, len(columns)):
+            if kind == "pairwise":
+                out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(VERDICTS), None)
+            else:
+                out[f"qwk_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(SCORES), "quadratic")
+    values = [v for v in out.values() if v is not None]
+    out["mean"] = float(np.mean(values)) if values else None
+    return out
+
+
+def _kappa(a: Sequence, b: Sequence, labels: list, weights: str | None) -> float | None:
+    if len(set(a) | set(b)) < 2:
+        return None  # one class only: chance agreement is 1 and kappa is undefined
+    return _finite(cohen_kappa_score(a, b, labels=labels, weights=weights))
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or math.isnan(float(x)) else float(x)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _check(a: Sequence, b: Sequence) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"length mismatch: {len(a)} predictions, {len(b)} labels")
+    if len(a) == 0:
+        raise ValueError("no items to score")
+
+
+# --- batched forms, for bootstrap resamples ----------------------------------------------------------
+# A bootstrap evaluates a metric on a thousand resamples; scikit-learn's per-call validation makes
+# that take minutes. These compute the same numbers for a whole batch of resamples at once, from
+# confusion matrices or per-item arrays; tests check them against scikit-learn and scipy.
+
+
+def batched_verdict_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, macro P/R/F1 over the first three classes, and Cohen's kappa, from confusion
+    matrices of shape (..., 3, 4): gold tie/A/B rows, predicted tie/A/B/unparsable columns."""
+    c = confusion.astype(float)
+    n = c.sum(axis=(-2, -1))
+    diag = np.stack([c[..., k, k] for k in range(3)], axis=-1)
+    gold_totals, pred_totals = c.sum(axis=-1), c.sum(axis=-2)[..., :3]
+    precision = np.divide(diag, pred_totals, out=np.zeros_like(diag), where=pred_totals > 0)
+    recall = np.divide(diag, gold_totals, out=np.zeros_like(diag), where=gold_totals > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(diag), where=denom > 0)
+    observed = diag.sum(axis=-1) / n
+    expected = (gold_totals * pred_totals).sum(axis=-1) / n**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+    return {"accuracy": observed, "precision": precision.mean(-1), "recall": recall.mean(-1), "f1": f1.mean(-1), "kappa": kappa}
+
+
+def verdict_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Confusion matrices (..., 3, 4) of verdict strings: one per row of ``pred`` against ``gold``."""
+    codes = np.vectorize(CODES.__getitem__)
+    p_hot = codes(pred)[..., None] == np.arange(4)
+    g_hot = np.broadcast_to(codes(gold)[..., None] == np.arange(3), p_hot.shape[:-1] + (3,))
+    return np.einsum("...ni,...nj->...ij", g_hot.astype(float), p_hot.astype(float))
+
+
+def batched_score_metrics(pred: np.ndarray, gold: np.ndarray, p: float, q: float) -> dict[str, np.ndarray]:
+    """MAE, Agr(p, q), exact agreement, Pearson, Spearman and quadratic-weighted kappa for arrays of
+    shape (..., n) (Kendall has no cheap batched form; it is bootstrapped one resample at a time)."""
+    pred, gold = pred.astype(float), gold.astype(float)
+    gap = np.abs(pred - gold)
+    return {
+        "mae": gap.mean(-1),
+        "agr": np.where(gap < p, 1.0 / (gap + 1.0) ** q, 0.0).mean(-1),
+        "exact": (gap == 0).mean(-1),
+        "pearson": _batched_pearson(pred, gold),
+        "spearman": _batched_pearson(stats.rankdata(pred, axis=-1), stats.rankdata(gold, axis=-1)),
+        "qwk": _batched_qwk(pred, gold),
+    }
+
+
+def _batched_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    norm = np.sqrt((x**2).sum(-1) * (y**2).sum(-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm > 0, (x * y).sum(-1) / norm, np.nan)
+
+
+def _batched_qwk(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Quadratic-weighted kappa on the 1-5 scale: 1 - sum(w * observed) / sum(w * expected)."""
+    k = len(SCORES)
+    p_hot = pred[..., None] == np.asarray(SCORES, float)
+    g_hot = gold[..., None] == np.asarray(SCORES, float)
+    observed = np.einsum("...ni,...nj->...ij", g_hot.astype(float), p_hot.astype(float))
+    n = observed.sum(axis=(-2, -1), keepdims=True)
+    expected = observed.sum(-1, keepdims=True) * observed.sum(-2, keepdims=True) / n
+    weights = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2).astype(float)
+    den = (weights * expected).sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, 1 - (weights * observed).sum(axis=(-2, -1)) / den, np.nan)

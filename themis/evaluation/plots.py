@@ -1,0 +1,90 @@
+"""PNG plots of a report, with matplotlib's non-interactive backend. Pure: no Ray or torch.
+
+Per judgment family: the confusion matrix (human rows, judge columns), per-group bars of the
+headline metric with their bootstrap intervals, and the judge's verdict distribution beside the
+humans'.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """Plot name -> PNG bytes, for every family the report holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    out = {}
+    for family, headline in (("pointwise", "agr"), ("pairwise", "accuracy")):
+        section = report.get(family)
+        if not section or not section.get("metrics"):
+            continue
+        out[f"{family}_confusion"] = _confusion(section["confusion"], family)
+        out[f"{family}_groups"] = _groups(section["groups"], headline, family)
+        out[f"{family}_distribution"] = _distribution(section, family)
+    return out
+
+
+def _confusion(confusion: dict[str, Any], family: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    rows = confusion["labels"]
+    cols = confusion.get("predicted", rows)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(cols), 1.2 + 0.8 * len(rows)))
+    ax.imshow(confusion["matrix"], cmap="Blues")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel("judge")
+    ax.set_ylabel("human")
+    for i, row in enumerate(confusion["matrix"]):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    ax.set_title(f"{family}: confusion")
+    return _png(fig)
+
+
+def _groups(groups: dict[str, Any], headline: str, family: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    names = list(groups)
+    values = [groups[g][headline] or 0.0 for g in names]
+    low = [v - (groups[g][f"{headline}_ci"] or [v, v])[0] for g, v in zip(names, values)]
+    high = [(groups[g][f"{headline}_ci"] or [v, v])[1] - v for g, v in zip(names, values)]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
+    ax.bar(range(len(names)), values, yerr=[low, high], capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(f"{headline} (95% CI)")
+    ax.set_title(f"{family}: {headline} per group")
+    return _png(fig)
+
+
+def _distribution(section: dict[str, Any], family: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    if family == "pointwise":
+        judge, human = section["distribution"]["judge"], section["distribution"]["human"]
+    else:  # verdict counts from the confusion matrix: column sums (judge) and row sums (human)
+        matrix, labels = section["confusion"]["matrix"], section["confusion"]["labels"]
+        judge = {c: sum(row[j] for row in matrix) for j, c in enumerate(section["confusion"]["predicted"])}
+        human = {r: sum(matrix[i]) for i, r in enumerate(labels)}
+    keys = list(dict.fromkeys([*human, *judge]))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = range(len(keys))
+    ax.bar([x - 0.2 for x in xs], [human.get(k, 0) for k in keys], width=0.4, label="human")
+    ax.bar([x + 0.2 for x in xs], [judge.get(k, 0) for k in keys], width=0.4, label="judge")
+    ax.set_xticks(list(xs), keys)
+    ax.legend()
+    ax.set_title(f"{family}: judge vs human distribution")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,294 @@
+"""From predictions to a report: every number with its interval, counts in and used, per-group
+breakdowns, human ceilings, the normalised overall score and the effect of reference answers.
+Pure: no Ray or torch.
+
+Which prediction counts: an item is scored on the prompt it is normally judged with (with its
+reference when it has one, unless the judge never saw references); the other reference mode, when
+judged, only feeds the reference-effect table. Unparsable verdicts: pairs follow the configured
+policy (tie, wrong or exclude), always stated in the report; scores are excluded and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from themis.evaluation import metrics as m
+from themis.evaluation import stats
+from themis.evaluation.benchmarks import Item, PairwiseItem, PointwiseItem
+from themis.evaluation.judges import Prediction
+
+POLICIES = {
+    "tie": "an unparsable pairwise verdict counts as a tie",
+    "wrong": "an unparsable pairwise verdict counts as wrong",
+    "exclude": "an unparsable pairwise verdict is excluded (and counted)",
+}
+SCORE_POLICY = "an unparsable score is excluded (and counted)"
+# The metrics the normalised overall score averages, per judgment family (the paper uses MAE and Agr).
+KENDALL_RESAMPLES = 200
+AGGREGATED = {"pointwise": ("mae", "agr"), "pairwise": ("accuracy", "f1")}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to score: the unparsable policy, Agr's p and q, the bootstrap, the breakdown key."""
+
+    unparsable: str = "wrong"
+    p: float = 2
+    q: float = 2
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    breakdown: str = "scenario"
+
+
+def build_report(items: Sequence[Item], predictions: Sequence[Prediction], settings: Settings) -> dict[str, Any]:
+    """Every number for one judge on one benchmark."""
+    if settings.unparsable not in POLICIES:
+        raise ValueError(f"unparsable policy must be one of {sorted(POLICIES)}, got {settings.unparsable!r}")
+    preds = index_predictions(predictions)
+    report: dict[str, Any] = {"policy": {"pairwise": POLICIES[settings.unparsable], "pointwise": SCORE_POLICY,
+                                         "unparsable": settings.unparsable},
+                              "settings": settings.__dict__, "items_in": len(items)}
+    point = [i for i in items if isinstance(i, PointwiseItem)]
+    pairs = [i for i in items if isinstance(i, PairwiseItem)]
+    if point:
+        report["pointwise"] = pointwise_section(point, preds, settings)
+    if pairs:
+        report["pairwise"] = pairwise_section(pairs, preds, settings)
+    report["reference_effect"] = reference_effect(items, preds, settings)
+    normalised = {f"{fam}/{k}": v for fam in ("pointwise", "pairwise") if fam in report
+                  for k, v in report[fam]["normalised"].items()}
+    report["overall"] = {"value": stats.overall(normalised), "normalised": normalised,
+                         "anchors": "random = a judge drawing from the human label distribution; perfect = 1 (MAE 0)"}
+    return report
+
+
+Key = tuple[str, str, bool]  # item id, order, with_reference
+
+
+def index_predictions(predictions: Sequence[Prediction]) -> dict[Key, Prediction]:
+    return {(p.item_id, p.order, p.with_reference): p for p in predictions}
+
+
+def primary(item: Item, order: str, preds: dict[Key, Prediction]) -> Prediction | None:
+    """The prediction an item is scored on: with its reference if judged so, else without."""
+    return preds.get((item.item_id, order, item.reference is not None)) or preds.get((item.item_id, order, False))
+
+
+def group_of(item: Item, breakdown: str) -> str:
+    return (item.category if breakdown == "category" else item.scenario) or "(none)"
+
+
+# --- scores ---------------------------------------------------------------------------------------
+
+
+def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any]:
+    judged = [(i, primary(i, "", preds)) for i in items]
+    used = [(i, int(p.verdict)) for i, p in judged if p is not None and p.verdict is not None]
+    out: dict[str, Any] = {"counts": _counts(judged, len(used))}
+    if not used:
+        return out | {"metrics": {}, "normalised": {}}
+    pred, gold = [v for _, v in used], [i.gold for i, _ in used]
+    values = _rename_agr(m.score_metrics(pred, gold, s.p, s.q))
+    pred_arr, gold_arr = np.asarray(pred), np.asarray(gold)
+    cis = stats.bootstrap_cis(len(used), lambda idx: m.batched_score_metrics(pred_arr[idx], gold_arr[idx], s.p, s.q),
+                              s.resamples, s.confidence, s.seed, vectorized=True)
+    # Kendall has no batched form: fewer resamples keep it to about a second.
+    cis |= stats.bootstrap_cis(len(used), lambda idx: {"kendall": m.correlation(pred_arr[idx], gold_arr[idx], "kendall")},
+                               min(s.resamples, KENDALL_RESAMPLES), s.confidence, s.seed)
+    def random_judge(draws: np.ndarray) -> dict[str, np.ndarray]:
+        return m.batched_score_metrics(draws, gold_arr, s.p, s.q)
+
+    chance = {k: stats.chance_level(lambda d, k=k: random_judge(d)[k], gold, seed=s.seed) for k in AGGREGATED["pointwise"]}
+    out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
+    out["chance"] = chance
+    out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]}
+    out["groups"] = _groups([(i, m.agreement([v], [i.gold], s.p, s.q), 1.0) for i, v in used], s, "agr")
+    out["distribution"] = {"judge": _histogram(pred, m.SCORES), "human": _histogram(gold, m.SCORES)}
+    out["confusion"] = {"labels": list(m.SCORES), "matrix": _confusion(gold, pred, list(m.SCORES), list(m.SCORES))}
+    out["human_human"] = _human_ceiling(items, "pointwise")
+    return out
+
+
+def _rename_agr(values: dict[str, float | None]) -> dict[str, float | None]:
+    """``agr_2_2`` -> ``agr`` (the settings record p and q), so reports compare across settings."""
+    return {("agr" if k.startswith("agr_") else k): v for k, v in values.items()}
+
+
+# --- pairs ----------------------------------------------------------------------------------------
+
+
+def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any]:
+    units, judged = _pair_units(items, preds, s)
+    n_used = sum(len(u) for u in units)
+    out: dict[str, Any] = {"counts": _counts(judged, n_used)}
+    if not n_used:
+        return out | {"metrics": {}, "normalised": {}}
+    keep = [k for k, u in enumerate(units) if u]
+    units = [units[k] for k in keep]
+    unit_items = [items[k] for k in keep]
+
+    rows = [r for u in units for r in u]
+    pred, gold = [r[1] for r in rows], [r[2] for r in rows]
+    values = m.verdict_metrics(pred, gold) | _order_metrics(units)
+    cis = stats.bootstrap_cis(len(units), _batched_pair_statistic(units), s.resamples, s.confidence, s.seed, vectorized=True)
+    gold_arr = np.asarray(gold)
+    chance = {k: stats.chance_level(lambda d, k=k: m.batched_verdict_metrics(m.verdict_confusions(d, gold_arr))[k], gold, seed=s.seed)
+              for k in AGGREGATED["pairwise"]}
+    out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
+    out["position"] = {"judge": m.position_rates(pred), "human": m.position_rates(gold)}
+    out["chance"] = chance
+    out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pairwise"]}
+    out["groups"] = _groups([(i, sum(v == g for _, v, g in u), len(u)) for i, u in zip(unit_items, units)], s, "accuracy")
+    labels = list(m.VERDICTS)
+    out["confusion"] = {"labels": labels, "predicted": [*labels, m.UNPARSABLE],
+                        "matrix": _confusion(gold, pred, labels, [*labels, m.UNPARSABLE])}
+    out["human_human"] = _human_ceiling(items, "pairwise")
+    return out
+
+
+def _pair_units(items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings) -> tuple[list[list[tuple]], list]:
+    """Per pair, its judged orders as (order, verdict after the policy, gold for that order)."""
+    units, judged = [], []
+    for item in items:
+        unit = []
+        for order in ("ab", "ba"):
+            p = primary(item, order, preds)
+            if p is None:
+                continue
+            judged.append((item, p))
+            verdict = p.verdict if p.verdict is not None else _apply_policy(s.unparsable)
+            if verdict is not None:
+                unit.append((order, verdict, item.gold if order == "ab" else m.FLIP[item.gold]))
+        units.append(unit)
+    return units, judged
+
+
+def _batched_pair_statistic(units: Sequence[Sequence[tuple]]) -> Any:
+    """The pair metrics of resampled pairs, a batch of resamples at a time (see metrics.batched_*)."""
+    cells = np.zeros((len(units), 3, 4))
+    consistent, both, correct_both = (np.zeros(len(units)) for _ in range(3))
+    for k, unit in enumerate(units):
+        for _, verdict, gold in unit:
+            cells[k, m.CODES[gold], m.CODES[verdict]] += 1
+        orders = {o: (v, g) for o, v, g in unit}
+        if "ab" in orders and "ba" in orders:
+            (ab, g), (ba, _) = orders["ab"], orders["ba"]
+            both[k], consistent[k] = 1, m.dual_order_consistency([ab], [ba])
+            correct_both[k] = m.correct_both_orders([ab], [ba], [g])
+
+    def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
+        n_both = both[idx].sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            order = {"dual_order_consistency": np.where(n_both > 0, consistent[idx].sum(-1) / n_both, np.nan),
+                     "correct_both_orders": np.where(n_both > 0, correct_both[idx].sum(-1) / n_both, np.nan)}
+        return m.batched_verdict_metrics(cells[idx].sum(-3)) | order
+
+    return statistic
+
+
+def _apply_policy(policy: str) -> str | None:
+    return {"tie": "tie", "wrong": m.UNPARSABLE, "exclude": None}[policy]
+
+
+def _order_metrics(units: Sequence[Sequence[tuple]]) -> dict[str, float | None]:
+    """Dual-order consistency and correct-in-both-orders, over pairs judged in both orders."""
+    both = [dict((o, (v, g)) for o, v, g in u) for u in units]
+    both = [u for u in both if "ab" in u and "ba" in u]
+    if not both:
+        return {"dual_order_consistency": None, "correct_both_orders": None}
+    ab, ba, gold = [u["ab"][0] for u in both], [u["ba"][0] for u in both], [u["ab"][1] for u in both]
+    return {"dual_order_consistency": m.dual_order_consistency(ab, ba), "correct_both_orders": m.correct_both_orders(ab, ba, gold)}
+
+
+# --- shared parts -----------------------------------------------------------------------------------
+
+
+def _counts(judged: Sequence[tuple[Item, Prediction | None]], used: int) -> dict[str, Any]:
+    """How many predictions came in, how many were used, and why the others were not."""
+    reasons = Counter(_reason(p) for _, p in judged if p is None or p.verdict is None)
+    return {"predictions": len(judged), "parsed": sum(p is not None and p.verdict is not None for _, p in judged),
+            "used": used, "unparsable_by_reason": dict(reasons)}
+
+
+def _reason(p: Prediction | None) -> str:
+    if p is None:
+        return "not judged"
+    return (p.error or "no verdict").split(":")[0] if (p.error or "").startswith("engine error") else p.error or "no verdict"
+
+
+def _groups(rows: Sequence[tuple[Item, float, float]], s: Settings, headline: str) -> dict[str, Any]:
+    """Per scenario (or category): the item count, the headline metric and its bootstrap interval.
+    ``rows`` hold (item, credit, weight): the headline is sum(credit) / sum(weight) over a group."""
+    by_group: dict[str, list] = defaultdict(list)
+    for item, credit, weight in rows:
+        by_group[group_of(item, s.breakdown)].append((credit, weight))
+    out = {}
+    for name, members in sorted(by_group.items()):
+        num, den = [c for c, _ in members], [w for _, w in members]
+        ci = stats.ratio_ci(num, den, s.resamples, s.confidence, s.seed)
+        out[name] = {"n": len(members), headline: sum(num) / sum(den), f"{headline}_ci": list(ci) if ci else None}
+    return out
+
+
+def _histogram(values: Sequence, labels: Sequence) -> dict[str, int]:
+    counts = Counter(values)
+    return {str(k): counts.get(k, 0) for k in labels}
+
+
+def _confusion(gold: Sequence, pred: Sequence, rows: list, cols: list) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
+    full = confusion_matrix([str(g) for g in gold], [str(p) for p in pred], labels=[str(c) for c in cols])
+    keep = [cols.index(r) for r in rows]
+    return full[keep].tolist()
+
+
+def _human_ceiling(items: Sequence[Item], kind: str) -> dict[str, Any] | None:
+    """Annotator-vs-annotator agreement on the items with the most annotators (if more than one)."""
+    most = max(len(i.human) for i in items)
+    if most < 2:
+        return None
+    votes = [i.human for i in items if len(i.human) == most]
+    return {"annotators": most, "items": len(votes), **m.annotator_agreement(votes, kind)}
+
+
+# --- reference effect -------------------------------------------------------------------------------
+
+
+def reference_effect(items: Sequence[Item], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any] | None:
+    """Per scenario, the headline metric with and without the reference, on items judged both ways."""
+    rows: dict[str, dict[bool, list]] = defaultdict(lambda: {True: [], False: []})
+    for item in items:
+        orders = ("",) if isinstance(item, PointwiseItem) else ("ab", "ba")
+        for order in orders:
+            with_ref, without = preds.get((item.item_id, order, True)), preds.get((item.item_id, order, False))
+            if with_ref is None or without is None:
+                continue
+            gold = item.gold if order in ("", "ab") else m.FLIP[item.gold]
+            for flag, p in ((True, with_ref), (False, without)):
+                rows[(item.scenario, item.kind)][flag].append((p.verdict, gold))
+    if not rows:
+        return None
+    table = {}
+    for (scenario, kind), pair in sorted(rows.items()):
+        metric = "agr" if kind == "pointwise" else "accuracy"
+        with_v, without_v = (_headline(kind, pair[f], s) for f in (True, False))
+        table[f"{scenario}/{kind}"] = {"metric": metric, "n": len(pair[True]), "with_reference": with_v,
+                                       "without_reference": without_v,
+                                       "effect": None if with_v is None or without_v is None else with_v - without_v}
+    return table
+
+
+def _headline(kind: str, rows: list[tuple], s: Settings) -> float | None:
+    if kind == "pointwise":
+        used = [(v, g) for v, g in rows if v is not None]
+        return m.agreement([v for v, _ in used], [g for _, g in used], s.p, s.q) if used else None
+    verdicts = [(v if v is not None else _apply_policy(s.unparsable), g) for v, g in rows]
+    used = [(v, g) for v, g in verdicts if v is not None]
+    return m.accuracy([v for v, _ in used], [g for _, g in used]) if used else None
