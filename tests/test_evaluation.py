@@ -145,7 +145,7 @@ def test_hhh_and_mt_bench_adapters() -> None:
     assert len(hhh) == 221 and all(i.gold == "A" and i.response_a != i.response_b for i in hhh)
     assert {c: sum(i.category == c for i in hhh) for c in ("harmless", "helpful", "honest", "other")} == {
         "harmless": 58, "helpful": 59, "honest": 61, "other": 43}
-    questions = benchmarks.mt_bench_instructions(SHARED_DATA)
+    questions = benchmarks.mt_bench_instructions(SHARED_DATA / "mt_bench")
     assert len(questions) == 80 and sum(q["reference"] is not None for q in questions) == 30
     assert {q["scenario"] for q in questions} >= {"math_qa", "programming", "role_playing"}
 
@@ -209,3 +209,12 @@ def test_evaluate_stage_from_the_shipped_config(tmp_path: Path, capsys) -> None:
     assert "| pairwise/accuracy | 0.7107 |" in out and "0.6677" in out
     assert cli.main(["evaluate", "compare", str(base / "gpt"), str(tmp_path / "nope")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+@needs_shared
+def test_mt_bench_seeds_the_instructions_stage() -> None:
+    from themis.stages.instructions import read_mt_bench
+
+    rows = read_mt_bench(str(SHARED_DATA / "mt_bench"), 12)
+    assert len(rows) == 12 and all(r["scenario_source"] == "given" and r["method"] == "mt_bench" for r in rows)
+    assert rows[0]["instruction_id"] == "mt_bench-81" and rows[0]["scenario"] == "creative_writing"

@@ -116,6 +116,11 @@ class InstructionsConfig(Strict):
         None, description="A JSONL of the user's own instructions (instruction, optional scenario, reference)."
     )
     min_chars: int = Field(12, ge=1, description="Shorter generated instructions are rejected.")
+    mt_bench_dir: str | None = Field(
+        None, description="Also take MT-bench's first-turn questions (GPT-4 references where given) from this "
+        "folder, e.g. ../shared/data/mt_bench; their categories map to scenarios."
+    )
+    mt_bench_limit: int | None = Field(None, ge=1, description="Use only the first N MT-bench questions.")
 
 
 class AnswerModel(Strict):

@@ -26,6 +26,7 @@ import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 _ERROR_STATUSES = {"429": 429, "500": 500, "503": 503, "400": 400}
@@ -48,11 +49,13 @@ class FakeOpenAIServer:
         hang_s: float = 2.0,
         delay_s: float = 0.0,
         model: str = "fake",
+        reply: Callable[[dict[str, Any]], str] | None = None,
     ):
         self.faults = {key: list(kinds) for key, kinds in (faults or {}).items()}
         self.hang_s = hang_s  # how long a "timeout" fault stays silent
         self.delay_s = delay_s  # time every request takes, so that requests overlap
         self.model = model
+        self.reply = reply  # content for a request body; default: "ok: <last user message>"
         self.attempts: Counter[str] = Counter()  # per fault key, else per last user message
         self.bodies: list[dict[str, Any]] = []  # every chat request body, in arrival order
         self.in_flight = 0
@@ -176,7 +179,8 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             elif fault == "null":
                 self._send(200, _completion(server.model, None))
             elif fault is None:
-                self._send(200, _completion(server.model, f"ok: {_last_user_text(body)}"))
+                content = server.reply(body) if server.reply else f"ok: {_last_user_text(body)}"
+                self._send(200, _completion(server.model, content))
             else:
                 raise ValueError(f"unknown fault kind {fault!r}")
 

@@ -120,9 +120,10 @@ def _hhh_parts(prompt: Any, path: Path, n: int) -> dict[str, str]:
     return match.groupdict()
 
 
-def mt_bench_instructions(shared_dir: str | Path) -> list[dict[str, Any]]:
-    """MT-bench first-turn questions as unlabelled instructions, with GPT-4 references where given."""
-    folder = Path(shared_dir) / "mt_bench"
+def mt_bench_instructions(folder: str | Path) -> list[dict[str, Any]]:
+    """MT-bench first-turn questions (from its folder, e.g. ../shared/data/mt_bench) as unlabelled
+    instructions, with GPT-4 references where given."""
+    folder = Path(folder)
     refs = {r["question_id"]: r["choices"][0]["turns"][0] for _, r in _jsonl(folder / "reference_answer_gpt-4.jsonl")}
     rows = []
     for n, q in _jsonl(folder / "question.jsonl"):

@@ -36,11 +36,12 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     generated, rejected = write_instructions(plans, cfg)
     user_rows, user_rejects = read_user_file(section.user_file) if section.user_file else ([], [])
     labelled, unlabelled_rejects = classify_missing(user_rows, cfg)
-    rows = generated + labelled
+    seeded = read_mt_bench(section.mt_bench_dir, section.mt_bench_limit) if section.mt_bench_dir else []
+    rows = generated + labelled + seeded
     rejects = rejected + user_rejects + unlabelled_rejects
     outputs = {"instructions": store.write_table("instructions/data.parquet", to_table(rows, SCHEMA))}
     outputs["rejects"] = store.write_table("rejects/instructions.parquet", to_table(rejects, REJECT_SCHEMA))
-    rows_in = len(plans) + len(user_rows) + len(user_rejects)
+    rows_in = len(plans) + len(user_rows) + len(user_rejects) + len(seeded)
     counts = {"rows_in": rows_in, "rows_out": len(rows), "rows_rejected": len(rejects)}
     counts["per_scenario"] = pd.Series([r["scenario"] for r in rows], dtype=str).value_counts().to_dict()
     inputs = {"user_file": section.user_file} if section.user_file else {}
@@ -121,6 +122,16 @@ def read_user_file(path: str) -> tuple[list[dict], list[dict]]:
         else:
             rows.append(row)
     return rows, rejects
+
+
+def read_mt_bench(folder: str, limit: int | None) -> list[dict]:
+    """MT-bench's questions as labelled instructions (an unlabelled benchmark, used as seed data)."""
+    from themis.evaluation.benchmarks import mt_bench_instructions
+
+    rows = mt_bench_instructions(folder)[:limit]
+    return [{"instruction_id": r["source"].replace(":", "-"), "instruction": r["instruction"], "scenario": r["scenario"],
+             "method": "mt_bench", "source": r["source"], "passage": "", "reference": r["reference"] or "",
+             "scenario_source": "given"} for r in rows]
 
 
 def _user_row(line: str, known: set[str]) -> tuple[dict[str, Any], str | None]:
