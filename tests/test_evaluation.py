@@ -202,6 +202,7 @@ def test_evaluate_stage_from_the_shipped_config(tmp_path: Path, capsys) -> None:
     report = json.loads((base / "gpt" / "report.json").read_text())
     assert pct(report, "accuracy") == 71.07 and report["versions"]["scikit-learn"]
     assert report["benchmark"]["items"] == 999 and len(report["benchmark"]["sha256"]) == 64
+    assert len(report["predictions_file_sha256"]) == 64
     assert {p.name for p in (base / "gpt").iterdir()} >= {"report.md", "predictions.parquet", "pairwise_confusion.png"}
     capsys.readouterr()
     assert cli.main(["evaluate", "compare", str(base / "gpt"), str(base / "p7b" / "report.json")]) == 0

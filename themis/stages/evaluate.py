@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from themis.config import (
@@ -52,6 +53,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
             "judge": judge.model_dump(mode="json"), "unmatched_prediction_ids": unmatched[:50],
             "benchmark": {"name": section.benchmark.name, "source": source, "items": len(items),
                           "sha256": items_hash(items)},
+            "predictions_file_sha256": file_hash(judge.path) if isinstance(judge, RecordedJudge) else None,
             "config": section.model_dump(mode="json"), "versions": package_versions(),
         }
         outputs |= write_report(store, judge.name, report, predictions, section.plots)
@@ -107,6 +109,11 @@ def items_hash(items: list[Item]) -> str:
     """A fingerprint of the labelled items, so two reports can be checked to share a benchmark."""
     blob = json.dumps([asdict(i) | {"kind": i.kind} for i in items], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def file_hash(path: str) -> str:
+    """SHA-256 of a recorded-verdicts file, so a report names exactly what it scored."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_report(store: RunStore, name: str, report: dict[str, Any], predictions: list[Prediction], with_plots: bool) -> dict[str, str]:
