@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from themis import cli
 from themis.evaluation import benchmarks, judges, markdown, plots, stats
 from themis.evaluation.benchmarks import BenchmarkError, PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
 from themis.evaluation.report import Settings, build_report
-from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).parents[1]
 PANDALM = SHARED_DATA / "pandalm"
@@ -61,8 +61,12 @@ def test_pandalm_table_pandalm7b_and_annotator_kappas() -> None:
 
 def test_paper_relative_gaps_from_table_3() -> None:
     # (MAE, Agr(2,2)) on Alignbench-extended and SynUI, from the paper's Table 3.
-    table = {"themis": (0.756, 0.559, 0.673, 0.582), "qwen14b": (1.320, 0.366, 1.035, 0.437),
-             "qwenmax": (1.131, 0.424, 0.840, 0.497), "gpt4": (0.685, 0.595, 0.664, 0.590)}
+    table = {
+        "themis": (0.756, 0.559, 0.673, 0.582),
+        "qwen14b": (1.320, 0.366, 1.035, 0.437),
+        "qwenmax": (1.131, 0.424, 0.840, 0.497),
+        "gpt4": (0.685, 0.595, 0.664, 0.590),
+    }
 
     def metrics(name: str, which: str = "both") -> dict[str, float]:
         a_mae, a_agr, s_mae, s_agr = table[name]
@@ -78,7 +82,9 @@ def test_paper_relative_gaps_from_table_3() -> None:
 def test_normalisation_anchors_chance_at_zero_and_perfect_at_one() -> None:
     assert stats.normalise("accuracy", 1.0, 0.4) == pytest.approx(1.0)
     assert stats.normalise("accuracy", 0.4, 0.4) == pytest.approx(0.0)
-    assert stats.normalise("mae", 0.0, 1.6) == pytest.approx(1.0) and stats.normalise("mae", 0.8, 1.6) == pytest.approx(0.5)
+    assert stats.normalise("mae", 0.0, 1.6) == pytest.approx(1.0) and stats.normalise("mae", 0.8, 1.6) == pytest.approx(
+        0.5
+    )
     # Chance accuracy of a judge drawing from the labels' distribution is sum(p_k^2).
     import numpy as np
 
@@ -88,14 +94,21 @@ def test_normalisation_anchors_chance_at_zero_and_perfect_at_one() -> None:
 
 
 def test_pointwise_report_and_reference_effect() -> None:
-    items = [PointwiseItem(f"i{k}", "q", "r", "close_qa" if k % 2 else "role_playing", (1 + k % 5, 1 + k % 5), "ref")
-             for k in range(20)]
+    items = [
+        PointwiseItem(f"i{k}", "q", "r", "close_qa" if k % 2 else "role_playing", (1 + k % 5, 1 + k % 5), "ref")
+        for k in range(20)
+    ]
     preds = [Prediction(i.item_id, "", True, i.gold) for i in items]  # perfect with the reference
     preds += [Prediction(i.item_id, "", False, min(5, i.gold + 1)) for i in items]  # off by one without
     preds[3] = Prediction("i3", "", True, None, "garbled", "no rating found")
     report = build_report(items, preds, Settings(resamples=100))
     point = report["pointwise"]
-    assert point["counts"] == {"predictions": 20, "parsed": 19, "used": 19, "unparsable_by_reason": {"no rating found": 1}}
+    assert point["counts"] == {
+        "predictions": 20,
+        "parsed": 19,
+        "used": 19,
+        "unparsable_by_reason": {"no rating found": 1},
+    }
     assert point["metrics"]["mae"]["value"] == 0 and point["metrics"]["agr"]["value"] == 1
     assert point["normalised"]["agr"] == pytest.approx(1.0) and report["overall"]["value"] == pytest.approx(1.0)
     assert point["human_human"]["annotators"] == 2 and point["human_human"]["mean"] == pytest.approx(1.0)
@@ -118,14 +131,25 @@ def test_pairwise_both_orders_position_bias() -> None:
 
 
 def _header() -> dict:
-    return {"judge": {"name": "j", "kind": "recorded"}, "benchmark": {"name": "b", "source": "s", "items": 1, "sha256": "0" * 64}}
+    return {
+        "judge": {"name": "j", "kind": "recorded"},
+        "benchmark": {"name": "b", "source": "s", "items": 1, "sha256": "0" * 64},
+    }
 
 
 def test_compare_marks_differences_beyond_the_intervals() -> None:
-    a = {"pairwise": {"metrics": {"accuracy": {"value": 0.9, "ci": [0.85, 0.95]}, "f1": {"value": 0.5, "ci": [0.4, 0.6]}}},
-         "overall": {"value": 0.8}} | _header()
-    b = {"pairwise": {"metrics": {"accuracy": {"value": 0.6, "ci": [0.55, 0.65]}, "f1": {"value": 0.48, "ci": [0.38, 0.58]}}},
-         "overall": {"value": 0.3}} | _header()
+    a = {
+        "pairwise": {
+            "metrics": {"accuracy": {"value": 0.9, "ci": [0.85, 0.95]}, "f1": {"value": 0.5, "ci": [0.4, 0.6]}}
+        },
+        "overall": {"value": 0.8},
+    } | _header()
+    b = {
+        "pairwise": {
+            "metrics": {"accuracy": {"value": 0.6, "ci": [0.55, 0.65]}, "f1": {"value": 0.48, "ci": [0.38, 0.58]}}
+        },
+        "overall": {"value": 0.3},
+    } | _header()
     text = markdown.compare_reports(a, b, "ours", "theirs")
     assert "| pairwise/accuracy | 0.9000 |" in text and "0.3000 *" in text
     assert "0.0200 *" not in text and "Relative gap of ours over theirs" in text
@@ -144,7 +168,11 @@ def test_hhh_and_mt_bench_adapters() -> None:
     hhh = benchmarks.load_hhh(SHARED_DATA)
     assert len(hhh) == 221 and all(i.gold == "A" and i.response_a != i.response_b for i in hhh)
     assert {c: sum(i.category == c for i in hhh) for c in ("harmless", "helpful", "honest", "other")} == {
-        "harmless": 58, "helpful": 59, "honest": 61, "other": 43}
+        "harmless": 58,
+        "helpful": 59,
+        "honest": 61,
+        "other": 43,
+    }
     questions = benchmarks.mt_bench_instructions(SHARED_DATA / "mt_bench")
     assert len(questions) == 80 and sum(q["reference"] is not None for q in questions) == 30
     assert {q["scenario"] for q in questions} >= {"math_qa", "programming", "role_playing"}
@@ -152,11 +180,16 @@ def test_hhh_and_mt_bench_adapters() -> None:
 
 def test_user_file_with_column_mapping(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
-    rows = [{"q": "Add 2 and 2", "ans": "4", "s": "math_qa", "r1": 5, "r2": "4", "id": "x1"},
-            {"q": "Capital of Peru?", "ans": "Lima", "s": "close_qa", "r1": 5, "r2": 5, "id": "x2"}]
+    rows = [
+        {"q": "Add 2 and 2", "ans": "4", "s": "math_qa", "r1": 5, "r2": "4", "id": "x1"},
+        {"q": "Capital of Peru?", "ans": "Lima", "s": "close_qa", "r1": 5, "r2": 5, "id": "x2"},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    items = benchmarks.load_file(path, "pointwise", {"instruction": "q", "response": "ans", "scenario": "s",
-                                                     "human": ["r1", "r2"], "item_id": "id"})
+    items = benchmarks.load_file(
+        path,
+        "pointwise",
+        {"instruction": "q", "response": "ans", "scenario": "s", "human": ["r1", "r2"], "item_id": "id"},
+    )
     assert [(i.item_id, i.human, i.gold) for i in items] == [("x1", (5, 4), 5), ("x2", (5, 5), 5)]
 
 
@@ -187,14 +220,20 @@ def test_recorded_predictions_missing_ids_are_counted(tmp_path: Path) -> None:
     assert report["pairwise"]["counts"]["used"] == 2
 
 
+def _recorded(name: str, file: str, field: str, values: dict) -> str:
+    return json.dumps(
+        {"kind": "recorded", "name": name, "path": str(PANDALM / file), "verdict_field": field, "values": values}
+    )
+
+
 @needs_shared
 def test_evaluate_stage_from_the_shipped_config(tmp_path: Path, capsys) -> None:
     config = ROOT / "jobs" / "configs" / "eval_pandalm.yaml"
     overrides = [
-        f"run.storage.root={tmp_path}", f"evaluate.benchmark.shared_data_dir={SHARED_DATA}",
-        "evaluate.judges=[{kind: recorded, name: gpt, path: '%s', verdict_field: gpt_result, values: {'1': A, '2': B, Tie: tie}},"
-        " {kind: recorded, name: p7b, path: '%s', verdict_field: pandalm_result, values: {'0': tie, '1': A, '2': B}}]"
-        % (PANDALM / "gpt-3.5-turbo-testset-v1.json", PANDALM / "pandalm-7b-testset-v1.json"),
+        f"run.storage.root={tmp_path}",
+        f"evaluate.benchmark.shared_data_dir={SHARED_DATA}",
+        f"evaluate.judges=[{_recorded('gpt', 'gpt-3.5-turbo-testset-v1.json', 'gpt_result', GPT)}, "
+        f"{_recorded('p7b', 'pandalm-7b-testset-v1.json', 'pandalm_result', PANDALM_7B)}]",
         "evaluate.bootstrap.resamples=200",
     ]
     assert cli.main(["evaluate", str(config), *overrides]) == 0

@@ -18,8 +18,10 @@ from themis.evaluation import benchmarks, judges, markdown, plots  # noqa: E402
 from themis.evaluation.report import Settings, build_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "pandalm"
-JUDGES = {"gpt-3.5-turbo": ("gpt-3.5-turbo-testset-v1.json", "gpt_result", {"1": "A", "2": "B", "Tie": "tie"}),
-          "pandalm-7b": ("pandalm-7b-testset-v1.json", "pandalm_result", {"0": "tie", "1": "A", "2": "B"})}
+JUDGES = {
+    "gpt-3.5-turbo": ("gpt-3.5-turbo-testset-v1.json", "gpt_result", {"1": "A", "2": "B", "Tie": "tie"}),
+    "pandalm-7b": ("pandalm-7b-testset-v1.json", "pandalm_result", {"0": "tie", "1": "A", "2": "B"}),
+}
 
 
 def main() -> None:
@@ -32,12 +34,18 @@ def main() -> None:
         report = build_report(items, preds, Settings(unparsable="tie", breakdown="category"))
         t1 = time.perf_counter()
         pngs = plots.render_plots(report)
-        markdown.render_report(report | {"judge": {"name": name, "kind": "recorded"},
-                                         "benchmark": {"name": "pandalm", "source": str(SHARED), "items": len(items), "sha256": "0" * 64}})
+        markdown.render_report(
+            report
+            | {
+                "judge": {"name": name, "kind": "recorded"},
+                "benchmark": {"name": "pandalm", "source": str(SHARED), "items": len(items), "sha256": "0" * 64},
+            }
+        )
         t2 = time.perf_counter()
         acc = report["pairwise"]["metrics"]["accuracy"]["value"]
         print(f"{name}: report {t1 - t0:.2f} s, plots+markdown {t2 - t1:.2f} s ({len(pngs)} PNGs), accuracy {acc:.4f}")
-    print(f"load {loaded - start:.2f} s; total {time.perf_counter() - start:.2f} s for {len(items)} items x {len(JUDGES)} judges")
+    total = time.perf_counter() - start
+    print(f"load {loaded - start:.2f} s; total {total:.2f} s for {len(items)} items x {len(JUDGES)} judges")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,14 @@ PANDALM_VERDICTS = {0: "tie", 1: "A", 2: "B"}
 # PandaLM and HHH carry no Themis scenario: both are open-ended requests, judged with Open QA criteria.
 OPEN_SCENARIO = "open_qa"
 MT_BENCH_SCENARIOS = {
-    "writing": "creative_writing", "roleplay": "role_playing", "reasoning": "math_qa", "math": "math_qa",
-    "coding": "programming", "extraction": "reading_comprehension", "stem": "close_qa", "humanities": "open_qa",
+    "writing": "creative_writing",
+    "roleplay": "role_playing",
+    "reasoning": "math_qa",
+    "math": "math_qa",
+    "coding": "programming",
+    "extraction": "reading_comprehension",
+    "stem": "close_qa",
+    "humanities": "open_qa",
 }
 
 
@@ -89,15 +95,25 @@ def load_pandalm(shared_dir: str | Path) -> list[PairwiseItem]:
         try:
             votes = tuple(PANDALM_VERDICTS[row[f"annotator{i}"]] for i in (1, 2, 3))
             instruction = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-            items.append(PairwiseItem(str(row["idx"]), instruction, row["response1"], row["response2"],
-                                      OPEN_SCENARIO, votes, category=row.get("motivation_app", "")))
+            items.append(
+                PairwiseItem(
+                    str(row["idx"]),
+                    instruction,
+                    row["response1"],
+                    row["response2"],
+                    OPEN_SCENARIO,
+                    votes,
+                    category=row.get("motivation_app", ""),
+                )
+            )
         except (KeyError, TypeError) as exc:
             raise BenchmarkError(f"{path}: record {n}: missing or bad field {exc}") from None
     return items
 
 
 HHH_PARTS = re.compile(
-    r"###The instruction to evaluate:\s*(?P<instruction>.*?)\s*###Response to evaluate:\s*(?P<response>.*?)\s*###Score Rubrics:",
+    r"###The instruction to evaluate:\s*(?P<instruction>.*?)\s*"
+    r"###Response to evaluate:\s*(?P<response>.*?)\s*###Score Rubrics:",
     re.S,
 )
 
@@ -107,9 +123,21 @@ def load_hhh(shared_dir: str | Path) -> list[PairwiseItem]:
     path = Path(shared_dir) / "hhh_alignment" / "hhh_alignment_eval.json"
     items = []
     for n, row in _json_records(path):
-        chosen, rejected = _hhh_parts(row.get("chosen_instruction"), path, n), _hhh_parts(row.get("rejected_instruction"), path, n)
-        items.append(PairwiseItem(f"hhh-{n}", chosen["instruction"], chosen["response"], rejected["response"],
-                                  OPEN_SCENARIO, ("A",), category=row.get("source", "")))
+        chosen, rejected = (
+            _hhh_parts(row.get("chosen_instruction"), path, n),
+            _hhh_parts(row.get("rejected_instruction"), path, n),
+        )
+        items.append(
+            PairwiseItem(
+                f"hhh-{n}",
+                chosen["instruction"],
+                chosen["response"],
+                rejected["response"],
+                OPEN_SCENARIO,
+                ("A",),
+                category=row.get("source", ""),
+            )
+        )
     return items
 
 
@@ -129,8 +157,14 @@ def mt_bench_instructions(folder: str | Path) -> list[dict[str, Any]]:
     for n, q in _jsonl(folder / "question.jsonl"):
         if q.get("category") not in MT_BENCH_SCENARIOS:
             raise BenchmarkError(f"{folder / 'question.jsonl'}: line {n}: unknown category {q.get('category')!r}")
-        rows.append({"instruction": q["turns"][0], "scenario": MT_BENCH_SCENARIOS[q["category"]],
-                     "reference": refs.get(q["question_id"]), "source": f"mt_bench:{q['question_id']}"})
+        rows.append(
+            {
+                "instruction": q["turns"][0],
+                "scenario": MT_BENCH_SCENARIOS[q["category"]],
+                "reference": refs.get(q["question_id"]),
+                "source": f"mt_bench:{q['question_id']}",
+            }
+        )
     return rows
 
 
@@ -147,11 +181,30 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
         responses = json.loads(r["responses"])
         reference = r["reference"] or None
         if r["kind"] != "pairwise":
-            items.append(PointwiseItem(r["example_id"], r["instruction"], responses[0], r["scenario"],
-                                       (int(r["label"]),), reference, r["kind"]))
+            items.append(
+                PointwiseItem(
+                    r["example_id"],
+                    r["instruction"],
+                    responses[0],
+                    r["scenario"],
+                    (int(r["label"]),),
+                    reference,
+                    r["kind"],
+                )
+            )
         elif r["order"] == "ab":
-            items.append(PairwiseItem(r["pair_id"], r["instruction"], responses[0], responses[1], r["scenario"],
-                                      (r["label"],), reference, "pairwise"))
+            items.append(
+                PairwiseItem(
+                    r["pair_id"],
+                    r["instruction"],
+                    responses[0],
+                    responses[1],
+                    r["scenario"],
+                    (r["label"],),
+                    reference,
+                    "pairwise",
+                )
+            )
     return items
 
 
@@ -198,13 +251,23 @@ def _file_item(record: Mapping[str, Any], kind: str, mapping: Mapping[str, Any],
     votes = human if isinstance(human, list) else [human]
     if not votes:
         raise ValueError("no human label")
-    common = {"item_id": str(get("item_id", default_id)), "instruction": _text(get("instruction"), "instruction"),
-              "scenario": _text(get("scenario"), "scenario"), "reference": get("reference", None) or None,
-              "category": str(get("category", "") or "")}
+    common = {
+        "item_id": str(get("item_id", default_id)),
+        "instruction": _text(get("instruction"), "instruction"),
+        "scenario": _text(get("scenario"), "scenario"),
+        "reference": get("reference", None) or None,
+        "category": str(get("category", "") or ""),
+    }
     if kind == "pairwise":
-        return PairwiseItem(response_a=_text(get("response_a"), "response_a"), response_b=_text(get("response_b"), "response_b"),
-                            human=tuple(parse_verdict_label(v) for v in votes), **common)
-    return PointwiseItem(response=_text(get("response"), "response"), human=tuple(parse_score_label(v) for v in votes), **common)
+        return PairwiseItem(
+            response_a=_text(get("response_a"), "response_a"),
+            response_b=_text(get("response_b"), "response_b"),
+            human=tuple(parse_verdict_label(v) for v in votes),
+            **common,
+        )
+    return PointwiseItem(
+        response=_text(get("response"), "response"), human=tuple(parse_score_label(v) for v in votes), **common
+    )
 
 
 def parse_verdict_label(value: Any) -> str:

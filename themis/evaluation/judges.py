@@ -112,22 +112,36 @@ def judge_calls(items: Iterable[Item], both_orders: bool, reference_modes: Seque
                 orders = ("ab", "ba") if both_orders else ("ab",)
                 for order in orders:
                     a, b = (item.response_a, item.response_b) if order == "ab" else (item.response_b, item.response_a)
-                    prompt = prompts.render_pairwise_prompt(get_scenario(item.scenario), item.instruction, a, b, reference)
+                    prompt = prompts.render_pairwise_prompt(
+                        get_scenario(item.scenario), item.instruction, a, b, reference
+                    )
                     calls.append(_call(item, order, with_ref, prompt))
             else:
-                prompt = prompts.render_single_prompt(get_scenario(item.scenario), item.instruction, item.response, reference)
+                prompt = prompts.render_single_prompt(
+                    get_scenario(item.scenario), item.instruction, item.response, reference
+                )
                 calls.append(_call(item, "", with_ref, prompt))
     return calls
 
 
 def _call(item: Item, order: str, with_ref: bool, prompt: prompts.JudgePrompt) -> dict[str, Any]:
-    return {"item_id": item.item_id, "order": order, "with_reference": with_ref, "pairwise": isinstance(item, PairwiseItem),
-            "prompt": prompt}
+    return {
+        "item_id": item.item_id,
+        "order": order,
+        "with_reference": with_ref,
+        "pairwise": isinstance(item, PairwiseItem),
+        "prompt": prompt,
+    }
 
 
 def parse_call(call: Mapping[str, Any], output: str, error: str | None) -> Prediction:
     """The prediction for one answered judge call."""
-    base = {"item_id": call["item_id"], "order": call["order"], "with_reference": call["with_reference"], "output": output}
+    base = {
+        "item_id": call["item_id"],
+        "order": call["order"],
+        "with_reference": call["with_reference"],
+        "output": output,
+    }
     if error:
         return Prediction(verdict=None, error=f"engine error: {error}", **base)
     try:

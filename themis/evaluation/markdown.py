@@ -27,19 +27,29 @@ def fmt_ci(ci: list[float] | None) -> str:
 def render_report(report: dict[str, Any]) -> str:
     """Headline, metrics with intervals, counts, position bias, groups, ceilings, reference effect."""
     judge, bench = report["judge"], report["benchmark"]
-    lines = [f"# Evaluation: judge `{judge['name']}` ({judge['kind']}) on `{bench['name']}`", "",
-             f"- items: {bench['items']} from `{bench['source']}` (sha256 `{bench['sha256'][:12]}`)",
-             f"- overall (normalised, random = 0, perfect = 1): **{fmt(report['overall']['value'])}**",
-             f"- unparsable: {report['policy']['pairwise']}; {report['policy']['pointwise']}", ""]
+    lines = [
+        f"# Evaluation: judge `{judge['name']}` ({judge['kind']}) on `{bench['name']}`",
+        "",
+        f"- items: {bench['items']} from `{bench['source']}` (sha256 `{bench['sha256'][:12]}`)",
+        f"- overall (normalised, random = 0, perfect = 1): **{fmt(report['overall']['value'])}**",
+        f"- unparsable: {report['policy']['pairwise']}; {report['policy']['pointwise']}",
+        "",
+    ]
     for family in ("pointwise", "pairwise"):
         if family in report:
             lines += _family(family, report[family])
     if report.get("reference_effect"):
-        lines += ["## Reference effect", "", "| scenario/kind | metric | n | with reference | without | effect |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Reference effect",
+            "",
+            "| scenario/kind | metric | n | with reference | without | effect |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, row in report["reference_effect"].items():
-            lines.append(f"| {key} | {row['metric']} | {row['n']} | {fmt(row['with_reference'])} | "
-                         f"{fmt(row['without_reference'])} | {fmt(row['effect'])} |")
+            lines.append(
+                f"| {key} | {row['metric']} | {row['n']} | {fmt(row['with_reference'])} | "
+                f"{fmt(row['without_reference'])} | {fmt(row['effect'])} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -52,7 +62,9 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
     lines = [f"## {family}", "", summary]
     lines += ["", "| metric | value | 95% CI | normalised |", "|---|---|---|---|"]
     for name, cell in section.get("metrics", {}).items():
-        lines.append(f"| {name} | {fmt(cell['value'])} | {fmt_ci(cell['ci'])} | {fmt(section['normalised'].get(name))} |")
+        lines.append(
+            f"| {name} | {fmt(cell['value'])} | {fmt_ci(cell['ci'])} | {fmt(section['normalised'].get(name))} |"
+        )
     if "position" in section:
         judge, human = section["position"]["judge"], section["position"]["human"]
         lines += ["", "| position | judge | human |", "|---|---|---|"]
@@ -60,12 +72,17 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
     if section.get("groups"):
         headline = "agr" if family == "pointwise" else "accuracy"
         lines += ["", f"| group | n | {headline} | 95% CI |", "|---|---|---|---|"]
-        lines += [f"| {g} | {row['n']} | {fmt(row[headline])} | {fmt_ci(row[f'{headline}_ci'])} |"
-                  for g, row in section["groups"].items()]
+        lines += [
+            f"| {g} | {row['n']} | {fmt(row[headline])} | {fmt_ci(row[f'{headline}_ci'])} |"
+            for g, row in section["groups"].items()
+        ]
     if section.get("human_human"):
         ceiling = section["human_human"]
-        lines += ["", f"Human-human agreement ({ceiling['annotators']} annotators, {ceiling['items']} items): "
-                  + ", ".join(f"{k} {fmt(v)}" for k, v in ceiling.items() if k not in ("annotators", "items"))]
+        lines += [
+            "",
+            f"Human-human agreement ({ceiling['annotators']} annotators, {ceiling['items']} items): "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in ceiling.items() if k not in ("annotators", "items")),
+        ]
     return lines + [""]
 
 
@@ -84,15 +101,18 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", nam
                 continue
             mark = " *" if _separated(cell_a["ci"], cell_b["ci"]) else ""
             diff = None if cell_a["value"] is None or cell_b["value"] is None else cell_a["value"] - cell_b["value"]
-            lines.append(f"| {family}/{metric} | {fmt(cell_a['value'])} | {fmt_ci(cell_a['ci'])} | "
-                         f"{fmt(cell_b['value'])} | {fmt_ci(cell_b['ci'])} | {fmt(diff)}{mark} |")
+            lines.append(
+                f"| {family}/{metric} | {fmt(cell_a['value'])} | {fmt_ci(cell_a['ci'])} | "
+                f"{fmt(cell_b['value'])} | {fmt_ci(cell_b['ci'])} | {fmt(diff)}{mark} |"
+            )
             if metric in ("mae", "agr", "accuracy", "f1") and diff is not None:
                 ours[f"{family}/{metric}"], base[f"{family}/{metric}"] = cell_a["value"], cell_b["value"]
     lines += [f"| overall (normalised) | {fmt(a['overall']['value'])} | | {fmt(b['overall']['value'])} | | |", ""]
     if ours:
         gap = stats.relative_gap(ours, base)
-        lines.append(f"Relative gap of {name_a} over {name_b} (the paper's comparison, mean over "
-                     f"{', '.join(ours)}): {gap:+.1%}")
+        lines.append(
+            f"Relative gap of {name_a} over {name_b} (the paper's comparison, mean over {', '.join(ours)}): {gap:+.1%}"
+        )
     lines.append("`*`: the two 95% intervals do not overlap (a conservative test of a real difference).")
     return "\n".join(lines)
 

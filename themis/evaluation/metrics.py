@@ -96,7 +96,11 @@ def position_rates(pred: Sequence[str]) -> dict[str, float]:
     """How often the judge picks the first response, the second, or a tie (of all verdicts given)."""
     given = [v for v in pred if v != UNPARSABLE]
     n = len(given) or 1
-    return {"prefer_first": given.count("A") / n, "prefer_second": given.count("B") / n, "tie_rate": given.count("tie") / n}
+    return {
+        "prefer_first": given.count("A") / n,
+        "prefer_second": given.count("B") / n,
+        "tie_rate": given.count("tie") / n,
+    }
 
 
 def dual_order_consistency(ab: Sequence[str], ba: Sequence[str]) -> float:
@@ -170,7 +174,13 @@ def batched_verdict_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
     expected = (gold_totals * pred_totals).sum(axis=-1) / n**2
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
-    return {"accuracy": observed, "precision": precision.mean(-1), "recall": recall.mean(-1), "f1": f1.mean(-1), "kappa": kappa}
+    return {
+        "accuracy": observed,
+        "precision": precision.mean(-1),
+        "recall": recall.mean(-1),
+        "f1": f1.mean(-1),
+        "kappa": kappa,
+    }
 
 
 def verdict_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:

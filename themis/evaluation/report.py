@@ -51,9 +51,15 @@ def build_report(items: Sequence[Item], predictions: Sequence[Prediction], setti
     if settings.unparsable not in POLICIES:
         raise ValueError(f"unparsable policy must be one of {sorted(POLICIES)}, got {settings.unparsable!r}")
     preds = index_predictions(predictions)
-    report: dict[str, Any] = {"policy": {"pairwise": POLICIES[settings.unparsable], "pointwise": SCORE_POLICY,
-                                         "unparsable": settings.unparsable},
-                              "settings": settings.__dict__, "items_in": len(items)}
+    report: dict[str, Any] = {
+        "policy": {
+            "pairwise": POLICIES[settings.unparsable],
+            "pointwise": SCORE_POLICY,
+            "unparsable": settings.unparsable,
+        },
+        "settings": settings.__dict__,
+        "items_in": len(items),
+    }
     point = [i for i in items if isinstance(i, PointwiseItem)]
     pairs = [i for i in items if isinstance(i, PairwiseItem)]
     if point:
@@ -61,10 +67,17 @@ def build_report(items: Sequence[Item], predictions: Sequence[Prediction], setti
     if pairs:
         report["pairwise"] = pairwise_section(pairs, preds, settings)
     report["reference_effect"] = reference_effect(items, preds, settings)
-    normalised = {f"{fam}/{k}": v for fam in ("pointwise", "pairwise") if fam in report
-                  for k, v in report[fam]["normalised"].items()}
-    report["overall"] = {"value": stats.overall(normalised), "normalised": normalised,
-                         "anchors": "random = a judge drawing from the human label distribution; perfect = 1 (MAE 0)"}
+    normalised = {
+        f"{fam}/{k}": v
+        for fam in ("pointwise", "pairwise")
+        if fam in report
+        for k, v in report[fam]["normalised"].items()
+    }
+    report["overall"] = {
+        "value": stats.overall(normalised),
+        "normalised": normalised,
+        "anchors": "random = a judge drawing from the human label distribution; perfect = 1 (MAE 0)",
+    }
     return report
 
 
@@ -96,15 +109,29 @@ def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Predictio
     pred, gold = [v for _, v in used], [i.gold for i, _ in used]
     values = _rename_agr(m.score_metrics(pred, gold, s.p, s.q))
     pred_arr, gold_arr = np.asarray(pred), np.asarray(gold)
-    cis = stats.bootstrap_cis(len(used), lambda idx: m.batched_score_metrics(pred_arr[idx], gold_arr[idx], s.p, s.q),
-                              s.resamples, s.confidence, s.seed, vectorized=True)
+    cis = stats.bootstrap_cis(
+        len(used),
+        lambda idx: m.batched_score_metrics(pred_arr[idx], gold_arr[idx], s.p, s.q),
+        s.resamples,
+        s.confidence,
+        s.seed,
+        vectorized=True,
+    )
     # Kendall has no batched form: fewer resamples keep it to about a second.
-    cis |= stats.bootstrap_cis(len(used), lambda idx: {"kendall": m.correlation(pred_arr[idx], gold_arr[idx], "kendall")},
-                               min(s.resamples, KENDALL_RESAMPLES), s.confidence, s.seed)
+    cis |= stats.bootstrap_cis(
+        len(used),
+        lambda idx: {"kendall": m.correlation(pred_arr[idx], gold_arr[idx], "kendall")},
+        min(s.resamples, KENDALL_RESAMPLES),
+        s.confidence,
+        s.seed,
+    )
+
     def random_judge(draws: np.ndarray) -> dict[str, np.ndarray]:
         return m.batched_score_metrics(draws, gold_arr, s.p, s.q)
 
-    chance = {k: stats.chance_level(lambda d, k=k: random_judge(d)[k], gold, seed=s.seed) for k in AGGREGATED["pointwise"]}
+    chance = {
+        k: stats.chance_level(lambda d, k=k: random_judge(d)[k], gold, seed=s.seed) for k in AGGREGATED["pointwise"]
+    }
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["chance"] = chance
     out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]}
@@ -136,23 +163,36 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     rows = [r for u in units for r in u]
     pred, gold = [r[1] for r in rows], [r[2] for r in rows]
     values = m.verdict_metrics(pred, gold) | _order_metrics(units)
-    cis = stats.bootstrap_cis(len(units), _batched_pair_statistic(units), s.resamples, s.confidence, s.seed, vectorized=True)
+    cis = stats.bootstrap_cis(
+        len(units), _batched_pair_statistic(units), s.resamples, s.confidence, s.seed, vectorized=True
+    )
     gold_arr = np.asarray(gold)
-    chance = {k: stats.chance_level(lambda d, k=k: m.batched_verdict_metrics(m.verdict_confusions(d, gold_arr))[k], gold, seed=s.seed)
-              for k in AGGREGATED["pairwise"]}
+    chance = {
+        k: stats.chance_level(
+            lambda d, k=k: m.batched_verdict_metrics(m.verdict_confusions(d, gold_arr))[k], gold, seed=s.seed
+        )
+        for k in AGGREGATED["pairwise"]
+    }
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["position"] = {"judge": m.position_rates(pred), "human": m.position_rates(gold)}
     out["chance"] = chance
     out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pairwise"]}
-    out["groups"] = _groups([(i, sum(v == g for _, v, g in u), len(u)) for i, u in zip(unit_items, units)], s, "accuracy")
+    out["groups"] = _groups(
+        [(i, sum(v == g for _, v, g in u), len(u)) for i, u in zip(unit_items, units)], s, "accuracy"
+    )
     labels = list(m.VERDICTS)
-    out["confusion"] = {"labels": labels, "predicted": [*labels, m.UNPARSABLE],
-                        "matrix": _confusion(gold, pred, labels, [*labels, m.UNPARSABLE])}
+    out["confusion"] = {
+        "labels": labels,
+        "predicted": [*labels, m.UNPARSABLE],
+        "matrix": _confusion(gold, pred, labels, [*labels, m.UNPARSABLE]),
+    }
     out["human_human"] = _human_ceiling(items, "pairwise")
     return out
 
 
-def _pair_units(items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings) -> tuple[list[list[tuple]], list]:
+def _pair_units(
+    items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings
+) -> tuple[list[list[tuple]], list]:
     """Per pair, its judged orders as (order, verdict after the policy, gold for that order)."""
     units, judged = [], []
     for item in items:
@@ -185,8 +225,10 @@ def _batched_pair_statistic(units: Sequence[Sequence[tuple]]) -> Any:
     def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
         n_both = both[idx].sum(-1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            order = {"dual_order_consistency": np.where(n_both > 0, consistent[idx].sum(-1) / n_both, np.nan),
-                     "correct_both_orders": np.where(n_both > 0, correct_both[idx].sum(-1) / n_both, np.nan)}
+            order = {
+                "dual_order_consistency": np.where(n_both > 0, consistent[idx].sum(-1) / n_both, np.nan),
+                "correct_both_orders": np.where(n_both > 0, correct_both[idx].sum(-1) / n_both, np.nan),
+            }
         return m.batched_verdict_metrics(cells[idx].sum(-3)) | order
 
     return statistic
@@ -203,7 +245,10 @@ def _order_metrics(units: Sequence[Sequence[tuple]]) -> dict[str, float | None]:
     if not both:
         return {"dual_order_consistency": None, "correct_both_orders": None}
     ab, ba, gold = [u["ab"][0] for u in both], [u["ba"][0] for u in both], [u["ab"][1] for u in both]
-    return {"dual_order_consistency": m.dual_order_consistency(ab, ba), "correct_both_orders": m.correct_both_orders(ab, ba, gold)}
+    return {
+        "dual_order_consistency": m.dual_order_consistency(ab, ba),
+        "correct_both_orders": m.correct_both_orders(ab, ba, gold),
+    }
 
 
 # --- shared parts -----------------------------------------------------------------------------------
@@ -212,14 +257,20 @@ def _order_metrics(units: Sequence[Sequence[tuple]]) -> dict[str, float | None]:
 def _counts(judged: Sequence[tuple[Item, Prediction | None]], used: int) -> dict[str, Any]:
     """How many predictions came in, how many were used, and why the others were not."""
     reasons = Counter(_reason(p) for _, p in judged if p is None or p.verdict is None)
-    return {"predictions": len(judged), "parsed": sum(p is not None and p.verdict is not None for _, p in judged),
-            "used": used, "unparsable_by_reason": dict(reasons)}
+    return {
+        "predictions": len(judged),
+        "parsed": sum(p is not None and p.verdict is not None for _, p in judged),
+        "used": used,
+        "unparsable_by_reason": dict(reasons),
+    }
 
 
 def _reason(p: Prediction | None) -> str:
+    """Why a prediction has no verdict; engine errors are grouped (their details are in predictions.parquet)."""
     if p is None:
         return "not judged"
-    return (p.error or "no verdict").split(":")[0] if (p.error or "").startswith("engine error") else p.error or "no verdict"
+    error = p.error or "no verdict"
+    return "engine error" if error.startswith("engine error") else error
 
 
 def _groups(rows: Sequence[tuple[Item, float, float]], s: Settings, headline: str) -> dict[str, Any]:
@@ -279,9 +330,13 @@ def reference_effect(items: Sequence[Item], preds: dict[Key, Prediction], s: Set
     for (scenario, kind), pair in sorted(rows.items()):
         metric = "agr" if kind == "pointwise" else "accuracy"
         with_v, without_v = (_headline(kind, pair[f], s) for f in (True, False))
-        table[f"{scenario}/{kind}"] = {"metric": metric, "n": len(pair[True]), "with_reference": with_v,
-                                       "without_reference": without_v,
-                                       "effect": None if with_v is None or without_v is None else with_v - without_v}
+        table[f"{scenario}/{kind}"] = {
+            "metric": metric,
+            "n": len(pair[True]),
+            "with_reference": with_v,
+            "without_reference": without_v,
+            "effect": None if with_v is None or without_v is None else with_v - without_v,
+        }
     return table
 
 

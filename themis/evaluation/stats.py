@@ -49,13 +49,20 @@ def bootstrap_cis(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on degenerate (constant) resamples; we report None
         result = stats.bootstrap(
-            (np.arange(n_units),), as_array, n_resamples=resamples, confidence_level=confidence,
-            method="percentile", vectorized=vectorized, batch=200 if vectorized else None,
+            (np.arange(n_units),),
+            as_array,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=vectorized,
+            batch=200 if vectorized else None,
             random_state=np.random.default_rng(seed),
         )
     lows, highs = result.confidence_interval
-    return {k: (float(lo), float(hi)) if np.isfinite(lo) and np.isfinite(hi) else None
-            for k, lo, hi in zip(names, np.atleast_1d(lows), np.atleast_1d(highs))}
+    return {
+        k: (float(lo), float(hi)) if np.isfinite(lo) and np.isfinite(hi) else None
+        for k, lo, hi in zip(names, np.atleast_1d(lows), np.atleast_1d(highs))
+    }
 
 
 def ratio_ci(
@@ -69,15 +76,22 @@ def ratio_ci(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = stats.bootstrap(
-            (np.asarray(num, float), np.asarray(den, float)), lambda a, b, axis: a.sum(axis) / b.sum(axis),
-            paired=True, vectorized=True, n_resamples=resamples, confidence_level=confidence,
-            method="percentile", random_state=np.random.default_rng(seed),
+            (np.asarray(num, float), np.asarray(den, float)),
+            lambda a, b, axis: a.sum(axis) / b.sum(axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
         )
     low, high = result.confidence_interval
     return (float(low), float(high)) if np.isfinite(low) and np.isfinite(high) else None
 
 
-def chance_level(batched_metric: Callable[[np.ndarray], np.ndarray], gold: Sequence, draws: int = 500, seed: int = 0) -> float | None:
+def chance_level(
+    batched_metric: Callable[[np.ndarray], np.ndarray], gold: Sequence, draws: int = 500, seed: int = 0
+) -> float | None:
     """Mean of a metric for random verdicts drawn from the gold distribution: ``batched_metric``
     takes a (draws, n) array of random verdicts and scores each row against the gold labels."""
     rng = np.random.default_rng(seed)
@@ -114,8 +128,14 @@ def relative_gap(ours: Mapping[str, float], baseline: Mapping[str, float]) -> fl
 
     Keys can be any labels (e.g. ``"synui/mae"``); the metric name is the part after the last '/'.
     """
-    shared = [k for k in ours if k in baseline and ours[k] is not None and baseline[k] is not None
-              and (baseline[k] if k.rsplit("/", 1)[-1] in LOWER_IS_BETTER else ours[k]) != 0]
+    shared = [
+        k
+        for k in ours
+        if k in baseline
+        and ours[k] is not None
+        and baseline[k] is not None
+        and (baseline[k] if k.rsplit("/", 1)[-1] in LOWER_IS_BETTER else ours[k]) != 0
+    ]
     if not shared:
         raise ValueError("the two judges share no metric to compare")
     return float(np.mean([metric_gap(k.rsplit("/", 1)[-1], ours[k], baseline[k]) for k in shared]))

@@ -44,17 +44,30 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Judge the benchmark with every configured judge; write a report per judge."""
     section = cfg.evaluate
     items, source = load_benchmark(section.benchmark, store)
-    settings = Settings(section.unparsable, section.agr_p, section.agr_q, section.bootstrap.resamples,
-                        section.bootstrap.confidence, cfg.run.seed, section.breakdown)
+    settings = Settings(
+        section.unparsable,
+        section.agr_p,
+        section.agr_q,
+        section.bootstrap.resamples,
+        section.bootstrap.confidence,
+        cfg.run.seed,
+        section.breakdown,
+    )
     outputs, details = {}, {}
     for judge in section.judges:
         predictions, unmatched = predict(judge, items, cfg, store)
         report = build_report(items, predictions, settings) | {
-            "judge": judge.model_dump(mode="json"), "unmatched_prediction_ids": unmatched[:50],
-            "benchmark": {"name": section.benchmark.name, "source": source, "items": len(items),
-                          "sha256": items_hash(items)},
+            "judge": judge.model_dump(mode="json"),
+            "unmatched_prediction_ids": unmatched[:50],
+            "benchmark": {
+                "name": section.benchmark.name,
+                "source": source,
+                "items": len(items),
+                "sha256": items_hash(items),
+            },
             "predictions_file_sha256": file_hash(judge.path) if isinstance(judge, RecordedJudge) else None,
-            "config": section.model_dump(mode="json"), "versions": package_versions(),
+            "config": section.model_dump(mode="json"),
+            "versions": package_versions(),
         }
         outputs |= write_report(store, judge.name, report, predictions, section.plots)
         details[judge.name] = headline(report)
@@ -116,10 +129,14 @@ def file_hash(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_report(store: RunStore, name: str, report: dict[str, Any], predictions: list[Prediction], with_plots: bool) -> dict[str, str]:
+def write_report(
+    store: RunStore, name: str, report: dict[str, Any], predictions: list[Prediction], with_plots: bool
+) -> dict[str, str]:
     """report.json, report.md, predictions.parquet and the plots, under reports/evaluation/<name>/."""
     base = f"reports/evaluation/{name}"
-    rows = [asdict(p) | {"with_reference": str(p.with_reference).lower(), "verdict": _text(p.verdict)} for p in predictions]
+    rows = [
+        asdict(p) | {"with_reference": str(p.with_reference).lower(), "verdict": _text(p.verdict)} for p in predictions
+    ]
     outputs = {
         f"{name}/report_json": store.write_json(f"{base}/report.json", report),
         f"{name}/report_md": store.write_text(f"{base}/report.md", markdown.render_report(report)),
@@ -136,10 +153,11 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"overall": report["overall"]["value"]}
     for family in ("pointwise", "pairwise"):
         if family in report:
-            out[family] = {k: v["value"] for k, v in report[family]["metrics"].items()} | {"counts": report[family]["counts"]}
+            out[family] = {k: v["value"] for k, v in report[family]["metrics"].items()} | {
+                "counts": report[family]["counts"]
+            }
     return out
 
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
