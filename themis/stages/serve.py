@@ -6,16 +6,22 @@ requests are grouped by ``serve.batch`` into one engine call. The API rules live
 ``themis.judge_api``; this module is only the Ray shell.
 
 ``themis serve`` runs ``run(..., block=True)`` and serves until Ctrl-C; in ``pipeline`` the stage
-deploys, optionally smoke-tests the endpoint, and shuts it down again.
+deploys, optionally smoke-tests the endpoint, and shuts it down again. On a cluster (a KubeRay
+RayService) ``themis.serve_app:build_judge_app`` builds the same application from a config file.
+
+Each replica fetches the model itself (``ModelSource.fetch``): with an ``s3://`` run root the
+replicas may sit on other nodes than the driver, so a copy downloaded by the driver is not theirs.
 """
 
 # No `from __future__ import annotations` here: with it, FastAPI routes inside a `serve.ingress`
 # class see string annotations it cannot resolve and treat the JSON body as a query parameter.
 
 import asyncio
+import posixpath
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,12 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from themis.config import PipelineConfig, Sampling, ServeConfig, TransformersEngineConfig
+from themis.config import (
+    PipelineConfig,
+    ServeConfig,
+    StorageConfig,
+    TransformersEngineConfig,
+)
 from themis.engines import Engine, build_engine
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.judge_api import (
@@ -73,6 +84,22 @@ async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse
     return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a replica finds the model it serves: a model spec, or a run's export in storage."""
+
+    spec: str | None = None  # a Hugging Face folder or 'builtin:...'
+    storage: StorageConfig | None = None  # with run_name: that run's ``model/`` folder
+    run_name: str | None = None
+
+    def fetch(self) -> Path:
+        """A local folder holding the model, on the node that calls this (downloads from S3)."""
+        if self.spec is not None:
+            return resolve_model(self.spec)
+        assert self.storage is not None and self.run_name is not None
+        return RunStore(self.storage, self.run_name).local_dir("model")
+
+
 @serve.deployment
 @serve.ingress(api)
 class JudgeServer:
@@ -80,17 +107,16 @@ class JudgeServer:
 
     def __init__(
         self,
-        engine_cfg: TransformersEngineConfig,
-        model_name: str,
-        sampling: Sampling,
-        batch_size: int,
+        model: ModelSource,
+        serve_cfg: ServeConfig,
         engine_factory: EngineFactory = build_engine,
     ):
+        engine_cfg = serve_engine_config(serve_cfg, str(model.fetch()))
         self.engine = engine_factory(engine_cfg)
-        self.model_name = model_name
-        self.sampling = sampling
+        self.model_name = serve_cfg.model_name
+        self.sampling = serve_cfg.sampling
         self.created = int(time.time())
-        self._generate_batch.set_max_batch_size(batch_size)
+        self._generate_batch.set_max_batch_size(serve_cfg.batch_size)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -149,14 +175,14 @@ class JudgeServer:
 
 
 def build_app(
-    serve_cfg: ServeConfig, model_path: str, engine_factory: EngineFactory = build_engine
+    serve_cfg: ServeConfig,
+    model: ModelSource | str,
+    engine_factory: EngineFactory = build_engine,
 ) -> Application:
-    """The Serve application for a model folder: one autoscaled ``JudgeServer`` deployment."""
+    """The Serve application for a model (a source, or a folder): one autoscaled deployment."""
+    source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
     deployment = JudgeServer.options(**deployment_options(serve_cfg))
-    engine_cfg = serve_engine_config(serve_cfg, model_path)
-    return deployment.bind(
-        engine_cfg, serve_cfg.model_name, serve_cfg.sampling, serve_cfg.batch_size, engine_factory
-    )
+    return deployment.bind(source, serve_cfg, engine_factory)
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -165,14 +191,14 @@ def build_app(
 def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageReport:
     """Deploy the judge; serve until Ctrl-C (``block``) or smoke-test it and shut it down."""
     serve_cfg = cfg.serve
-    model_path = served_model_path(serve_cfg, store)
+    source = served_model_source(serve_cfg, store)
     init_ray(cfg.ray)
     port = serve_cfg.port or free_port(serve_cfg.host)
     url = f"http://{client_host(serve_cfg.host)}:{port}"
     started_here = not serve_running()
     serve.start(http_options={"host": serve_cfg.host, "port": port})
     try:
-        app = build_app(serve_cfg, str(model_path))
+        app = build_app(serve_cfg, source)
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         wait_until_healthy(url)
         if block:
@@ -189,23 +215,27 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
     details = {
         "smoke": smoke,
         "autoscaling": serve_cfg.autoscaling.model_dump(),
-        "model": str(model_path),
     }
     inputs = {"model": store.uri("model") if serve_cfg.model == "trained" else serve_cfg.model}
+    details["model"] = inputs["model"]
     counts = {"smoke_requests": len(smoke)}  # one request per endpoint
     return StageReport(inputs=inputs, outputs={"url": url}, counts=counts, details=details)
 
 
-def served_model_path(serve_cfg: ServeConfig, store: RunStore) -> Path:
-    """The local folder to serve: this run's export ('trained') or the configured model."""
+def served_model_source(serve_cfg: ServeConfig, store: RunStore) -> ModelSource:
+    """What to serve: this run's export ('trained') or the configured model, checked but not
+    downloaded here (each replica fetches its own copy on its own node)."""
     if serve_cfg.model != "trained":
-        return resolve_model(serve_cfg.model)
-    if not store.exists("model"):
+        if not serve_cfg.model.startswith("builtin:"):
+            resolve_model(serve_cfg.model)  # a missing folder fails here, clearly
+        return ModelSource(spec=serve_cfg.model)
+    if not store.exists("model", "config.json"):
         raise FileNotFoundError(
             f"no trained model to serve at {store.uri('model')}: run the train stage first, "
             "or set serve.model to a Hugging Face model folder"
         )
-    return resolve_model(str(store.local_dir("model")))
+    # A run's store sits at <root>/<run name>: the replica reopens that same run.
+    return ModelSource(storage=store.storage, run_name=posixpath.basename(store.root))
 
 
 def serve_running() -> bool:
