@@ -9,6 +9,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup demo test test-fast stage lint clean
+.PHONY: images train-cluster deploy-judge submit submit-rayjob k8s-validate tf-validate checkov checkov-venv
 
 $(BIN)/themis: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +40,73 @@ lint: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- Kubernetes (KubeRay), images, Terraform: README "Running on Kubernetes" ---------------------
+# OVERLAY picks k8s/overlays/<OVERLAY>; its settings.yaml names the job config and the run root.
+OVERLAY ?= local
+NAMESPACE ?= themis
+SETTINGS := k8s/overlays/$(OVERLAY)/settings.yaml
+JOB_CONFIG ?= $(shell awk '$$1 == "jobConfig:" {print $$2}' $(SETTINGS))
+STORAGE_ROOT ?= $(shell awk '$$1 == "storageRoot:" {print $$2}' $(SETTINGS))
+REGISTRY ?=
+TAG ?= dev
+IMAGE_PREFIX := $(if $(REGISTRY),$(REGISTRY)/,)
+KUBECTL ?= kubectl
+# Renders the overlay; `| $(KUBECTL) apply -f - -l <selector>` then applies a part of it.
+RENDER := $(KUBECTL) kustomize k8s/overlays/$(OVERLAY)
+CHECKOV := .venv-checkov/bin/checkov
+
+images:  ## build the training and inference images (PUSH=1 pushes them to REGISTRY)
+	docker build -f ray_cluster/Dockerfile.train -t $(IMAGE_PREFIX)themis-train:$(TAG) .
+	docker build -f ray_cluster/Dockerfile.inference -t $(IMAGE_PREFIX)themis-inference:$(TAG) .
+	$(if $(PUSH),docker push $(IMAGE_PREFIX)themis-train:$(TAG) && docker push $(IMAGE_PREFIX)themis-inference:$(TAG))
+
+# Bring up (or update) the training RayCluster on the current kube context, wait for its head,
+# then submit the train stage to it with `ray job submit` through a port-forward (submit.sh).
+train-cluster: setup
+	$(RENDER) | $(KUBECTL) apply -f - -l 'themis.dev/component in (platform,train-cluster)'
+	$(KUBECTL) -n $(NAMESPACE) wait pod -l ray.io/cluster=themis-train,ray.io/node-type=head \
+	  --for=condition=Ready --timeout=15m
+	PATH=$(CURDIR)/$(BIN):$$PATH JOB_CONFIG=$(JOB_CONFIG) STORAGE_ROOT=$(STORAGE_ROOT) \
+	  NAMESPACE=$(NAMESPACE) ray_cluster/submit.sh train
+
+# The judge: a RayService serving themis.serve_app on its own autoscaling cluster.
+deploy-judge:
+	$(RENDER) | $(KUBECTL) apply -f - -l 'themis.dev/component in (platform,judge)'
+	$(KUBECTL) -n $(NAMESPACE) wait rayservice/themis-judge --for=condition=Ready --timeout=30m
+	@echo "judge ready: $(KUBECTL) -n $(NAMESPACE) port-forward svc/themis-judge-serve-svc 8000:8000"
+
+# One stage (STAGE=instructions ... serve, or pipeline) on the running training cluster, with the
+# code of this checkout: `ray job submit --working-dir .` (RAY_ADDRESS=... for a non-k8s cluster).
+submit: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH JOB_CONFIG=$(JOB_CONFIG) STORAGE_ROOT=$(STORAGE_ROOT) \
+	  NAMESPACE=$(NAMESPACE) ray_cluster/submit.sh $(STAGE)
+
+# One stage as a RayJob (its own cluster, the code baked into the image); re-running replaces it.
+submit-rayjob:
+	$(KUBECTL) -n $(NAMESPACE) delete rayjob themis-$(STAGE) --ignore-not-found
+	$(RENDER) | $(KUBECTL) apply -f - -l themis.dev/component=platform
+	$(RENDER) | $(KUBECTL) apply -f - -l themis.dev/stage=$(STAGE)
+	@echo "follow it: $(KUBECTL) -n $(NAMESPACE) get rayjob themis-$(STAGE) -w"
+
+# Offline checks: every overlay renders and validates (core kinds and the KubeRay CRDs, strictly).
+k8s-validate: setup
+	for overlay in k8s/overlays/*/; do $(KUBECTL) kustomize $$overlay > /dev/null || exit 1; done
+	$(BIN)/python -m pytest tests/test_k8s_manifests.py -q
+
+# Offline checks of infra/terraform: fmt, init against a local provider mirror, validate,
+# `terraform test` with a mocked aws provider, and apply/destroy of the bucket module on moto.
+tf-validate: setup
+	$(BIN)/python -m pytest tests/test_terraform.py -q -p no:logging
+
+# checkov has its own venv: its dependencies clash with the project's boto3.
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q checkov==3.3.30
+
+checkov-venv: $(CHECKOV)
+
+checkov: setup $(CHECKOV)
+	for scan in "kubernetes k8s" "terraform infra/terraform" "dockerfile ray_cluster"; do set -- $$scan; \
+	  CHECKOV_PARALLELIZATION_TYPE=none $(CHECKOV) --skip-download --compact --quiet --framework $$1 -d $$2 || exit 1; done
+	$(BIN)/python -m pytest tests/test_checkov.py -q

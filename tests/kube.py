@@ -131,3 +131,24 @@ def pod_templates(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if doc["kind"] == "RayJob" and submitter:
         templates.append(("submitter", submitter))
     return templates
+
+
+def checkov_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """What checkov can check for one rendered object.
+
+    checkov knows no KubeRay kinds, so each pod template of a RayCluster, RayJob or RayService is
+    written out as the Pod (or, for a RayJob's submitter, the Job) that KubeRay will create from it,
+    keeping the template's metadata, where the checkov.io/skip annotations and their reasons live.
+    """
+    if not doc["apiVersion"].startswith(KUBERAY_GROUP):
+        return [doc]
+    objects = []
+    for role, template in pod_templates(doc):
+        metadata = copy.deepcopy(template.get("metadata", {}))
+        metadata |= {"name": f"{doc['metadata']['name']}-{role}", "namespace": doc["metadata"]["namespace"]}
+        if role == "submitter":
+            job_spec = {"template": {"spec": template["spec"]}}
+            objects.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec})
+        else:
+            objects.append({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
+    return objects

@@ -64,6 +64,17 @@ def test_overlay_renders_the_expected_objects(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_make_targets_can_select_each_part(overlay: str) -> None:
+    # `make train-cluster`, `deploy-judge` and `submit-rayjob` apply parts of the overlay by label.
+    parts = {"RayCluster": "train-cluster", "RayService": "judge", "RayJob": "job"}
+    for doc in render(overlay):
+        labels = doc["metadata"]["labels"]
+        assert labels["themis.dev/component"] == parts.get(doc["kind"], "platform"), doc["metadata"]["name"]
+        if doc["kind"] == "RayJob":
+            assert doc["metadata"]["name"] == f"themis-{labels['themis.dev/stage']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_core_objects_validate_strictly(overlay: str) -> None:
     import kubernetes_validate
 

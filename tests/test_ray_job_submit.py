@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -141,19 +142,34 @@ def ray_head() -> Iterator[tuple[str, dict[str, str], Path]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _submit_command(runs: Path, tiny_model_dir: Path) -> list[str]:
+    """`make submit`'s command (ray_cluster/submit.sh) for the instructions stage on the tiny config."""
+    env = dict(os.environ, DRY_RUN="1", RAY=str(VENV_BIN / "ray"), RAY_ADDRESS="http://127.0.0.1:1",
+               JOB_CONFIG="jobs/configs/tiny.yaml", STORAGE_ROOT=str(runs))  # fmt: skip
+    overrides = [f"engines.local.model={tiny_model_dir}", f"train.base_model={tiny_model_dir}", "run.name=submitted"]
+    done = subprocess.run(["ray_cluster/submit.sh", "instructions", *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return shlex.split(done.stdout)
+
+
+def test_make_submit_runs_ray_job_submit_from_the_checkout(tmp_path: Path) -> None:
+    command = _submit_command(tmp_path / "runs", tmp_path / "model")
+    assert command[1:3] == ["job", "submit"] and command[command.index("--working-dir") + 1] == "."
+    assert command[command.index("--runtime-env") + 1] == "ray_cluster/runtime_env.yaml"
+    entrypoint = command[command.index("--") + 1 :]
+    assert entrypoint[:5] == ["python", "-m", "jobs.instructions", "--config", "jobs/configs/tiny.yaml"]
+    assert f"run.storage.root={tmp_path / 'runs'}" in entrypoint
+
+
 @pytest.mark.integration
 def test_ray_job_submit_runs_the_instructions_stage(ray_head, tiny_model_dir, tmp_path):
     url, env, head_dir = ray_head
     runs = tmp_path / "runs"
-    entrypoint = [
-        "python", "-m", "jobs.instructions", "--config", "jobs/configs/tiny.yaml",
-        f"engines.local.model={tiny_model_dir}", f"train.base_model={tiny_model_dir}",
-        f"run.storage.root={runs}", "run.name=submitted",
-    ]  # fmt: skip
-    submit = [
-        str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
-        "--runtime-env", "ray_cluster/runtime_env.yaml", "--", *entrypoint,
-    ]  # fmt: skip
+    # Exactly what `make submit STAGE=instructions` runs, pointed at this head:
+    #   ray job submit --address URL --working-dir . --runtime-env ray_cluster/runtime_env.yaml
+    #     -- python -m jobs.instructions --config jobs/configs/tiny.yaml run.storage.root=... ...
+    submit = _submit_command(runs, tiny_model_dir)
+    submit[submit.index("--address") + 1] = url
     start = time.monotonic()
     done = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr

@@ -62,7 +62,7 @@ module "autoscaler_role" {
 
 data "aws_iam_policy_document" "autoscaler" {
   #checkov:skip=CKV_AWS_356:Describe calls take no resource ARN; the writes below are limited to this cluster's groups by tag.
-  #checkov:skip=CKV_AWS_111:Same: writes are conditioned on the cluster's autoscaler tag.
+  #checkov:skip=CKV_AWS_111:Scaling writes are conditioned on this cluster's k8s.io/cluster-autoscaler tag.
   statement {
     sid = "Discover"
     actions = [

@@ -3,7 +3,7 @@
 
 resource "aws_s3_bucket" "this" {
   #checkov:skip=CKV_AWS_18:Access logs need a second bucket to hold them; CloudTrail data events cover audits where an organisation wants them.
-  #checkov:skip=CKV_AWS_144:Cross-region replication doubles the storage bill; run data can be regenerated from its manifest.
+  #checkov:skip=CKV_AWS_144:Replication doubles the storage bill; versioning guards against overwrites and a run can be re-run from its manifest's config.
   #checkov:skip=CKV2_AWS_62:No consumer of object events: stages read their inputs when they start.
   bucket        = var.name
   force_destroy = var.force_destroy
