@@ -93,7 +93,8 @@ def _wait_for_dashboard(url: str, token: str, head: subprocess.Popen, log: Path)
 
 def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
     """Stop this head's process group, then any process still using its temp dir (by pid)."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+    # `ray start --block` stops its processes on SIGTERM but takes its time; a test needs no grace.
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
         try:
             os.killpg(head.pid, sig)
         except ProcessLookupError:

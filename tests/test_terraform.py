@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,7 +44,11 @@ AWS_ONLY = [m for m in MODULES if providers(m) == {"aws"}]
 
 @pytest.fixture(scope="session")
 def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for terraform: the filesystem mirror only (no network), a shared plugin cache."""
+    """Environment for terraform: the filesystem mirror only (no network), a shared plugin cache.
+
+    The cache is filled once here: terraform's cache is not safe for concurrent installs, and the
+    moto apply below runs beside the other tests.
+    """
     folder = tmp_path_factory.mktemp("terraform")
     cli_config = folder / "terraformrc"
     cli_config.write_text(
@@ -51,10 +56,15 @@ def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         f'plugin_cache_dir = "{folder / "plugin-cache"}"\n'
     )
     (folder / "plugin-cache").mkdir()
-    return dict(
+    env = dict(
         os.environ, TF_CLI_CONFIG_FILE=str(cli_config), TF_IN_AUTOMATION="1", TF_INPUT="0",
         CHECKPOINT_DISABLE="1", AWS_EC2_METADATA_DISABLED="true",
     )  # fmt: skip
+    if TERRAFORM and (MIRROR / "registry.terraform.io").is_dir():
+        warm = folder / "warm-cache"
+        shutil.copytree(INFRA / "modules" / "s3_bucket", warm, ignore=shutil.ignore_patterns("tests"))
+        tf(["init", "-backend=false"], warm, env)
+    return env
 
 
 def tf(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> str:
@@ -165,7 +175,9 @@ pytestmark = pytest.mark.usefixtures("bucket_on_moto")
 @needs_terraform
 @needs_mirror
 def test_bucket_module_applies_and_destroys_against_moto(bucket_on_moto, tf_env) -> None:
+    start = time.monotonic()
     bucket_on_moto["applied"].result(timeout=600)
+    print(f"waited for apply: {time.monotonic() - start:.1f}s")
     s3, work, bucket = bucket_on_moto["s3"], bucket_on_moto["work"], "themis-runs-moto"
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
@@ -180,7 +192,9 @@ def test_bucket_module_applies_and_destroys_against_moto(bucket_on_moto, tf_env)
         s3.put_object(Bucket=bucket, Key="runs/cluster/manifest.json", Body=b"{}")
     assert "s3://themis-runs-moto/runs" in tf(["output", "storage_root"], work, tf_env)
 
-    tf(["destroy", "-auto-approve"], work, tf_env)
+    start = time.monotonic()
+    tf(["destroy", "-auto-approve", "-refresh=false"], work, tf_env)  # the state is a second old
+    print(f"destroy: {time.monotonic() - start:.1f}s")
     assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 
