@@ -229,6 +229,11 @@ def test_every_pod_is_non_root_with_limits_and_probes(overlay: str) -> None:
                 assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
                 if role != "submitter":  # a Job's pod runs to completion: no probes
                     assert "readinessProbe" in container and "livenessProbe" in container, where
+        for cluster in ray_cluster_specs(doc):  # the autoscaler sidecar KubeRay adds to each head
+            sidecar = cluster["autoscalerOptions"]
+            assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+            assert sidecar["securityContext"]["runAsNonRoot"] is True
+            assert set(sidecar["resources"]) == {"requests", "limits"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
