@@ -8,7 +8,7 @@ STAGE ?= pipeline
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast stage lint clean
+.PHONY: setup demo test test-fast stage lint bench-evaluate clean
 .PHONY: images train-cluster deploy-judge submit submit-rayjob k8s-validate tf-validate checkov checkov-venv
 
 $(BIN)/themis: pyproject.toml
@@ -29,7 +29,9 @@ demo: setup
 stage: setup
 	$(BIN)/themis $(STAGE) $(CONFIG)
 
+# Lint first (seconds), then every test; pytest's exit code 5 ("no tests collected") fails too.
 test: setup
+	$(BIN)/ruff check themis jobs tests
 	$(BIN)/python -m pytest tests -q
 
 test-fast: setup
@@ -37,6 +39,11 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check themis jobs tests
+	$(BIN)/ruff format --check themis jobs tests
+
+# Speed of meta-evaluation on PandaLM's recorded verdicts (target: under 10 s); prints, never asserts.
+bench-evaluate: setup
+	$(BIN)/python tests/benchmarks/bench_evaluate.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from themis.config import ConfigError, PipelineConfig, load_config
 
@@ -50,5 +51,5 @@ def test_bad_value_and_bad_override_and_missing_file(tmp_path: Path) -> None:
 
 def test_config_is_frozen() -> None:
     cfg = load_config(CONFIGS[0])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.lr = 1.0  # type: ignore[misc]

@@ -4,16 +4,36 @@ from themis.filters import balance, drop_duplicates, pair_consistency, split_by_
 
 
 def single(i: int, score: int, prompt: str | None = None) -> dict:
-    return {"judgment_id": f"s{i}", "kind": "single", "order": "", "pair_id": "", "scenario": "open_qa",
-            "instruction_id": f"i{i % 5}", "messages": json.dumps([{"role": "user", "content": prompt or f"p{i}"}]),
-            "score": score, "winner": None, "rationale": "because", "instruction": f"q{i}",
-            "responses": json.dumps([f"answer {i}"]), "reference": None}
+    return {
+        "judgment_id": f"s{i}",
+        "kind": "single",
+        "order": "",
+        "pair_id": "",
+        "scenario": "open_qa",
+        "instruction_id": f"i{i % 5}",
+        "messages": json.dumps([{"role": "user", "content": prompt or f"p{i}"}]),
+        "score": score,
+        "winner": None,
+        "rationale": "because",
+        "instruction": f"q{i}",
+        "responses": json.dumps([f"answer {i}"]),
+        "reference": None,
+    }
 
 
 def pair(pid: str, ab: str, ba: str) -> list[dict]:
-    base = {"kind": "pairwise", "pair_id": pid, "scenario": "open_qa", "instruction_id": pid, "score": None, "rationale": "r"}
-    return [base | {"judgment_id": f"{pid}ab", "order": "ab", "winner": ab, "messages": f"{pid}ab"},
-            base | {"judgment_id": f"{pid}ba", "order": "ba", "winner": ba, "messages": f"{pid}ba"}]
+    base = {
+        "kind": "pairwise",
+        "pair_id": pid,
+        "scenario": "open_qa",
+        "instruction_id": pid,
+        "score": None,
+        "rationale": "r",
+    }
+    return [
+        base | {"judgment_id": f"{pid}ab", "order": "ab", "winner": ab, "messages": f"{pid}ab"},
+        base | {"judgment_id": f"{pid}ba", "order": "ba", "winner": ba, "messages": f"{pid}ba"},
+    ]
 
 
 def test_duplicates_keep_the_first_prompt() -> None:

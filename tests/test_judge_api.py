@@ -141,9 +141,7 @@ def test_single_and_reference_prompts():
 
 
 def test_pairwise_prompt_and_forced_request():
-    prompt = render_judge_prompt(
-        _judge(response_a="Paris.", response_b="Lyon."), "pairwise", "open_qa"
-    )
+    prompt = render_judge_prompt(_judge(response_a="Paris.", response_b="Lyon."), "pairwise", "open_qa")
     assert prompt.opening == PAIR_OPENING and prompt.choices == ("A", "B", "C")
     body = prompt.messages[-1]["content"]
     assert "[Response A]\nParis." in body and "[Response B]\nLyon." in body
@@ -165,9 +163,7 @@ def test_classifier_request_and_parse():
 
 
 def test_judge_response_parses_or_reports():
-    ok = judge_response(
-        "single", "close_qa", "given", GenerationResult(text="Overall rating: [[4]]. Good.")
-    )
+    ok = judge_response("single", "close_qa", "given", GenerationResult(text="Overall rating: [[4]]. Good."))
     assert (ok.score, ok.verdict, ok.parsed, ok.error, ok.rationale) == (
         4,
         None,
@@ -175,9 +171,7 @@ def test_judge_response_parses_or_reports():
         None,
         "Good.",
     )
-    pair = judge_response(
-        "pairwise", "open_qa", "classified", GenerationResult(text="Verdict: [[C]]")
-    )
+    pair = judge_response("pairwise", "open_qa", "classified", GenerationResult(text="Verdict: [[C]]"))
     assert (pair.verdict, pair.score, pair.parsed, pair.scenario_source) == (
         "tie",
         None,
@@ -197,9 +191,7 @@ DEFAULTS = Sampling(max_tokens=96, temperature=0.0, top_p=1.0)
 
 
 def test_chat_request_maps_sampling_and_defaults():
-    req = chat_generation_request(
-        _chat(model="judge", max_tokens=5, temperature=0.3, seed=7), "judge", DEFAULTS
-    )
+    req = chat_generation_request(_chat(model="judge", max_tokens=5, temperature=0.3, seed=7), "judge", DEFAULTS)
     assert (req.max_tokens, req.temperature, req.top_p, req.seed, req.prefix) == (
         5,
         0.3,
@@ -208,9 +200,7 @@ def test_chat_request_maps_sampling_and_defaults():
         "",
     )
     assert req.messages == [{"role": "user", "content": "hi"}]
-    req = chat_generation_request(
-        _chat(max_completion_tokens=9), "judge", DEFAULTS
-    )  # model omitted
+    req = chat_generation_request(_chat(max_completion_tokens=9), "judge", DEFAULTS)  # model omitted
     assert (req.max_tokens, req.temperature) == (9, 0.0)
     parts = _chat(
         messages=[

@@ -19,10 +19,7 @@ def _cfg(base_url: str, **overrides) -> OpenAIEngineConfig:
 
 
 def _requests(n: int, **kwargs) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(messages=[{"role": "user", "content": f"row-{i}"}], **kwargs)
-        for i in range(n)
-    ]
+    return [GenerationRequest(messages=[{"role": "user", "content": f"row-{i}"}], **kwargs) for i in range(n)]
 
 
 def _closed_port() -> int:

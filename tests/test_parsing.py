@@ -42,7 +42,13 @@ def test_malformed_scores_are_rejected_with_a_reason(text, reason: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "winner"),
-    [("Verdict: [[A]] A is better", "A"), ("Verdict: [[B]]", "B"), ("Verdict: [[C]]", "tie"), ("[[tie]]", "tie"), ("Verdict: [[b]", "B")],
+    [
+        ("Verdict: [[A]] A is better", "A"),
+        ("Verdict: [[B]]", "B"),
+        ("Verdict: [[C]]", "tie"),
+        ("[[tie]]", "tie"),
+        ("Verdict: [[b]", "B"),
+    ],
 )
 def test_pairwise_verdicts(text: str, winner: str) -> None:
     assert parse_pairwise(text).verdict == winner

@@ -28,11 +28,15 @@ def free_port() -> int:
 def tiny_config(model: Path, root: Path, *extra: str):
     # A random model writes empty text when greedy; sampling keeps every stage fed.
     overrides = [
-        f"engines.local.model={model}", f"train.base_model={model}", f"run.storage.root={root}",
-        f"instructions.user_file={USER_FILE}", f"serve.port={free_port()}",
+        f"engines.local.model={model}",
+        f"train.base_model={model}",
+        f"run.storage.root={root}",
+        f"instructions.user_file={USER_FILE}",
+        f"serve.port={free_port()}",
         "responses.pool=[{name: a, engine: local, sampling: {max_tokens: 12, temperature: 1.0}}, "
         "{name: b, engine: local, sampling: {max_tokens: 12, temperature: 1.0}}]",
-        "judgments.reference_sampling.temperature=1.0", *extra,
+        "judgments.reference_sampling.temperature=1.0",
+        *extra,
     ]
     return load_config(TINY, overrides)
 
@@ -57,14 +61,20 @@ def test_every_stage_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path)
     assert (run_root / "model" / "model.safetensors").is_file()
     report_dir = run_root / "reports/evaluation/trained"
     assert (report_dir / "report.json").is_file() and (report_dir / "report.md").is_file()
-    assert reports["evaluate"].details["trained"]["overall"] is None or -1 <= reports["evaluate"].details["trained"]["overall"] <= 1
+    assert (
+        reports["evaluate"].details["trained"]["overall"] is None
+        or -1 <= reports["evaluate"].details["trained"]["overall"] <= 1
+    )
     assert reports["serve"].counts["smoke_requests"] >= 1
 
 
 def test_unreachable_teacher_fails_with_the_url(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = tiny_config(
-        tiny_model_dir, tmp_path, f"engines.remote={{kind: openai, base_url: 'http://127.0.0.1:{free_port()}/v1', "
-        "model: m, max_retries: 1, backoff_s: 0.01, timeout_s: 2}", "instructions.engine=remote",
+        tiny_model_dir,
+        tmp_path,
+        f"engines.remote={{kind: openai, base_url: 'http://127.0.0.1:{free_port()}/v1', "
+        "model: m, max_retries: 1, backoff_s: 0.01, timeout_s: 2}",
+        "instructions.engine=remote",
     )
     with pytest.raises(EngineUnavailableError, match="cannot reach http://127.0.0.1"):
         runner.run_stage("instructions", cfg)

@@ -13,7 +13,17 @@ def test_single_prompt_has_the_papers_blocks_in_order() -> None:
     s = get_scenario("close_qa")
     p = prompts.render_single_prompt(s, "What is 2+2?", "4")
     text = p.messages[-1]["content"]
-    marks = ["[Criteria Begin]", "[Criteria End]", "[Scale Begin]", "[Data Begin]", "[User Instruction]", "[Response]", "[Data End]", "Steps:", "Output format:"]
+    marks = [
+        "[Criteria Begin]",
+        "[Criteria End]",
+        "[Scale Begin]",
+        "[Data Begin]",
+        "[User Instruction]",
+        "[Response]",
+        "[Data End]",
+        "Steps:",
+        "Output format:",
+    ]
     positions = [text.index(m) for m in marks]
     assert positions == sorted(positions)
     # criteria appear most important first

@@ -3,11 +3,25 @@
 import subprocess
 import sys
 
-PURE = ["themis.config", "themis.prompts", "themis.parsing", "themis.filters", "themis.evaluation.metrics",
-        "themis.evaluation.stats", "themis.evaluation.benchmarks", "themis.evaluation.judges",
-        "themis.evaluation.report", "themis.evaluation.markdown", "themis.evaluation.plots",
-        "themis.scenarios", "themis.engines", "themis.engines.base", "themis.sft",
-        "themis.judge_api", "themis.stages"]
+PURE = [
+    "themis.config",
+    "themis.prompts",
+    "themis.parsing",
+    "themis.filters",
+    "themis.evaluation.metrics",
+    "themis.evaluation.stats",
+    "themis.evaluation.benchmarks",
+    "themis.evaluation.judges",
+    "themis.evaluation.report",
+    "themis.evaluation.markdown",
+    "themis.evaluation.plots",
+    "themis.scenarios",
+    "themis.engines",
+    "themis.engines.base",
+    "themis.sft",
+    "themis.judge_api",
+    "themis.stages",
+]
 HEAVY = ["ray", "torch", "deepspeed", "vllm"]
 
 

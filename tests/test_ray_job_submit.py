@@ -186,12 +186,9 @@ def test_ray_job_submit_runs_the_instructions_stage(ray_head, tiny_model_dir, tm
     assert "Connecting to existing Ray cluster" in output or "Connected to Ray cluster" in output
 
 
-
 def _assert_small_working_dir(head_dir: Path) -> None:
     """The unpacked working dir holds the code but not the venv or runs/ (.gitignore, .rayignore)."""
-    unpacked = [
-        d for d in head_dir.glob("session_latest/runtime_resources/working_dir_files/*") if d.is_dir()
-    ]
+    unpacked = [d for d in head_dir.glob("session_latest/runtime_resources/working_dir_files/*") if d.is_dir()]
     assert len(unpacked) == 1, unpacked
     root = unpacked[0]
     assert (root / "jobs" / "instructions.py").is_file() and (root / "themis").is_dir()

@@ -166,9 +166,7 @@ def test_continue_final_message_returns_only_the_continuation(client, tiny_model
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     expected = len(tok.encode(prompt + SCORE_OPENING, add_special_tokens=False))
     assert chat.usage.prompt_tokens == expected
-    assert chat.usage.completion_tokens == len(
-        tok.encode(chat.choices[0].message.content, add_special_tokens=False)
-    )
+    assert chat.usage.completion_tokens == len(tok.encode(chat.choices[0].message.content, add_special_tokens=False))
 
 
 @pytest.mark.integration
@@ -204,9 +202,7 @@ def test_judge_single_with_a_given_scenario(http):
     }  # fmt: skip
     assert (out["kind"], out["scenario"], out["scenario_source"]) == ("single", "close_qa", "given")
     assert out["parsed"] and out["error"] is None and out["verdict"] is None
-    assert out["score"] in range(1, 6) and out["output"].startswith(
-        f"{SCORE_OPENING}{out['score']}]]"
-    )
+    assert out["score"] in range(1, 6) and out["output"].startswith(f"{SCORE_OPENING}{out['score']}]]")
 
 
 @pytest.mark.integration

@@ -68,10 +68,7 @@ def test_collate_pads_right():
 
 
 def test_epoch_plan_gives_ranks_disjoint_equal_shards():
-    plans = [
-        sft.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2)
-        for r in (0, 1)
-    ]
+    plans = [sft.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2) for r in (0, 1)]
     assert [len(p) for p in plans] == [2, 2] == [sft.steps_per_epoch(19, 2, 2, 2)] * 2
     seen = [i for p in plans for step in p for micro in step for i in micro]
     assert len(seen) == len(set(seen)) == 16
@@ -107,9 +104,6 @@ def test_deepspeed_config_per_stage(stage):
 
 
 def test_sft_imports_no_heavy_stack():
-    code = (
-        "import sys, themis.sft; "
-        "print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
-    )
+    code = "import sys, themis.sft; print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

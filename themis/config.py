@@ -117,8 +117,9 @@ class InstructionsConfig(Strict):
     )
     min_chars: int = Field(12, ge=1, description="Shorter generated instructions are rejected.")
     mt_bench_dir: str | None = Field(
-        None, description="Also take MT-bench's first-turn questions (GPT-4 references where given) from this "
-        "folder, e.g. ../shared/data/mt_bench; their categories map to scenarios."
+        None,
+        description="Also take MT-bench's first-turn questions (GPT-4 references where given) from this "
+        "folder, e.g. ../shared/data/mt_bench; their categories map to scenarios.",
     )
     mt_bench_limit: int | None = Field(None, ge=1, description="Use only the first N MT-bench questions.")
 
@@ -318,15 +319,20 @@ class PipelineConfig(Strict):
     def engine_names(self, stage: str) -> dict[str, str]:
         """The engine names a stage refers to, keyed by where they are set."""
         if stage == "instructions":
-            return {"instructions.engine": self.instructions.engine,
-                    "instructions.classifier_engine": self.instructions.classifier_engine}
+            return {
+                "instructions.engine": self.instructions.engine,
+                "instructions.classifier_engine": self.instructions.classifier_engine,
+            }
         if stage == "responses" and self.responses:
             return {f"responses.pool[{i}].engine": m.engine for i, m in enumerate(self.responses.pool)}
         if stage == "judgments":
             return {"judgments.engine": self.judgments.engine}
         if stage == "evaluate":
-            return {f"evaluate.judges[{i}].engine": j.engine for i, j in enumerate(self.evaluate.judges)
-                    if isinstance(j, EngineJudge)}
+            return {
+                f"evaluate.judges[{i}].engine": j.engine
+                for i, j in enumerate(self.evaluate.judges)
+                if isinstance(j, EngineJudge)
+            }
         return {}
 
 

@@ -111,9 +111,16 @@ def to_sft_example(row: Row) -> Row:
     messages = json.loads(row["messages"]) + [{"role": "assistant", "content": render_target(row)}]
     label = row["winner"] if row["kind"] == "pairwise" else str(row["score"])
     return {
-        "example_id": row["judgment_id"], "kind": row["kind"], "order": row["order"], "pair_id": row["pair_id"],
-        "scenario": row["scenario"], "instruction_id": row["instruction_id"], "label": label,
+        "example_id": row["judgment_id"],
+        "kind": row["kind"],
+        "order": row["order"],
+        "pair_id": row["pair_id"],
+        "scenario": row["scenario"],
+        "instruction_id": row["instruction_id"],
+        "label": label,
         "messages": json.dumps(messages),
         # The parts of the prompt, so evaluation can re-render it (with or without the reference).
-        "instruction": row["instruction"], "responses": row["responses"], "reference": row["reference"] or "",
+        "instruction": row["instruction"],
+        "responses": row["responses"],
+        "reference": row["reference"] or "",
     }

@@ -7,20 +7,26 @@ adds ``output`` and ``error``. Rows never vanish: a failed call comes back with 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from themis.config import EngineConfig, OpenAIEngineConfig, Sampling
 from themis.engines import GenerationRequest, build_engine
-from themis.models import resolve_model
+from themis.models import ModelSource, resolve_model
 from themis.prompts import JudgePrompt
 
 
-def prompt_row(messages: list[dict[str, str]], prefix: str = "", choices: tuple[str, ...] = (), closing: str = "") -> dict[str, Any]:
+def prompt_row(
+    messages: list[dict[str, str]], prefix: str = "", choices: tuple[str, ...] = (), closing: str = ""
+) -> dict[str, Any]:
     """The columns generation needs, in the form Ray Data carries well (JSON strings)."""
-    return {"messages": json.dumps(messages), "prefix": prefix, "choices": json.dumps(list(choices)), "closing": closing}
+    return {
+        "messages": json.dumps(messages),
+        "prefix": prefix,
+        "choices": json.dumps(list(choices)),
+        "closing": closing,
+    }
 
 
 def judge_prompt_row(prompt: JudgePrompt, constrain: bool) -> dict[str, Any]:
@@ -37,8 +43,9 @@ class EngineUnavailableError(RuntimeError):
 class EngineActor:
     """Holds one engine (model weights load once per actor) and runs it batch by batch."""
 
-    def __init__(self, engine_cfg: EngineConfig, sampling: Sampling, seed: int | None, model_path: str | None):
-        self.engine = build_engine(engine_cfg, Path(model_path) if model_path else None)
+    def __init__(self, engine_cfg: EngineConfig, sampling: Sampling, seed: int | None, model: ModelSource | None):
+        # The actor fetches the model on its own node (an s3:// export is downloaded there).
+        self.engine = build_engine(engine_cfg, model.fetch() if model else None)
         self.sampling = sampling
         self.seed = seed
 
@@ -69,21 +76,21 @@ def generate(
     sampling: Sampling,
     *,
     seed: int | None = None,
-    model_path: str | None = None,
+    model: ModelSource | None = None,
 ) -> pd.DataFrame:
     """Run ``rows`` (each with prompt columns) through an engine actor pool; return them with outputs."""
     import ray
 
     if not rows:
         return pd.DataFrame(rows)
-    if not isinstance(engine_cfg, OpenAIEngineConfig) and model_path is None:
+    if not isinstance(engine_cfg, OpenAIEngineConfig) and model is None:
         resolve_model(engine_cfg.model)  # fail here, clearly, rather than inside a Ray actor
     remote = isinstance(engine_cfg, OpenAIEngineConfig)
     batch_size = engine_cfg.concurrency * 2 if remote else engine_cfg.batch_size
     ds = ray.data.from_pandas(pd.DataFrame(rows))
     out = ds.map_batches(
         EngineActor,
-        fn_constructor_kwargs={"engine_cfg": engine_cfg, "sampling": sampling, "seed": seed, "model_path": model_path},
+        fn_constructor_kwargs={"engine_cfg": engine_cfg, "sampling": sampling, "seed": seed, "model": model},
         batch_size=batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=1),
@@ -95,7 +102,9 @@ def generate(
     result = out.to_pandas()
     if (result["error"] != "").all():
         # Every call failed: the engine is down or misconfigured, not the data. Stop loudly.
-        raise EngineUnavailableError(f"all {len(result)} calls to the engine failed; first error: {result['error'].iloc[0]}")
+        raise EngineUnavailableError(
+            f"all {len(result)} calls to the engine failed; first error: {result['error'].iloc[0]}"
+        )
     return result
 
 

@@ -155,9 +155,7 @@ def parse_classification(result: GenerationResult) -> str:
     return parse_scenario(result.text, list(load_scenarios()))
 
 
-def unclassified_response(
-    kind: JudgeKind, result: GenerationResult, exc: ParseError
-) -> JudgeResponse:
+def unclassified_response(kind: JudgeKind, result: GenerationResult, exc: ParseError) -> JudgeResponse:
     """The answer when no scenario could be classified: nothing judged, the reason in ``error``."""
     return JudgeResponse(
         kind=kind,
@@ -173,9 +171,7 @@ def render_judge_prompt(req: JudgeRequest, kind: JudgeKind, scenario_id: str) ->
     scenario = get_scenario(scenario_id)
     if kind == "pairwise":
         assert req.response_a is not None and req.response_b is not None
-        return render_pairwise_prompt(
-            scenario, req.instruction, req.response_a, req.response_b, req.reference
-        )
+        return render_pairwise_prompt(scenario, req.instruction, req.response_a, req.response_b, req.reference)
     assert req.response is not None
     reference = req.reference if kind == "reference" else None
     return render_single_prompt(scenario, req.instruction, req.response, reference)
@@ -194,9 +190,7 @@ def forced_request(prompt: JudgePrompt, sampling: Sampling) -> GenerationRequest
     )
 
 
-def judge_response(
-    kind: JudgeKind, scenario: str, source: ScenarioSource, result: GenerationResult
-) -> JudgeResponse:
+def judge_response(kind: JudgeKind, scenario: str, source: ScenarioSource, result: GenerationResult) -> JudgeResponse:
     """Parse a judge output into the response; an unparseable output is reported, not raised."""
     out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text)
     if not result.ok:
@@ -206,9 +200,7 @@ def judge_response(
     except ParseError as exc:
         return out.model_copy(update={"error": f"unparseable output: {exc}"})
     field = "verdict" if kind == "pairwise" else "score"
-    return out.model_copy(
-        update={field: judgment.verdict, "rationale": judgment.rationale, "parsed": True}
-    )
+    return out.model_copy(update={field: judgment.verdict, "rationale": judgment.rationale, "parsed": True})
 
 
 # --- OpenAI-compatible chat ----------------------------------------------------------------------
@@ -240,9 +232,7 @@ class ChatCompletionRequest(BaseModel):
     add_generation_prompt: bool = True
 
 
-def chat_generation_request(
-    req: ChatCompletionRequest, model_name: str, defaults: Sampling
-) -> GenerationRequest:
+def chat_generation_request(req: ChatCompletionRequest, model_name: str, defaults: Sampling) -> GenerationRequest:
     """Check a chat request and turn it into a generation; raise ApiError (400/404) if refused."""
     _check_chat(req, model_name)
     messages = [{"role": m.role, "content": _text(m, i)} for i, m in enumerate(req.messages)]
@@ -348,9 +338,7 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
             "target_ongoing_requests": scaling.target_ongoing_requests,
         },
         # Room for a full batch and for the queue the autoscaler measures against its target.
-        "max_ongoing_requests": max(
-            serve_cfg.batch_size, math.ceil(2 * scaling.target_ongoing_requests)
-        ),
+        "max_ongoing_requests": max(serve_cfg.batch_size, math.ceil(2 * scaling.target_ongoing_requests)),
         "ray_actor_options": {
             "num_cpus": serve_cfg.cpus_per_replica,
             "num_gpus": serve_cfg.gpus_per_replica,

@@ -9,10 +9,34 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from themis.config import StorageConfig
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a worker finds a model: a model spec, or a run's export in storage. Workers (Serve
+    replicas, engine actors) call ``fetch`` themselves, so with an ``s3://`` run root each node
+    downloads its own copy instead of relying on a folder that exists only on the driver."""
+
+    spec: str | None = None  # a Hugging Face folder or 'builtin:...'
+    storage: StorageConfig | None = None  # with run_name: that run's ``model/`` folder
+    run_name: str | None = None
+
+    def fetch(self) -> Path:
+        """A local folder holding the model, on the node that calls this (downloads from S3)."""
+        if self.spec is not None:
+            return resolve_model(self.spec)
+        if self.storage is None or self.run_name is None:
+            raise ValueError("a ModelSource needs a spec, or storage and run_name")
+        from themis.storage import RunStore  # pyarrow only where a stored export is fetched
+
+        return RunStore(self.storage, self.run_name).local_dir("model")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -32,9 +56,7 @@ def resolve_model(spec: str) -> Path:
         raise ModelNotFoundError(f"unknown built-in model {spec!r}; known: {SMOLLM2}")
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
-        raise ModelNotFoundError(
-            f"model path {spec!r} is not a Hugging Face model folder (no config.json there)"
-        )
+        raise ModelNotFoundError(f"model path {spec!r} is not a Hugging Face model folder (no config.json there)")
     return path
 
 

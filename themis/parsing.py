@@ -97,4 +97,4 @@ def _nonempty(text: str | None) -> str:
 
 def _rest(text: str, start: int) -> str:
     """The rationale: what follows the verdict, without leftover brackets and punctuation."""
-    return text[start:].lstrip(" ]].:-\n").strip()
+    return text[start:].lstrip(" ].:-\n").strip()  # a set of characters to drop, not a prefix

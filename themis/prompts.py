@@ -105,18 +105,14 @@ def render_pairwise_prompt(
 ) -> JudgePrompt:
     """Pairwise comparison of two responses, tie allowed."""
     data = render_data(instruction, [("Response A", response_a), ("Response B", response_b)], reference)
-    body = "\n\n".join(
-        [render_task(scenario, "Compare two AI responses to a user instruction"), data, PAIR_FORMAT]
-    )
+    body = "\n\n".join([render_task(scenario, "Compare two AI responses to a user instruction"), data, PAIR_FORMAT])
     return JudgePrompt(_chat(JUDGE_SYSTEM, body), PAIR_OPENING, PAIR_CHOICES)
 
 
 def render_classifier_prompt(instruction: str) -> JudgePrompt:
     """Ask which scenario an instruction belongs to; the answer is one letter in [[ ]]."""
     scenarios = list(load_scenarios().values())
-    options = "\n".join(
-        f"{SCENARIO_LETTERS[i]}. {s.name}: {s.definition}" for i, s in enumerate(scenarios)
-    )
+    options = "\n".join(f"{SCENARIO_LETTERS[i]}. {s.name}: {s.definition}" for i, s in enumerate(scenarios))
     body = (
         f"Which scenario does this user instruction belong to?\n\n{options}\n\n"
         f"[User Instruction]\n{instruction}\n\n"
@@ -157,7 +153,9 @@ def render_answer_prompt(instruction: str) -> Messages:
 def render_reference_answer_prompt(instruction: str, passage: str | None) -> Messages:
     """Ask the teacher for a correct, concise reference answer (grounded in the passage if any)."""
     grounding = f"\n\nUse this source material:\n{passage}" if passage else ""
-    body = f"Answer correctly and concisely; your answer is the reference for grading others.{grounding}\n\n{instruction}"
+    body = (
+        f"Answer correctly and concisely; your answer is the reference for grading others.{grounding}\n\n{instruction}"
+    )
     return _chat("You are an expert who writes model answers.", body)
 
 

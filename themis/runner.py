@@ -40,8 +40,13 @@ def run_stage(name: str, cfg: PipelineConfig, **kwargs: Any) -> StageReport:
         store.record_stage(name, _entry(cfg, name, time.monotonic() - start) | {"status": "failed", "error": str(exc)})
         raise
     seconds = time.monotonic() - start
-    entry = _entry(cfg, name, seconds) | {"status": "ok", "inputs": report.inputs, "outputs": report.outputs,
-                                           "counts": report.counts, "details": report.details}
+    entry = _entry(cfg, name, seconds) | {
+        "status": "ok",
+        "inputs": report.inputs,
+        "outputs": report.outputs,
+        "counts": report.counts,
+        "details": report.details,
+    }
     store.record_stage(name, entry)
     say(f"{name}: done in {seconds:.1f}s: {report.summary()}")
     return report
@@ -54,15 +59,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, StageReport]:
     for i, name in enumerate(cfg.stages, 1):
         say(f"stage {i}/{len(cfg.stages)}: {name}")
         reports[name] = run_stage(name, cfg)
-    say(f"pipeline finished in {time.monotonic() - start:.1f}s; manifest: {RunStore(cfg.run.storage, cfg.run.name).uri('manifest.json')}")
+    manifest = RunStore(cfg.run.storage, cfg.run.name).uri("manifest.json")
+    say(f"pipeline finished in {time.monotonic() - start:.1f}s; manifest: {manifest}")
     return reports
 
 
 def _entry(cfg: PipelineConfig, name: str, seconds: float) -> dict[str, Any]:
     section = getattr(cfg, name)
     return {
-        "config": {"stage": section.model_dump(mode="json"), "run": cfg.run.model_dump(mode="json"),
-                   "engines": {k: v.model_dump(mode="json") for k, v in cfg.engines.items()}},
+        "config": {
+            "stage": section.model_dump(mode="json"),
+            "run": cfg.run.model_dump(mode="json"),
+            "engines": {k: v.model_dump(mode="json") for k, v in cfg.engines.items()},
+        },
         "duration_s": round(seconds, 2),
         "versions": package_versions(),
     }

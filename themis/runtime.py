@@ -31,25 +31,27 @@ PACKAGES = ("themis-judge", "ray", "torch", "deepspeed", "transformers", "pyarro
 
 def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray, unless this process already did."""
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    if address == "local":
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)  # before `import ray`: Ray reads some of them at import
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS") or cfg.address
-    env = {"env_vars": {k: os.environ[k] for k in LOCAL_ENV}}
     if address == "local":
         ray.init(
             address="local",
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_memory_mb * 1024**2,
             include_dashboard=True,
-            runtime_env=env,
+            runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
             log_to_driver=True,
         )
     else:
-        ray.init(address=address, runtime_env=env)
+        # On a cluster the job's own runtime env (ray job submit, a RayJob) sets worker variables;
+        # adding this laptop's settings would clash with it, and OMP_NUM_THREADS=1 would throttle the nodes' CPU work.
+        ray.init(address=address)
     _quiet_ray_data()
 
 

@@ -68,4 +68,3 @@ def resolve_config_path(path: str) -> Path:
     if given.is_file() or given.is_absolute():
         return given
     return PROJECT_ROOT / given if (PROJECT_ROOT / given).is_file() else given
-

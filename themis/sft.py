@@ -29,19 +29,13 @@ def build_example(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: i
     never cut: if it alone does not fit, ValueError.
     """
     if len(messages) < 2 or messages[-1].get("role") != "assistant":
-        raise ValueError(
-            "a training chat needs at least one prompt message and a final assistant one"
-        )
-    prompt = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=False, add_generation_prompt=True
-    )
+        raise ValueError("a training chat needs at least one prompt message and a final assistant one")
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     target = messages[-1]["content"] + (tokenizer.eos_token or "")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if len(target_ids) > max_seq_len:
-        raise ValueError(
-            f"target of {len(target_ids)} tokens does not fit max_seq_len={max_seq_len}"
-        )
+        raise ValueError(f"target of {len(target_ids)} tokens does not fit max_seq_len={max_seq_len}")
     keep = max_seq_len - len(target_ids)
     prompt_ids = prompt_ids[len(prompt_ids) - keep :] if len(prompt_ids) > keep else prompt_ids
     return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE] * len(prompt_ids) + target_ids}
@@ -97,9 +91,7 @@ def epoch_plan(
     return plan
 
 
-def eval_plan(
-    n_examples: int, rank: int, world_size: int, micro_batch: int
-) -> list[tuple[list[int], float]]:
+def eval_plan(n_examples: int, rank: int, world_size: int, micro_batch: int) -> list[tuple[list[int], float]]:
     """This rank's validation batches as ``(indices, weight)``, the same count on every rank.
 
     ZeRO-3 gathers parameters collectively in every forward pass, so a rank whose shard ran out
@@ -125,9 +117,7 @@ def lr_factor(step: int, warmup_steps: int, total: int) -> float:
 # --- DeepSpeed ----------------------------------------------------------------------------------
 
 
-def build_deepspeed_config(
-    train_cfg: TrainConfig, world_size: int, total_steps: int
-) -> dict[str, Any]:
+def build_deepspeed_config(train_cfg: TrainConfig, world_size: int, total_steps: int) -> dict[str, Any]:
     """The DeepSpeed config for ``train_cfg`` on ``world_size`` workers.
 
     No ``optimizer`` block: the loop passes a torch AdamW (ZeRO supports it, and DeepSpeed's CPU

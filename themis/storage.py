@@ -145,8 +145,9 @@ class RunStore:
             return Path(self.path(rel))
         target = Path(tempfile.mkdtemp(prefix="themis-")) / posixpath.basename(rel)
         target.mkdir(parents=True)
-        pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path(rel), str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
         return target
 
     def remove(self, rel: str) -> None:
@@ -174,7 +175,10 @@ def read_text_at(uri: str, storage: StorageConfig | None = None) -> str:
     if parsed.scheme == "s3":
         fs, path = _s3_filesystem(storage or StorageConfig()), f"{parsed.netloc}{parsed.path}"
     else:
-        fs, path = pafs.LocalFileSystem(), Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve().as_posix()
+        fs, path = (
+            pafs.LocalFileSystem(),
+            Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve().as_posix(),
+        )
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise StorageError(f"not found: {uri}")
     with fs.open_input_stream(path) as src:

@@ -56,9 +56,7 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     from transformers import AutoModelForCausalLM
 
     # fp32 weights even for bf16: DeepSpeed casts the module and keeps fp32 master weights.
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(tcfg.base_model), dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(tcfg.base_model), dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -86,9 +84,7 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
     return state
 
 
-def _train(
-    engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int, world: int
-) -> None:
+def _train(engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int, world: int) -> None:
     """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured."""
     tcfg: TrainConfig = config["train"]
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
@@ -115,9 +111,7 @@ def _train(
                 print(f"[themis] train: step {step}/{total} loss={loss:.4f} lr={lr:.2e}", flush=True)
             if step % per_epoch == 0 or step == total:
                 metrics["val_loss"] = _evaluate(engine, config, rank, world)
-                state["val_loss"].append(
-                    {"epoch": epoch, "step": step, "loss": metrics["val_loss"]}
-                )
+                state["val_loss"].append({"epoch": epoch, "step": step, "loss": metrics["val_loss"]})
             if _checkpoint_due(step, total, per_epoch, tcfg.checkpoint_every):
                 _save_and_report(engine, state, metrics, rank)
             if step == total:
@@ -129,9 +123,7 @@ def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
     return step == total or (step % every == 0 if every else step % per_epoch == 0)
 
 
-def _optimizer_step(
-    engine: Any, config: dict[str, Any], micro_batches: list[list[int]], lr: float
-) -> float:
+def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[int]], lr: float) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; return the loss averaged over ranks."""
     import torch
 
@@ -174,9 +166,7 @@ def _tensors(config: dict[str, Any], split: str, indices: list[int], device: Any
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
 
 
-def _save_and_report(
-    engine: Any, state: dict[str, Any], metrics: dict[str, Any], rank: int
-) -> None:
+def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
     """Each rank saves its DeepSpeed shards to a temp folder; Ray merges them into one folder."""
     import ray.train
 

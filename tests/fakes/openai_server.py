@@ -25,8 +25,8 @@ import json
 import re
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _ERROR_STATUSES = {"429": 429, "500": 500, "503": 503, "400": 400}
@@ -75,9 +75,7 @@ class FakeOpenAIServer:
         """Bind a free port and serve from a daemon thread."""
         self._httpd = httpd = _Server(("127.0.0.1", 0), _make_handler(self))
         # A short poll interval lets stop() return promptly (the default waits up to 0.5s).
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self._thread.start()
         return self
 
@@ -187,9 +185,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
 
-        def _send_raw(
-            self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None
-        ) -> None:
+        def _send_raw(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))

@@ -18,7 +18,8 @@ class GenerationRequest:
 
     ``prefix`` is forced as the start of the assistant reply (e.g. the verdict sentence's opening),
     and ``choices``, when given, constrain what comes right after the prefix to one of a few strings
-    (e.g. the score digits), followed by ``closing``. Engines that cannot force either ignore them; parsing copes either way.
+    (e.g. the score digits), followed by ``closing``. Engines that cannot force either ignore them;
+    parsing copes either way.
     """
 
     messages: list[dict[str, str]]

@@ -17,8 +17,21 @@ from themis.stages.judgments import REJECT_SCHEMA
 from themis.storage import RunStore
 from themis.tables import string_schema, to_table
 
-SFT_SCHEMA = string_schema(["example_id", "kind", "order", "pair_id", "scenario", "instruction_id", "label", "messages",
-                            "instruction", "responses", "reference"])
+SFT_SCHEMA = string_schema(
+    [
+        "example_id",
+        "kind",
+        "order",
+        "pair_id",
+        "scenario",
+        "instruction_id",
+        "label",
+        "messages",
+        "instruction",
+        "responses",
+        "reference",
+    ]
+)
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
@@ -40,17 +53,29 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     kept = records + copies
     rejected = dupes + inconsistent + unbalanced
     if len(kept) + len(rejected) != len(judgments):  # the promise of this stage: nothing is lost
-        raise AssertionError(f"filter counts do not reconcile: {len(judgments)} in, {len(kept)} kept, {len(rejected)} rejected")
+        raise AssertionError(
+            f"filter counts do not reconcile: {len(judgments)} in, {len(kept)} kept, {len(rejected)} rejected"
+        )
     train, val = split_by_instruction(kept, section.validation_fraction, cfg.run.seed)
     report = filter_report(judgments, kept, rejected, train, val)
     outputs = {
         "train": store.write_table("dataset/train.parquet", to_table([to_sft_example(r) for r in train], SFT_SCHEMA)),
-        "validation": store.write_table("dataset/validation.parquet", to_table([to_sft_example(r) for r in val], SFT_SCHEMA)),
+        "validation": store.write_table(
+            "dataset/validation.parquet", to_table([to_sft_example(r) for r in val], SFT_SCHEMA)
+        ),
         "rejects": store.write_table("rejects/dataset.parquet", to_table(rejected, REJECT_SCHEMA)),
         "report": store.write_json("dataset/filter_report.json", report),
     }
-    counts = {"rows_in": len(judgments), "rows_out": len(kept), "rows_rejected": len(rejected), "train": len(train), "validation": len(val)}
-    return StageReport(inputs={"judgments": store.uri("judgments/data.parquet")}, outputs=outputs, counts=counts, details=report)
+    counts = {
+        "rows_in": len(judgments),
+        "rows_out": len(kept),
+        "rows_rejected": len(rejected),
+        "train": len(train),
+        "validation": len(val),
+    }
+    return StageReport(
+        inputs={"judgments": store.uri("judgments/data.parquet")}, outputs=outputs, counts=counts, details=report
+    )
 
 
 def filter_report(judgments: list, kept: list, rejected: list, train: list, val: list) -> dict:
@@ -61,7 +86,9 @@ def filter_report(judgments: list, kept: list, rejected: list, train: list, val:
         "rows_rejected": len(rejected),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
         "kept_by_kind": dict(Counter(r["kind"] for r in kept)),
-        "kept_by_label": {f"{k}:{label}": n for (k, label), n in sorted(Counter((r["kind"], label_of(r)) for r in kept).items())},
+        "kept_by_label": {
+            f"{k}:{label}": n for (k, label), n in sorted(Counter((r["kind"], label_of(r)) for r in kept).items())
+        },
         "kept_by_scenario": dict(Counter(r["scenario"] for r in kept)),
         "train": len(train),
         "validation": len(val),

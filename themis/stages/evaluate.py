@@ -32,6 +32,7 @@ from themis.evaluation.benchmarks import Item
 from themis.evaluation.judges import Prediction
 from themis.evaluation.report import Settings, build_report
 from themis.generation import generate, judge_prompt_row
+from themis.models import ModelSource
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
@@ -102,20 +103,23 @@ def predict(judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore)
     modes = (True, False) if section.reference_effect else (True,)
     calls = judges.judge_calls(items, section.both_orders, modes)
     rows = [{"call": n} | judge_prompt_row(c["prompt"], constrain=True) for n, c in enumerate(calls)]
-    engine, model_path = judge_engine(judge, cfg, store)
+    engine, model = judge_engine(judge, cfg, store)
     init_ray(cfg.ray)
-    out = generate(rows, engine, section.sampling, seed=cfg.run.seed, model_path=model_path)
+    out = generate(rows, engine, section.sampling, seed=cfg.run.seed, model=model)
     answers = {int(r["call"]): (r["output"], r["error"] or None) for r in out.to_dict("records")}
     return [judges.parse_call(c, *answers[n]) for n, c in enumerate(calls)], []
 
 
-def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore) -> tuple[Any, str | None]:
-    """The engine config to judge with, and the model folder for this run's trained judge."""
+def judge_engine(
+    judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore
+) -> tuple[Any, ModelSource | None]:
+    """The engine config to judge with, and where its actors fetch this run's trained judge."""
     if isinstance(judge, EngineJudge):
         return cfg.engines[judge.engine], None
-    if not store.exists("model"):
+    if not store.exists("model", "config.json"):
         raise FileNotFoundError(f"no trained judge at {store.uri('model')}: run the train stage first")
-    return judge.engine or TransformersEngineConfig(model="trained"), str(store.local_dir("model"))
+    engine = judge.engine or TransformersEngineConfig(model="trained")
+    return engine, ModelSource(storage=store.storage, run_name=cfg.run.name)
 
 
 def items_hash(items: list[Item]) -> str:

@@ -84,7 +84,13 @@ def _quiz_plan(scenario: Scenario, quiz: dict[str, Any], rng: random.Random) -> 
         "task": rng.choice(spec["tasks"]),
     }
     messages = prompts.render_quiz_prompt(scenario, **attrs)
-    return {"scenario": scenario.id, "method": "role_play", "source": json.dumps(attrs), "passage": "", **prompt_row(messages)}
+    return {
+        "scenario": scenario.id,
+        "method": "role_play",
+        "source": json.dumps(attrs),
+        "passage": "",
+        **prompt_row(messages),
+    }
 
 
 def write_instructions(plans: list[dict[str, Any]], cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
@@ -129,9 +135,19 @@ def read_mt_bench(folder: str, limit: int | None) -> list[dict]:
     from themis.evaluation.benchmarks import mt_bench_instructions
 
     rows = mt_bench_instructions(folder)[:limit]
-    return [{"instruction_id": r["source"].replace(":", "-"), "instruction": r["instruction"], "scenario": r["scenario"],
-             "method": "mt_bench", "source": r["source"], "passage": "", "reference": r["reference"] or "",
-             "scenario_source": "given"} for r in rows]
+    return [
+        {
+            "instruction_id": r["source"].replace(":", "-"),
+            "instruction": r["instruction"],
+            "scenario": r["scenario"],
+            "method": "mt_bench",
+            "source": r["source"],
+            "passage": "",
+            "reference": r["reference"] or "",
+            "scenario_source": "given",
+        }
+        for r in rows
+    ]
 
 
 def _user_row(line: str, known: set[str]) -> tuple[dict[str, Any], str | None]:
@@ -145,7 +161,11 @@ def _user_row(line: str, known: set[str]) -> tuple[dict[str, Any], str | None]:
     scenario = str(obj.get("scenario") or "")
     if scenario and scenario not in known:
         return empty, f"unknown scenario {scenario!r}"
-    row = {"instruction": str(obj["instruction"]).strip(), "scenario": scenario, "reference": str(obj.get("reference") or "")}
+    row = {
+        "instruction": str(obj["instruction"]).strip(),
+        "scenario": scenario,
+        "reference": str(obj.get("reference") or ""),
+    }
     return row | {"scenario_source": "given" if scenario else ""}, None
 
 
@@ -169,5 +189,3 @@ def classify_missing(rows: list[dict], cfg: PipelineConfig) -> tuple[list[dict],
             reason = f"engine error: {row['error']}" if row["error"] else f"classifier: {exc}"
             rejected.append(clean | {"output": row["output"], "reason": reason})
     return done, rejected
-
-

@@ -26,8 +26,21 @@ from themis.storage import RunStore
 from themis.tables import string_schema, to_table
 
 COLUMNS = [
-    "judgment_id", "kind", "order", "pair_id", "instruction_id", "scenario", "instruction", "reference",
-    "response_ids", "responses", "messages", "output", "score", "winner", "rationale",
+    "judgment_id",
+    "kind",
+    "order",
+    "pair_id",
+    "instruction_id",
+    "scenario",
+    "instruction",
+    "reference",
+    "response_ids",
+    "responses",
+    "messages",
+    "output",
+    "score",
+    "winner",
+    "rationale",
 ]
 SCHEMA = string_schema(COLUMNS, score=pa.int32())
 REJECT_SCHEMA = string_schema(COLUMNS + ["reason"], score=pa.int32())
@@ -67,7 +80,9 @@ def needs_reference(scenario_id: str, section: JudgmentsConfig) -> bool:
     return section.reference_guided and get_scenario(scenario_id).reference_guided
 
 
-def collect_references(by_instruction: dict[str, list[dict]], cfg: PipelineConfig) -> tuple[dict[str, str], dict[str, str]]:
+def collect_references(
+    by_instruction: dict[str, list[dict]], cfg: PipelineConfig
+) -> tuple[dict[str, str], dict[str, str]]:
     """Reference answers for reference-guided instructions: given ones, else written by the teacher."""
     refs, todo = {}, []
     for iid, group in by_instruction.items():
@@ -133,9 +148,15 @@ def _row(r: dict, kind: str, shown: list[dict], ref: str | None) -> dict[str, An
     ids = [s["response_id"] for s in shown]
     return {
         "judgment_id": f"{kind}:{'|'.join(ids)}",
-        "kind": kind, "order": "", "pair_id": "", "instruction_id": r["instruction_id"],
-        "scenario": r["scenario"], "instruction": r["instruction"], "reference": ref or "",
-        "response_ids": json.dumps(ids), "responses": json.dumps([s["response"] for s in shown]),
+        "kind": kind,
+        "order": "",
+        "pair_id": "",
+        "instruction_id": r["instruction_id"],
+        "scenario": r["scenario"],
+        "instruction": r["instruction"],
+        "reference": ref or "",
+        "response_ids": json.dumps(ids),
+        "responses": json.dumps([s["response"] for s in shown]),
     }
 
 

@@ -39,7 +39,12 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rejects": store.write_table("rejects/responses.parquet", to_table(rejected, REJECT_SCHEMA)),
     }
     planned = len(instructions) * cfg.responses.per_instruction
-    counts = {"instructions": len(instructions), "rows_in": planned, "rows_out": len(kept), "rows_rejected": len(rejected)}
+    counts = {
+        "instructions": len(instructions),
+        "rows_in": planned,
+        "rows_out": len(kept),
+        "rows_rejected": len(rejected),
+    }
     return StageReport(inputs={"instructions": store.uri("instructions/data.parquet")}, outputs=outputs, counts=counts)
 
 

@@ -21,8 +21,6 @@ import posixpath
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,7 +33,6 @@ from ray.serve import Application
 from themis.config import (
     PipelineConfig,
     ServeConfig,
-    StorageConfig,
     TransformersEngineConfig,
 )
 from themis.engines import Engine, build_engine
@@ -60,7 +57,7 @@ from themis.judge_api import (
     unclassified_response,
     validation_error_body,
 )
-from themis.models import resolve_model
+from themis.models import ModelSource, resolve_model
 from themis.parsing import ParseError
 from themis.runtime import init_ray
 from themis.stages import StageReport
@@ -82,22 +79,6 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
     # OpenAI-style body (its client reads error.message) instead of FastAPI's bare "detail".
     return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a replica finds the model it serves: a model spec, or a run's export in storage."""
-
-    spec: str | None = None  # a Hugging Face folder or 'builtin:...'
-    storage: StorageConfig | None = None  # with run_name: that run's ``model/`` folder
-    run_name: str | None = None
-
-    def fetch(self) -> Path:
-        """A local folder holding the model, on the node that calls this (downloads from S3)."""
-        if self.spec is not None:
-            return resolve_model(self.spec)
-        assert self.storage is not None and self.run_name is not None
-        return RunStore(self.storage, self.run_name).local_dir("model")
 
 
 @serve.deployment

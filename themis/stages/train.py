@@ -61,9 +61,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     )
 
 
-def _prepare(
-    tcfg: TrainConfig, seed: int, store: RunStore
-) -> tuple[dict[str, Any], dict[str, int]]:
+def _prepare(tcfg: TrainConfig, seed: int, store: RunStore) -> tuple[dict[str, Any], dict[str, int]]:
     """Read and tokenise both splits, record rejects, plan the steps: everything before Ray."""
     train_rows, val_rows = _read_chats(store, TRAIN), _read_chats(store, VALIDATION)
     if not train_rows:
@@ -100,14 +98,9 @@ def _read_chats(store: RunStore, rel: str) -> list[dict[str, Any]]:
     table = store.read_table(rel)
     missing = {"example_id", "messages"} - set(table.column_names)
     if missing:
-        raise ValueError(
-            f"{store.uri(rel)} lacks column(s) {sorted(missing)}: is it a dataset split?"
-        )
+        raise ValueError(f"{store.uri(rel)} lacks column(s) {sorted(missing)}: is it a dataset split?")
     table = table.select(["example_id", "messages"])
-    return [
-        {"example_id": r["example_id"], "messages": json.loads(r["messages"])}
-        for r in table.to_pylist()
-    ]
+    return [{"example_id": r["example_id"], "messages": json.loads(r["messages"])} for r in table.to_pylist()]
 
 
 def _tokenize(
@@ -131,9 +124,7 @@ def _write_rejects(store: RunStore, rejects: list[dict[str, str]]) -> None:
 
 
 def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
-    per_epoch = sft.steps_per_epoch(
-        n_examples, tcfg.num_workers, tcfg.micro_batch_size, tcfg.grad_accum
-    )
+    per_epoch = sft.steps_per_epoch(n_examples, tcfg.num_workers, tcfg.micro_batch_size, tcfg.grad_accum)
     if per_epoch == 0:
         raise ValueError(
             f"{n_examples} usable training examples are fewer than one optimizer step takes "
