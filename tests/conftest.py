@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def _shared_dir() -> Path:
+    """The workspace's shared folder (third-party data, KubeRay CRDs): THEMIS_SHARED_DIR, else the
+    `shared` folder beside this checkout, else the workspace's /work/shared (for clones elsewhere)."""
+    candidates = [os.environ.get("THEMIS_SHARED_DIR"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared"  # absent: tests that need it say where they looked
+
+
+SHARED = _shared_dir()
+SHARED_DATA = SHARED / "data"
 
 
 @pytest.fixture(scope="session")

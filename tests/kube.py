@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import SHARED
+
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-# Beside this checkout, as tests/conftest.py finds SHARED_DATA: <workspace>/shared/k8s/crds.
-CRDS = ROOT.parent / "shared" / "k8s" / "crds"
+# In the workspace's shared folder, found as tests/conftest.py finds it: <shared>/k8s/crds.
+CRDS = SHARED / "k8s" / "crds"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 KUBERAY_GROUP = "ray.io/"
 
