@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from themis.config import StorageConfig
-from themis.storage import RunStore, StorageError
+from themis.storage import RunStore, StorageError, read_text_at
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,10 @@ def roundtrip(store: RunStore, tmp_path) -> None:
     assert store.read_table("stage/data.parquet").equals(table)
     store.write_json("reports/r.json", {"ok": 1})
     assert store.read_json("reports/r.json") == {"ok": 1}
+    # By full URI, as `themis evaluate compare` reads reports (local path or s3://).
+    assert read_text_at(store.uri("reports/r.json"), store.storage) == '{\n  "ok": 1\n}'
+    with pytest.raises(StorageError, match="not found"):
+        read_text_at(store.uri("reports/absent.json"), store.storage)
     store.record_stage("one", {"counts": {"rows_in": 3}})
     store.record_stage("two", {"counts": {"rows_in": 1}})
     assert set(store.manifest()["stages"]) == {"one", "two"}

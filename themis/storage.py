@@ -171,14 +171,8 @@ class RunStore:
 
 def read_text_at(uri: str, storage: StorageConfig | None = None) -> str:
     """One file by its full path or URI (local or s3://, with ``storage``'s endpoint settings)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        fs, path = _s3_filesystem(storage or StorageConfig()), f"{parsed.netloc}{parsed.path}"
-    else:
-        fs, path = (
-            pafs.LocalFileSystem(),
-            Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve().as_posix(),
-        )
+    # The same local/s3 resolution as a run root, with the file itself as the "root".
+    fs, path = build_filesystem((storage or StorageConfig()).model_copy(update={"root": uri}))
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise StorageError(f"not found: {uri}")
     with fs.open_input_stream(path) as src:

@@ -48,7 +48,7 @@ def load_recorded(
     counted rather than dropped. Returns the predictions and the file ids that match no item.
     """
     records = _read_records(Path(path))
-    wanted = {i.item_id: i for i in items}
+    wanted = {i.item_id for i in items}
     by_id: dict[str, dict[str, Any]] = {}
     for n, rec in enumerate(records, 1):
         if id_field not in rec or verdict_field not in rec:
@@ -65,7 +65,7 @@ def load_recorded(
         verdict = values.get(raw)
         error = None if verdict is not None else f"unrecognised recorded verdict {raw!r}"
         predictions.append(Prediction(item.item_id, order, False, _typed(verdict, item), raw, error))
-    return predictions, sorted(set(by_id) - set(wanted))
+    return predictions, sorted(set(by_id) - wanted)
 
 
 def _typed(verdict: str | int | None, item: Item) -> int | str | None:

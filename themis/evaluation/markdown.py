@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from themis.evaluation import stats
+from themis.evaluation.report import AGGREGATED
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -105,7 +106,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", nam
                 f"| {family}/{metric} | {fmt(cell_a['value'])} | {fmt_ci(cell_a['ci'])} | "
                 f"{fmt(cell_b['value'])} | {fmt_ci(cell_b['ci'])} | {fmt(diff)}{mark} |"
             )
-            if metric in ("mae", "agr", "accuracy", "f1") and diff is not None:
+            if metric in AGGREGATED[family] and diff is not None:
                 ours[f"{family}/{metric}"], base[f"{family}/{metric}"] = cell_a["value"], cell_b["value"]
     lines += [f"| overall (normalised) | {fmt(a['overall']['value'])} | | {fmt(b['overall']['value'])} | | |", ""]
     if ours:

@@ -55,6 +55,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         section.breakdown,
     )
     outputs, details = {}, {}
+    fingerprint = items_hash(items)
     for judge in section.judges:
         predictions, unmatched = predict(judge, items, cfg, store)
         report = build_report(items, predictions, settings) | {
@@ -64,7 +65,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
                 "name": section.benchmark.name,
                 "source": source,
                 "items": len(items),
-                "sha256": items_hash(items),
+                "sha256": fingerprint,
             },
             "predictions_file_sha256": file_hash(judge.path) if isinstance(judge, RecordedJudge) else None,
             "config": section.model_dump(mode="json"),
