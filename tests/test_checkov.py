@@ -31,7 +31,8 @@ def checkov() -> Path:
     if not CHECKOV.exists():
         done = subprocess.run(["make", "-s", "checkov-venv"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            pytest.skip(f"could not build the checkov venv (make checkov-venv): {done.stderr[-500:]}")
+            # A failure, not a skip: the checkov bar must not vanish because an install broke.
+            pytest.fail(f"could not build the checkov venv (make checkov-venv): {done.stderr[-500:]}")
     return CHECKOV
 
 
