@@ -64,6 +64,26 @@ class Sampling(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class ActorPool(Strict):
+    """How Ray Data runs an engine: an autoscaling pool of actors, each holding one engine."""
+
+    min_actors: int = Field(1, ge=1, description="Actors the pool starts with (Ray Data's concurrency min).")
+    max_actors: int = Field(1, ge=1, description="Actors the pool may grow to when rows queue up.")
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="GPUs each actor reserves; None = what the engine needs (its device / TP size)."
+    )
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs each actor reserves; None = the engine's need.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Rows per Ray Data batch; None = the engine's own choice."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorPool:
+        if self.max_actors < self.min_actors:
+            raise ValueError("pool.max_actors must be >= pool.min_actors")
+        return self
+
+
 class TransformersEngineConfig(Strict):
     kind: Literal["transformers"] = "transformers"
     model: str = Field(description="A Hugging Face folder, 'builtin:smollm2-135m-instruct', or 'trained'.")
@@ -71,6 +91,7 @@ class TransformersEngineConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(4, ge=1, description="Prompts per forward pass.")
     num_threads: int | None = Field(None, ge=1, description="torch threads on CPU; None = torch's choice.")
+    pool: ActorPool = ActorPool()
 
 
 class OpenAIEngineConfig(Strict):
@@ -78,7 +99,13 @@ class OpenAIEngineConfig(Strict):
     base_url: str = Field(description="An OpenAI-compatible base URL ending in /v1.")
     model: str = Field(description="Model name sent with every request.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once, per actor (a sliding window).")
+    qps: float | None = Field(None, gt=0, description="Most requests started per second, per actor; None = no limit.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Most tokens (prompt + completion, as the server reports) per minute, per actor."
+    )
+    price_per_million_input_tokens: float | None = Field(None, ge=0, description="For the cost in the manifest.")
+    price_per_million_output_tokens: float | None = Field(None, ge=0, description="For the cost in the manifest.")
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and bad bodies.")
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
@@ -88,9 +115,25 @@ class OpenAIEngineConfig(Strict):
         "(vLLM and Themis' own endpoint support this; OpenAI does not).",
     )
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON for every request.")
+    pool: ActorPool = ActorPool()
 
 
-EngineConfig = Annotated[TransformersEngineConfig | OpenAIEngineConfig, Field(discriminator="kind")]
+class VLLMEngineConfig(Strict):
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field(description="A Hugging Face folder, 'builtin:smollm2-135m-instruct', or 'trained'.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, ge=16, description="Context length; None = the model's.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(64, ge=1, description="Rows handed to vLLM at once (it schedules them itself).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower steps).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments.")
+    pool: ActorPool = ActorPool()
+
+
+EngineConfig = Annotated[
+    TransformersEngineConfig | OpenAIEngineConfig | VLLMEngineConfig, Field(discriminator="kind")
+]
 
 
 # --- stages -------------------------------------------------------------------------------------

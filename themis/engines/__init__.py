@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig
-from themis.engines.base import Engine, GenerationRequest, GenerationResult
+from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VLLMEngineConfig
+from themis.engines.base import AsyncEngine, Engine, GenerationRequest, GenerationResult
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "build_engine"]
+__all__ = ["AsyncEngine", "Engine", "GenerationRequest", "GenerationResult", "build_engine"]
 
 
 def build_engine(cfg: EngineConfig, model_path: str | Path | None = None) -> Engine:
@@ -24,4 +24,8 @@ def build_engine(cfg: EngineConfig, model_path: str | Path | None = None) -> Eng
         from themis.engines.openai_http import OpenAIEngine
 
         return OpenAIEngine(cfg)
+    if isinstance(cfg, VLLMEngineConfig):
+        from themis.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, model_path)
     raise TypeError(f"unknown engine config {type(cfg).__name__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class GenerationResult:
 
     text: str = ""
     error: str | None = None
+    prompt_tokens: int = 0  # as the engine counted them; 0 when it does not say
+    completion_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -48,3 +50,38 @@ class Engine(Protocol):
     """Generates one result per request, in the order given."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+class AsyncEngine(Engine, Protocol):
+    """An engine that waits on the network: ``agenerate`` lets many batches share one window of
+    requests in flight (Ray Data runs several batches at once in one actor)."""
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+def request_to_row(req: GenerationRequest) -> dict[str, Any]:
+    """A request as the ``request`` struct column of a generation row (see ``tables.REQUEST_TYPE``)."""
+    return {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in req.messages],
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "prefix": req.prefix,
+        "choices": list(req.choices),
+        "closing": req.closing,
+    }
+
+
+def request_from_row(row: dict[str, Any]) -> GenerationRequest:
+    """The request a ``request`` struct column holds."""
+    return GenerationRequest(
+        messages=[{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+        max_tokens=int(row["max_tokens"]),
+        temperature=float(row["temperature"]),
+        top_p=float(row["top_p"]),
+        seed=None if row["seed"] is None else int(row["seed"]),
+        prefix=row["prefix"] or "",
+        choices=tuple(row["choices"] or ()),
+        closing=row["closing"] or "",
+    )

@@ -1,0 +1,154 @@
+"""The one judging core: render a judge call, turn it into an engine request, parse the output.
+
+Every place that judges uses this module: the judgments stage (the teacher), evaluate's engine
+judges and the served judge. A verdict is a ``score`` (1-5, single and reference-guided grading)
+or a ``winner`` ("A", "B" or "tie", pairwise); ``flip_winner`` is the one way to see a pairwise
+verdict from the other presentation order. The scenario classifier lives here too, with its one
+request, one parser and one set of settings. Pure: no Ray, torch or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from themis.config import Sampling
+from themis.engines.base import GenerationRequest
+from themis.parsing import parse_pairwise, parse_scenario, parse_score
+from themis.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
+from themis.scenarios import get_scenario, load_scenarios
+
+Kind = Literal["single", "reference", "pairwise"]
+Order = Literal["ab", "ba", ""]
+KINDS: tuple[Kind, ...] = ("single", "reference", "pairwise")
+WINNERS = ("A", "B", "tie")
+
+# The classifier answers with one forced letter; two tokens leave room for a closing bracket on
+# engines that cannot force the format.
+CLASSIFIER_SAMPLING = Sampling(max_tokens=2, temperature=0.0)
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """One thing to judge, as the judge will see it.
+
+    ``responses`` holds one response (single, reference) or two in the order shown (pairwise);
+    ``order`` says which order that is for a pair ("ab" as planned, "ba" swapped), "" otherwise.
+    """
+
+    kind: Kind
+    scenario: str
+    instruction: str
+    responses: tuple[str, ...]
+    reference: str | None = None
+    order: Order = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown judgment kind {self.kind!r}; kinds: {', '.join(KINDS)}")
+        wanted = 2 if self.kind == "pairwise" else 1
+        if len(self.responses) != wanted:
+            raise ValueError(f"a {self.kind} call shows {wanted} response(s), got {len(self.responses)}")
+        if self.kind == "reference" and not self.reference:
+            raise ValueError("a reference call needs a non-empty reference")
+        if self.kind == "single" and self.reference:
+            raise ValueError("a single call shows no reference; use kind 'reference'")
+        if (self.kind == "pairwise") != (self.order in ("ab", "ba")):
+            raise ValueError(f"order {self.order!r} does not fit kind {self.kind!r} (pairs: 'ab' or 'ba')")
+
+    def swapped(self) -> JudgeCall:
+        """The same pair shown the other way round."""
+        if self.kind != "pairwise":
+            raise ValueError("only a pairwise call can be swapped")
+        order: Order = "ba" if self.order == "ab" else "ab"
+        return replace(self, responses=self.responses[::-1], order=order)
+
+
+def single_call(scenario: str, instruction: str, response: str, reference: str | None = None) -> JudgeCall:
+    """Grade one response, reference-guided when a reference is given."""
+    kind: Kind = "reference" if reference else "single"
+    return JudgeCall(kind, scenario, instruction, (response,), reference or None)
+
+
+def pairwise_calls(
+    scenario: str, instruction: str, first: str, second: str, reference: str | None = None, both_orders: bool = True
+) -> list[JudgeCall]:
+    """A pair in the ``ab`` order and, with ``both_orders``, the ``ba`` order too (position bias)."""
+    call = JudgeCall("pairwise", scenario, instruction, (first, second), reference or None, "ab")
+    return [call, call.swapped()] if both_orders else [call]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A parsed judgment: ``score`` for single/reference, ``winner`` for pairwise, and the reasons."""
+
+    score: int | None = None
+    winner: str | None = None
+    rationale: str = ""
+
+
+def render_call(call: JudgeCall) -> JudgePrompt:
+    """The scenario-dependent judge prompt of a call."""
+    scenario = get_scenario(call.scenario)
+    if call.kind == "pairwise":
+        first, second = call.responses
+        return render_pairwise_prompt(scenario, call.instruction, first, second, call.reference)
+    return render_single_prompt(scenario, call.instruction, call.responses[0], call.reference)
+
+
+def prompt_request(
+    prompt: JudgePrompt, sampling: Sampling, *, constrain: bool = True, seed: int | None = None
+) -> GenerationRequest:
+    """An engine request for a judge-style prompt; ``constrain`` forces the verdict sentence
+    (its opening, one of the allowed tokens, its closing) on engines that can."""
+    forced = {"prefix": prompt.opening, "choices": prompt.choices, "closing": prompt.closing} if constrain else {}
+    return GenerationRequest(
+        messages=prompt.messages,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+        **forced,
+    )
+
+
+def judge_request(
+    call: JudgeCall, sampling: Sampling, *, constrain: bool = True, seed: int | None = None
+) -> GenerationRequest:
+    """The engine request for a judge call."""
+    return prompt_request(render_call(call), sampling, constrain=constrain, seed=seed)
+
+
+def parse_verdict(kind: Kind, text: str) -> Verdict:
+    """The verdict in a judge's output; raises ``ParseError`` (its message is the reject reason)."""
+    if kind == "pairwise":
+        judged = parse_pairwise(text)
+        return Verdict(winner=str(judged.verdict), rationale=judged.rationale)
+    judged = parse_score(text)
+    return Verdict(score=int(judged.verdict), rationale=judged.rationale)
+
+
+def flip_winner(winner: str) -> str:
+    """The same pairwise verdict seen with the two responses swapped ("tie" stays "tie")."""
+    if winner not in WINNERS:
+        raise ValueError(f"winner must be one of {WINNERS}, got {winner!r}")
+    return {"A": "B", "B": "A"}.get(winner, winner)
+
+
+def winner_in_ab_order(winner: str, order: Order) -> str:
+    """A pairwise verdict expressed in the pair's planned (``ab``) order."""
+    return flip_winner(winner) if order == "ba" else winner
+
+
+# --- scenario classification --------------------------------------------------------------------
+
+
+def classifier_request(instruction: str, seed: int | None = None) -> GenerationRequest:
+    """Ask which scenario an instruction belongs to, forced into ``Scenario: [[X]]``."""
+    return prompt_request(render_classifier_prompt(instruction), CLASSIFIER_SAMPLING, seed=seed)
+
+
+def parse_classification(text: str) -> str:
+    """The scenario id the classifier picked; raises ``ParseError``."""
+    return parse_scenario(text, list(load_scenarios()))
+
