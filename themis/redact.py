@@ -1,0 +1,54 @@
+"""Keep secrets out of everything Themis writes: manifests, rejects, reports, logs.
+
+Credentials reach configs in three places: the user-info part of a URL (``https://key@host``),
+secret-looking query parameters (``?api_key=...``), and secret-looking keys of free-form JSON such
+as an engine's ``extra_body``. Each is replaced by ``REDACTED``. Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+REDACTED = "***"
+_SECRET_KEY = re.compile(r"key|token|secret|passw|auth|credential|signature|session|cookie", re.I)
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a field or parameter name looks like it holds a credential."""
+    return bool(_SECRET_KEY.search(name))
+
+
+def redact_url(url: str) -> str:
+    """The URL with user info and secret-looking query values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED  # not a URL we can take apart: show nothing of it
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        pairs = [(k, REDACTED if is_secret_key(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe=REDACTED)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_tree(value: Any) -> Any:
+    """A copy of nested dicts/lists with secret-looking keys' values replaced, and URLs redacted."""
+    if isinstance(value, dict):
+        return {k: REDACTED if is_secret_key(str(k)) else redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_tree(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
+
+
+def redact_text(text: str, secrets: list[str]) -> str:
+    """``text`` with every given secret string replaced (e.g. an error message quoting a URL)."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
