@@ -73,9 +73,7 @@ class ActorPool(Strict):
         None, ge=0, description="GPUs each actor reserves; None = what the engine needs (its device / TP size)."
     )
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs each actor reserves; None = the engine's need.")
-    batch_size: int | None = Field(
-        None, ge=1, description="Rows per Ray Data batch; None = the engine's own choice."
-    )
+    batch_size: int | None = Field(None, ge=1, description="Rows per Ray Data batch; None = the engine's own choice.")
 
     @model_validator(mode="after")
     def _ordered(self) -> ActorPool:
@@ -131,9 +129,7 @@ class VLLMEngineConfig(Strict):
     pool: ActorPool = ActorPool()
 
 
-EngineConfig = Annotated[
-    TransformersEngineConfig | OpenAIEngineConfig | VLLMEngineConfig, Field(discriminator="kind")
-]
+EngineConfig = Annotated[TransformersEngineConfig | OpenAIEngineConfig | VLLMEngineConfig, Field(discriminator="kind")]
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -358,6 +354,16 @@ class PipelineConfig(Strict):
             known = ", ".join(sorted(self.engines)) or "none"
             lines = "; ".join(f"{k}={v!r}" for k, v in missing.items())
             raise ValueError(f"unknown engine name(s): {lines} (defined engines: {known})")
+
+    def upstream_stages(self, stage: str) -> list[str]:
+        """The stages whose outputs ``stage`` reads with this config (they must have ended ok)."""
+        if stage == "evaluate":
+            reads = ["dataset"] if self.evaluate.benchmark.name == "validation" else []
+            return reads + (["train"] if any(j.kind == "trained" for j in self.evaluate.judges) else [])
+        if stage == "serve":
+            return ["train"] if self.serve.model == "trained" else []
+        previous = {"responses": "instructions", "judgments": "responses", "dataset": "judgments", "train": "dataset"}
+        return [previous[stage]] if stage in previous else []
 
     def engine_names(self, stage: str) -> dict[str, str]:
         """The engine names a stage refers to, keyed by where they are set."""

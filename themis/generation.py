@@ -1,114 +1,418 @@
-"""Generation inside Ray Data: an engine actor pool over a stream of prompt rows.
+"""Generation inside Ray Data: engine actor pools over streams of rows, and the write-out of a stage.
 
-A prompt row carries ``messages`` (JSON chat), ``prefix`` and ``choices`` (JSON list); the actor
-adds ``output`` and ``error``. Rows never vanish: a failed call comes back with ``error`` set.
+A row that needs the engine carries a ``request`` struct column (``tables.REQUEST``: messages,
+forced format, its own sampling and seed), so one pass of an engine serves rows with different
+settings. ``generate`` adds ``tables.GENERATED`` (output, error, tokens, cached, node, actor).
+A row whose ``request`` is null passes through untouched: a stage can send rows it already
+rejected down the same stream, and every row still leaves as an output or a reject.
+
+The engine runs in an autoscaling actor pool (``engine.pool``: Ray Data's own
+``concurrency=(min, max)``, GPUs and CPUs per actor), so weights load once per actor per pass.
+A network engine gets an async actor: Ray Data keeps several batches in flight in it, and the
+engine's own window keeps ``concurrency`` requests going across them with no batch barrier.
+Finished calls go to the run's call cache (``call_cache``) as they complete, so a rerun after a
+crash re-pays only what was in flight.
+
+``write_rows`` and ``publish_split`` are how a generation stage ends: every parsed row (``reason``
+null = kept) is written once, counted, then split into the stage's output and its rejects.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from themis.config import EngineConfig, OpenAIEngineConfig, Sampling
-from themis.engines import GenerationRequest, build_engine
+from themis.call_cache import CacheSpec, CallCache, engine_fingerprint
+from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VLLMEngineConfig
+from themis.engines import GenerationRequest, GenerationResult, build_engine
+from themis.engines.base import request_from_row, request_to_row
 from themis.models import ModelSource, resolve_model
-from themis.prompts import JudgePrompt
+from themis.storage import RunStore
+from themis.tables import GENERATED, REQUEST, to_table, with_columns
 
-
-def prompt_row(
-    messages: list[dict[str, str]], prefix: str = "", choices: tuple[str, ...] = (), closing: str = ""
-) -> dict[str, Any]:
-    """The columns generation needs, in the form Ray Data carries well (JSON strings)."""
-    return {
-        "messages": json.dumps(messages),
-        "prefix": prefix,
-        "choices": json.dumps(list(choices)),
-        "closing": closing,
-    }
-
-
-def judge_prompt_row(prompt: JudgePrompt, constrain: bool) -> dict[str, Any]:
-    """Prompt columns for a judge prompt, with the verdict forced or left free."""
-    if not constrain:
-        return prompt_row(prompt.messages)
-    return prompt_row(prompt.messages, prompt.opening, prompt.choices, prompt.closing)
+# Ray Data runs this many batches at once in an async actor (its default); batches are sized so
+# that together they keep the engine's window full even while one batch waits on a slow row.
+ASYNC_BATCHES_IN_FLIGHT = 4
+CACHE_FLUSH_ROWS = 32  # an async actor writes finished calls at least this often
 
 
 class EngineUnavailableError(RuntimeError):
-    """Every row of a generation failed, so the engine (not the data) is at fault."""
+    """Every call of a generation pass failed, so the engine (not the data) is at fault."""
 
 
-class EngineActor:
-    """Holds one engine (model weights load once per actor) and runs it batch by batch."""
+@dataclass(frozen=True)
+class EnginePass:
+    """One engine as a stage uses it: its name in ``engines``, its config, where its weights come
+    from (a run's export, fetched on each actor's node), and where finished calls are kept."""
 
-    def __init__(self, engine_cfg: EngineConfig, sampling: Sampling, seed: int | None, model: ModelSource | None):
+    name: str
+    cfg: EngineConfig
+    model: ModelSource | None = None
+    cache: CacheSpec | None = None
+
+
+def check_engine(engine: EnginePass) -> None:
+    """Fail fast, in the driver, on an engine that cannot start (e.g. a missing model folder)."""
+    cfg = engine.cfg
+    if isinstance(cfg, TransformersEngineConfig | VLLMEngineConfig) and engine.model is None:
+        resolve_model(cfg.model)
+
+
+# --- the actors -------------------------------------------------------------------------------------
+
+
+class _EngineWorker:
+    """Shared by the sync and async actors: the engine, the cache, and row <-> request plumbing."""
+
+    def __init__(self, engine: EnginePass):
+        import ray
+
         # The actor fetches the model on its own node (an s3:// export is downloaded there).
-        self.engine = build_engine(engine_cfg, model.fetch() if model else None)
-        self.sampling = sampling
-        self.seed = seed
+        self.engine = build_engine(engine.cfg, engine.model.fetch() if engine.model else None)
+        self.cache = CallCache(engine.cache, engine_fingerprint(engine.cfg)) if engine.cache else None
+        context = ray.get_runtime_context()
+        self.node, self.actor = context.get_node_id(), context.get_actor_id() or ""
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        requests = [self._request(row) for row in batch.itertuples(index=False)]
-        results = self.engine.generate(requests)
-        batch = batch.copy()
-        batch["output"] = [r.text for r in results]
-        batch["error"] = [r.error or "" for r in results]
+    def _plan(self, batch: pa.Table) -> tuple[list[GenerationResult | None], list[int], list[GenerationRequest]]:
+        """Cached results where there are any; the indexes and requests still to generate."""
+        rows = batch.column("request").to_pylist()
+        results: list[GenerationResult | None] = [None] * len(rows)
+        todo, requests = [], []
+        for i, row in enumerate(rows):
+            if row is None:
+                continue  # a row that does not need the engine passes through
+            request = request_from_row(row)
+            hit = self.cache.get(self.cache.key(request)) if self.cache else None
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(i)
+                requests.append(request)
+        return results, todo, requests
+
+    def _finish(self, batch: pa.Table, results: list[GenerationResult | None], cached: list[bool]) -> pa.Table:
+        columns = {
+            "output": [r.text if r and r.ok else None for r in results],
+            "error": [r.error if r else None for r in results],
+            "prompt_tokens": [r.prompt_tokens if r else 0 for r in results],
+            "completion_tokens": [r.completion_tokens if r else 0 for r in results],
+            "cached": cached,
+            "node": [self.node] * len(results),
+            "actor": [self.actor] * len(results),
+        }
+        for name, type_ in GENERATED:
+            batch = batch.append_column(pa.field(name, type_), pa.array(columns[name], type=type_))
         return batch
 
-    def _request(self, row: Any) -> GenerationRequest:
-        return GenerationRequest(
-            messages=json.loads(row.messages),
-            max_tokens=self.sampling.max_tokens,
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            seed=self.seed,
-            prefix=row.prefix,
-            choices=tuple(json.loads(row.choices)),
-            closing=row.closing,
-        )
+    def _store(self, requests: list[GenerationRequest], results: list[GenerationResult]) -> None:
+        if self.cache:
+            self.cache.put([(self.cache.key(q), r) for q, r in zip(requests, results)])
 
 
-def generate(
-    rows: list[dict[str, Any]],
-    engine_cfg: EngineConfig,
-    sampling: Sampling,
-    *,
-    seed: int | None = None,
-    model: ModelSource | None = None,
-) -> pd.DataFrame:
-    """Run ``rows`` (each with prompt columns) through an engine actor pool; return them with outputs."""
+class EngineActor(_EngineWorker):
+    """A local engine (transformers, vLLM): one batch at a time, batched on the device."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results, todo, requests = self._plan(batch)
+        cached = [r is not None for r in results]
+        fresh = self.engine.generate(requests) if requests else []
+        self._store(requests, fresh)
+        for i, result in zip(todo, fresh):
+            results[i] = result
+        return self._finish(batch, results, cached)
+
+
+class AsyncEngineActor(_EngineWorker):
+    """A network engine: Ray Data runs several batches at once here, on one event loop, and all of
+    them share the engine's window of requests in flight."""
+
+    def __init__(self, engine: EnginePass):
+        super().__init__(engine)
+        self._unsaved: list[tuple[GenerationRequest, GenerationResult]] = []
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        results, todo, requests = self._plan(batch)
+        cached = [r is not None for r in results]
+        fresh = await asyncio.gather(*(self._one(q) for q in requests))
+        for i, result in zip(todo, fresh):
+            results[i] = result
+        await self._flush()
+        return self._finish(batch, results, cached)
+
+    async def _one(self, request: GenerationRequest) -> GenerationResult:
+        # One row at a time through the engine's shared window: a finished call is saved within
+        # CACHE_FLUSH_ROWS calls, not at the end of its (possibly slow) batch.
+        agenerate = getattr(self.engine, "agenerate", None)
+        if agenerate is not None:
+            (result,) = await agenerate([request])
+        else:
+            (result,) = await asyncio.to_thread(self.engine.generate, [request])
+        self._unsaved.append((request, result))
+        if len(self._unsaved) >= CACHE_FLUSH_ROWS:
+            await self._flush()
+        return result
+
+    async def _flush(self) -> None:
+        unsaved, self._unsaved = self._unsaved, []
+        if unsaved and self.cache:
+            await asyncio.to_thread(self._store, [q for q, _ in unsaved], [r for _, r in unsaved])
+
+
+def is_network_engine(cfg: EngineConfig) -> bool:
+    return isinstance(cfg, OpenAIEngineConfig)
+
+
+def pool_options(cfg: EngineConfig) -> dict[str, Any]:
+    """``map_batches`` options for an engine's actor pool: size, batch, CPUs and GPUs per actor."""
+    pool = cfg.pool
+    if isinstance(cfg, OpenAIEngineConfig):
+        # Enough rows per batch that the batches in flight fill the window twice over.
+        batch = pool.batch_size or max(1, math.ceil(2 * cfg.concurrency / ASYNC_BATCHES_IN_FLIGHT))
+        cpus, gpus = pool.cpus_per_actor or 0.25, pool.gpus_per_actor or 0
+    elif isinstance(cfg, VLLMEngineConfig):
+        batch = pool.batch_size or cfg.batch_size
+        cpus = pool.cpus_per_actor or 1
+        gpus = cfg.tensor_parallel_size if pool.gpus_per_actor is None else pool.gpus_per_actor
+    else:
+        batch = pool.batch_size or cfg.batch_size
+        # A local model gets the cores its torch threads use (Ray also sets OMP_NUM_THREADS from this).
+        cpus = pool.cpus_per_actor or cfg.num_threads or 1
+        on_gpu = cfg.device.startswith("cuda")
+        gpus = (1 if on_gpu else 0) if pool.gpus_per_actor is None else pool.gpus_per_actor
+    size = pool.min_actors if pool.min_actors == pool.max_actors else (pool.min_actors, pool.max_actors)
+    return {"batch_size": batch, "num_cpus": cpus, "num_gpus": gpus, "concurrency": size}
+
+
+def generate(ds: Any, engine: EnginePass) -> Any:
+    """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming)."""
+    actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
+    return ds.map_batches(
+        actor,
+        fn_constructor_kwargs={"engine": engine},
+        batch_format="pyarrow",
+        **pool_options(engine.cfg),
+    )
+
+
+def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> list[GenerationResult]:
+    """Answer a list of requests through an engine pool; results in order (for in-memory callers
+    such as evaluate). Raises ``EngineUnavailableError`` when every call failed."""
     import ray
 
-    if not rows:
-        return pd.DataFrame(rows)
-    if not isinstance(engine_cfg, OpenAIEngineConfig) and model is None:
-        resolve_model(engine_cfg.model)  # fail here, clearly, rather than inside a Ray actor
-    remote = isinstance(engine_cfg, OpenAIEngineConfig)
-    batch_size = engine_cfg.concurrency * 2 if remote else engine_cfg.batch_size
-    ds = ray.data.from_pandas(pd.DataFrame(rows))
-    out = ds.map_batches(
-        EngineActor,
-        fn_constructor_kwargs={"engine_cfg": engine_cfg, "sampling": sampling, "seed": seed, "model": model},
-        batch_size=batch_size,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        # An HTTP engine only waits on the network; a local model gets the cores its torch threads use
-        # (Ray also sets OMP_NUM_THREADS from this, so a 1-CPU actor would run torch on one core).
-        num_cpus=0.25 if remote else (engine_cfg.num_threads or 1),
-        num_gpus=_gpus_for(engine_cfg),
-    )
-    result = out.to_pandas()
-    if (result["error"] != "").all():
-        # Every call failed: the engine is down or misconfigured, not the data. Stop loudly.
+    if not requests:
+        return []
+    check_engine(engine)
+    schema = pa.schema([("n", pa.int64()), ("request", REQUEST)])
+    table = to_table(({"n": n, "request": request_to_row(r)} for n, r in enumerate(requests)), schema)
+    results: list[GenerationResult | None] = [None] * len(requests)
+    out = generate(ray.data.from_arrow(table), engine)
+    for batch in out.iter_batches(batch_format="pyarrow", batch_size=1024):
+        for n, text, error, p, c in zip(
+            *(batch.column(k).to_pylist() for k in ("n", "output", "error", "prompt_tokens", "completion_tokens"))
+        ):
+            results[n] = GenerationResult(text=text or "", error=error, prompt_tokens=p, completion_tokens=c)
+    final = [r or GenerationResult(error="no result") for r in results]
+    if all(not r.ok for r in final):
         raise EngineUnavailableError(
-            f"all {len(result)} calls to the engine failed; first error: {result['error'].iloc[0]}"
+            f"all {len(final)} calls to engine {engine.name!r} failed; first: {final[0].error}"
         )
-    return result
+    return final
 
 
-def _gpus_for(engine_cfg: EngineConfig) -> float:
-    if isinstance(engine_cfg, OpenAIEngineConfig):
-        return 0
-    return 1 if engine_cfg.device.startswith("cuda") else 0
+def generate_by_engine(planned: Any, engines: dict[str, EnginePass]) -> Any:
+    """Each row through the engine its ``engine`` column names, one pass (one pool) per engine;
+    rows without an engine pass through with empty generation columns."""
+    names = sorted(engines)
+    if len(names) == 1:
+        return generate(planned, engines[names[0]])  # rows without a request pass through it
+    parts = [generate(_where_engine(planned, n), engines[n]) for n in names]
+    parts.append(_where_engine(planned, None).map_batches(_add_empty_generation, batch_format="pyarrow"))
+    return parts[0].union(*parts[1:])
+
+
+def _where_engine(ds: Any, name: str | None) -> Any:
+    def keep(batch: pa.Table) -> pa.Table:
+        column = batch.column("engine")
+        return batch.filter(pc.is_null(column) if name is None else pc.equal(column, name))
+
+    return ds.map_batches(keep, batch_format="pyarrow")
+
+
+def _add_empty_generation(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
+    empty = {"prompt_tokens": 0, "completion_tokens": 0, "cached": False}
+    for name, type_ in GENERATED:
+        batch = batch.append_column(pa.field(name, type_), pa.array([empty.get(name)] * n, type=type_))
+    return batch
+
+
+def planned_schema(columns: pa.Schema) -> pa.Schema:
+    """A stage's rows before generation: its columns, a preset ``reason`` (a row rejected before
+    any call), the ``engine`` to use and the ``request`` (null = no call)."""
+    return with_columns(columns, ("reason", pa.string()), ("engine", pa.string()), ("request", REQUEST))
+
+
+def rows_schema(reject_schema: pa.Schema) -> pa.Schema:
+    """A stage's rows after parsing: its reject columns plus how each row was generated."""
+    extra = [(n, t) for n, t in [("engine", pa.string()), *GENERATED] if n not in reject_schema.names]
+    return with_columns(reject_schema, *extra)
+
+
+def generation_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The generation columns of a row, to carry into its parsed form."""
+    return {name: row.get(name) for name, _ in [("engine", None), *GENERATED]}
+
+
+# --- the end of a stage: write once, count, split into outputs and rejects ---------------------------------
+
+
+def map_rows(ds: Any, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], schema: pa.Schema, **kwargs) -> Any:
+    """``ds`` with each row turned into zero or more rows of exactly ``schema`` (strictly typed)."""
+
+    def apply(batch: pa.Table) -> pa.Table:
+        return to_table((out for row in batch.to_pylist() for out in fn(row)), schema)
+
+    return ds.map_batches(apply, batch_format="pyarrow", **kwargs)
+
+
+@dataclass
+class StageTally:
+    """What a stage's rows came to: counts, parse rates, engine usage, where rows were generated."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    per_kind: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    reasons: Counter = field(default_factory=Counter)
+    calls: Counter = field(default_factory=Counter)  # per engine: calls, cached, failed
+    tokens: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    rows_by_node: Counter = field(default_factory=Counter)
+    rows_by_actor: Counter = field(default_factory=Counter)
+    first_error: dict[str, str] = field(default_factory=dict)
+
+    def add_calls(self, batch: pa.RecordBatch) -> None:
+        """Count the engine calls of a batch of generated rows (rows with an ``engine`` name)."""
+        data = batch.to_pydict()
+        for i, engine in enumerate(data["engine"]):
+            if not engine:
+                continue
+            self.calls[(engine, "calls")] += 1
+            self.calls[(engine, "cached")] += bool(data["cached"][i])
+            self.tokens[engine][0] += data["prompt_tokens"][i] or 0
+            self.tokens[engine][1] += data["completion_tokens"][i] or 0
+            if data["error"][i]:
+                self.calls[(engine, "failed")] += 1
+                self.first_error.setdefault(engine, data["error"][i])
+            self.rows_by_node[data["node"][i]] += 1
+            self.rows_by_actor[data["actor"][i]] += 1
+
+    def usage(self, engines: dict[str, EngineConfig]) -> dict[str, Any]:
+        """Per engine: calls, reused calls, failures, tokens, and the cost where prices are set."""
+        out = {}
+        for name in sorted({e for e, _ in self.calls}):
+            prompt, completion = self.tokens[name]
+            entry = {
+                "calls": self.calls[(name, "calls")],
+                "reused": self.calls[(name, "cached")],
+                "failed": self.calls[(name, "failed")],
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+            cfg = engines.get(name)
+            if isinstance(cfg, OpenAIEngineConfig) and cfg.price_per_million_input_tokens is not None:
+                cost = prompt * cfg.price_per_million_input_tokens + completion * (
+                    cfg.price_per_million_output_tokens or 0
+                )
+                entry["cost_usd"] = round(cost / 1e6, 6)
+            out[name] = entry
+        return out
+
+    def check_engines(self) -> None:
+        """Raise when an engine answered none of its calls: it is down, not the data."""
+        for (name, what), n in self.calls.items():
+            if what == "calls" and n and self.calls[(name, "failed")] == n:
+                raise EngineUnavailableError(
+                    f"all {n} calls to engine {name!r} failed; first error: {self.first_error.get(name)}"
+                )
+
+
+def write_rows(ds: Any, store: RunStore, name: str, schema: pa.Schema) -> str:
+    """Run the stage's stream once, writing every row (output or reject) to a scratch folder."""
+    path = store.scratch_path(name)
+    ds.write_parquet(path, filesystem=store.fs)
+    if not any(True for _ in _files(store, path)):
+        import pyarrow.parquet as pq
+
+        store.fs.create_dir(path, recursive=True)
+        pq.write_table(schema.empty_table(), f"{path}/empty.parquet", filesystem=store.fs)
+    return path
+
+
+def tally(store: RunStore, path: str, kind_column: str | None = None, tally_: StageTally | None = None) -> StageTally:
+    """Counts of the written rows, scanned a few columns at a time (the driver holds no rows)."""
+    t = tally_ or StageTally()
+    columns = ["reason", "engine", "cached", "error", "prompt_tokens", "completion_tokens", "node", "actor"]
+    columns += [kind_column] if kind_column else []
+    for batch in store.scan_path(path, columns):
+        t.add_calls(batch)
+        reasons = batch.column("reason").to_pylist()
+        kinds = batch.column(kind_column).to_pylist() if kind_column else [""] * len(reasons)
+        for reason, kind in zip(reasons, kinds):
+            t.rows_in += 1
+            if reason is None:
+                t.rows_out += 1
+                t.per_kind[kind][0] += 1
+            else:
+                t.rows_rejected += 1
+                t.per_kind[kind][1] += 1
+                t.reasons[_reason_head(reason)] += 1
+    return t
+
+
+def publish_split(
+    store: RunStore, path: str, out_rel: str, out_schema: pa.Schema, rejects_rel: str, reject_schema: pa.Schema
+) -> dict[str, str]:
+    """Split the written rows into the stage's output (reason null) and its rejects, both typed.
+
+    A streaming rewrite, one record batch at a time: cheaper than two more Ray Data runs for what
+    is a filter, and the driver never holds more than a batch.
+    """
+    import pyarrow.parquet as pq
+
+    targets = {True: (out_rel, out_schema), False: (rejects_rel, reject_schema)}
+    writers = {}
+    try:
+        for keep, (rel, schema) in targets.items():
+            folder = store.write_path(rel)  # the folder is what gets published
+            store.fs.create_dir(folder, recursive=True)
+            writers[keep] = pq.ParquetWriter(f"{folder}/part-0.parquet", schema, filesystem=store.fs)
+        for batch in store.scan_path(path, list(dict.fromkeys(reject_schema.names + out_schema.names))):
+            table = pa.Table.from_batches([batch])
+            mask = pc.is_null(table.column("reason"))
+            for keep, (_, schema) in targets.items():
+                chosen = table.filter(mask if keep else pc.invert(mask))
+                if chosen.num_rows:
+                    writers[keep].write_table(chosen.select(schema.names).cast(schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {rel: store.uri(rel) for rel, _ in targets.values()}
+
+
+def _files(store: RunStore, path: str):
+    import pyarrow.fs as pafs
+
+    info = store.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return (f for f in info if f.type == pafs.FileType.File and f.base_name.endswith(".parquet"))
+
+
+def _reason_head(reason: str) -> str:
+    """The reason's kind, without the row-specific detail (for counts per reason)."""
+    return reason.split(":", 1)[0]

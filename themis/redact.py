@@ -12,12 +12,18 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"key|token|secret|passw|auth|credential|signature|session|cookie", re.I)
+# Whole words of a name, so that "max_tokens" or "monkey" are not taken for secrets.
+_SECRET_KEY = re.compile(
+    r"(^|[_\-.])(api[_\-]?key|key|secret|token|password|passwd|pwd|auth|authorization|credentials?|signature"
+    r"|cookie|session)($|[_\-.])",
+    re.I,
+)
 
 
 def is_secret_key(name: str) -> bool:
-    """Whether a field or parameter name looks like it holds a credential."""
-    return bool(_SECRET_KEY.search(name))
+    """Whether a field or parameter name looks like it holds a credential (``*_env`` names an
+    environment variable, not a secret)."""
+    return not name.lower().endswith("_env") and bool(_SECRET_KEY.search(name))
 
 
 def redact_url(url: str) -> str:

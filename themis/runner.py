@@ -1,4 +1,11 @@
-"""Runs stages: opens the run's store, starts Ray, times the stage and records it in the manifest."""
+"""Runs stages: checks inputs, opens an attempt, starts Ray, times the stage, publishes its outputs
+and records it in the manifest.
+
+Order matters for a user's time and money: config, the run root and the stages this one reads
+from are checked first, then the stage's own inputs (``check(cfg)`` where a stage has one, e.g. a
+missing ``user_file``), and only then does Ray start and an engine load. The manifest marks the
+stage ``running`` while it runs, so a stage killed midway never looks finished to the next one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import time
 from typing import Any
 
 from themis.config import STAGES, ConfigError, PipelineConfig
+from themis.redact import redact_tree
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
@@ -29,15 +37,24 @@ def run_stage(name: str, cfg: PipelineConfig, **kwargs: Any) -> StageReport:
     except ValueError as exc:
         raise ConfigError(f"cannot run {name}: {exc}") from None
     store = RunStore(cfg.run.storage, cfg.run.name)
+    check_upstream(cfg, name, store)
+    module = importlib.import_module(f"themis.stages.{name}")
+    if hasattr(module, "check"):
+        module.check(cfg)  # inputs first: a bad file fails in seconds, before Ray or any engine
+    attempt = store.begin_attempt(name)
+    store.record_stage(
+        name, _entry(cfg, name, 0.0) | {"status": "running", "attempt": attempt.uri("_attempts", attempt.attempt_id)}
+    )
     if name in NEEDS_RAY:
         init_ray(cfg.ray)
-    module = importlib.import_module(f"themis.stages.{name}")
     say(f"{name}: started (run root {store.uri_root})")
     start = time.monotonic()
     try:
-        report = module.run(cfg, store, **kwargs)
-    except Exception as exc:
-        store.record_stage(name, _entry(cfg, name, time.monotonic() - start) | {"status": "failed", "error": str(exc)})
+        report = module.run(cfg, attempt, **kwargs)
+        attempt.publish()
+    except BaseException as exc:
+        failed = {"status": "failed", "error": str(exc) or type(exc).__name__}
+        store.record_stage(name, _entry(cfg, name, time.monotonic() - start) | failed)
         raise
     seconds = time.monotonic() - start
     entry = _entry(cfg, name, seconds) | {
@@ -45,11 +62,27 @@ def run_stage(name: str, cfg: PipelineConfig, **kwargs: Any) -> StageReport:
         "inputs": report.inputs,
         "outputs": report.outputs,
         "counts": report.counts,
-        "details": report.details,
+        "details": redact_tree(report.details),
     }
     store.record_stage(name, entry)
     say(f"{name}: done in {seconds:.1f}s: {report.summary()}")
     return report
+
+
+class StageOrderError(ValueError):
+    """A stage asked to run before the stage it reads from ended ok."""
+
+
+def check_upstream(cfg: PipelineConfig, name: str, store: RunStore) -> None:
+    """Refuse to read another stage's outputs unless its last run in this run root ended ok."""
+    for upstream in cfg.upstream_stages(name):
+        status = store.stage_status(upstream)
+        if status != "ok":
+            state = "never ran here" if status is None else f"its last run is {status!r}"
+            raise StageOrderError(
+                f"cannot run {name}: it reads the outputs of {upstream}, and {upstream} {state} in "
+                f"{store.uri_root}. Run it first: themis {upstream} CONFIG"
+            )
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, StageReport]:
@@ -65,13 +98,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, StageReport]:
 
 
 def _entry(cfg: PipelineConfig, name: str, seconds: float) -> dict[str, Any]:
+    """The manifest entry's config part: the stage's section, the run, and only the engines it
+    uses, with every credential redacted."""
     section = getattr(cfg, name)
+    used = set(cfg.engine_names(name).values())
+    config = {
+        "stage": section.model_dump(mode="json") if section is not None else None,
+        "run": cfg.run.model_dump(mode="json"),
+        "engines": {k: v.model_dump(mode="json") for k, v in cfg.engines.items() if k in used},
+    }
     return {
-        "config": {
-            "stage": section.model_dump(mode="json"),
-            "run": cfg.run.model_dump(mode="json"),
-            "engines": {k: v.model_dump(mode="json") for k, v in cfg.engines.items()},
-        },
+        "config": redact_tree(config),
         "duration_s": round(seconds, 2),
         "versions": package_versions(),
     }

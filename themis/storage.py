@@ -8,6 +8,13 @@ Layout of a run root::
     <root>/<run>/checkpoints/...        Ray Train checkpoints
     <root>/<run>/model/                 the exported Hugging Face judge
     <root>/<run>/reports/...            evaluation reports
+    <root>/<run>/cache/<stage>/...      finished engine calls, reused when a stage runs again
+    <root>/<run>/_attempts/<stage>-<id> a running stage's outputs, moved into place when it succeeds
+
+A stage writes through an *attempt* (``RunStore.begin_attempt``): its files land under
+``_attempts/`` and are published (moved over the previous outputs) only when the stage succeeds,
+so a failed rerun never leaves half-written or stale outputs looking current. The manifest says
+which stages ended ok; the runner refuses to start a stage whose input stage did not.
 
 This is the only module that talks to storage; stages receive a ``RunStore``.
 """
@@ -19,6 +26,7 @@ import os
 import posixpath
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -63,15 +71,66 @@ def _s3_filesystem(storage: StorageConfig) -> pafs.S3FileSystem:
 
 
 class RunStore:
-    """Reads and writes one run's files, relative to its root, on any pyarrow filesystem."""
+    """Reads and writes one run's files, relative to its root, on any pyarrow filesystem.
+
+    Reads always see the published run. Writes go to ``write_root``: the run itself, or an
+    attempt's folder for a store made by ``begin_attempt``.
+    """
 
     def __init__(self, storage: StorageConfig, run_name: str):
         self.storage = storage
+        self.run_name = run_name
         self.fs, base = build_filesystem(storage)
         self.root = posixpath.join(base, run_name)
         is_s3 = storage.root.startswith("s3://")
         self.uri_root = storage.root.rstrip("/") + "/" + run_name if is_s3 else self.root
-        self.fs.create_dir(self.root, recursive=True)
+        self.write_root = self.root
+        self.written: list[str] = []  # rels written through this store, in order (what an attempt publishes)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot use run root {self.uri_root}: {_first_line(exc)}") from None
+
+    # attempts
+    def begin_attempt(self, stage: str) -> RunStore:
+        """A store whose writes land in a fresh attempt folder until ``publish``."""
+        attempt = object.__new__(RunStore)
+        attempt.__dict__.update(self.__dict__)
+        attempt.attempt_id = f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        attempt.write_root = posixpath.join(self.root, "_attempts", attempt.attempt_id)
+        attempt.written = []
+        return attempt
+
+    def publish(self) -> None:
+        """Move everything this attempt wrote into place, replacing what was there; drop the attempt."""
+        if self.write_root == self.root:
+            return
+        for rel in dict.fromkeys(self.written):
+            src, dest = posixpath.join(self.write_root, rel), self.path(rel)
+            if self.fs.get_file_info(src).type == pafs.FileType.NotFound:
+                continue
+            self.remove(rel)
+            self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+            self._move(src, dest)
+        self.fs.delete_dir(self.write_root)
+
+    def _move(self, src: str, dest: str) -> None:
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.move(src, dest)  # a rename
+            return
+        # Object stores have no rename of a folder: copy, then delete the attempt's copy.
+        if self.fs.get_file_info(src).type == pafs.FileType.Directory:
+            pafs.copy_files(src, dest, source_filesystem=self.fs, destination_filesystem=self.fs)
+        else:
+            self.fs.copy_file(src, dest)
+
+    def write_path(self, rel: str) -> str:
+        """Where a writer that takes a path (Ray Data, Ray Train) should put ``rel``; it is published
+        with the rest of the attempt."""
+        self.written.append(rel)
+        path = posixpath.join(self.write_root, rel)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        return path
 
     # paths
     def path(self, *parts: str) -> str:
@@ -89,9 +148,41 @@ class RunStore:
     # tables
     def write_table(self, rel: str, table: pa.Table) -> str:
         """Write one Parquet file at ``rel`` (replacing what was there) and return its URI."""
-        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-        pq.write_table(table, self.path(rel), filesystem=self.fs)
+        pq.write_table(table, self.write_path(rel), filesystem=self.fs)
         return self.uri(rel)
+
+    def write_table_atomic(self, rel: str, table: pa.Table) -> str:
+        """Write a Parquet file that readers see whole or not at all, straight into the run (not
+        the attempt): a process killed mid-write leaves only an ignored ``_tmp-`` file."""
+        dest = self.path(rel)
+        tmp = posixpath.join(posixpath.dirname(dest), "_tmp-" + posixpath.basename(dest))
+        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, dest)
+        return self.uri(rel)
+
+    def scratch_path(self, rel: str) -> str:
+        """A path in this attempt for intermediate files that are never published."""
+        path = posixpath.join(self.write_root, "_scratch", rel)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        return path
+
+    def count_rows(self, rel: str, written: bool = False) -> int:
+        """Rows in a Parquet file or folder (of the run, or of this attempt with ``written``)."""
+        return self._dataset(rel, written).count_rows()
+
+    def scan(self, rel: str, columns: list[str], written: bool = False, batch_size: int = 65536):
+        """Stream record batches of a few columns of a Parquet file or folder (constant memory)."""
+        yield from self._dataset(rel, written).to_batches(columns=columns, batch_size=batch_size)
+
+    def scan_path(self, path: str, columns: list[str], batch_size: int = 65536):
+        """``scan`` for a path as the filesystem sees it (e.g. a ``scratch_path``)."""
+        dataset = pads.dataset(path, filesystem=self.fs, format="parquet")
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+
+    def _dataset(self, rel: str, written: bool) -> pads.Dataset:
+        path = posixpath.join(self.write_root, rel) if written else self.path(rel)
+        return pads.dataset(path, filesystem=self.fs, format="parquet")
 
     def read_table(self, rel: str) -> pa.Table:
         """Read a Parquet file or a folder of Parquet files; raise StorageError naming it if absent."""
@@ -110,14 +201,10 @@ class RunStore:
         return json.loads(self.read_text(rel))
 
     def write_text(self, rel: str, text: str) -> str:
-        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-        with self.fs.open_output_stream(self.path(rel)) as out:
-            out.write(text.encode())
-        return self.uri(rel)
+        return self.write_bytes(rel, text.encode())
 
     def write_bytes(self, rel: str, data: bytes) -> str:
-        self.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-        with self.fs.open_output_stream(self.path(rel)) as out:
+        with self.fs.open_output_stream(self.write_path(rel)) as out:
             out.write(data)
         return self.uri(rel)
 
@@ -130,8 +217,8 @@ class RunStore:
     # folders (models, checkpoints)
     def upload_dir(self, local: str | Path, rel: str) -> str:
         """Copy a local folder into the run at ``rel`` (replacing it) and return its URI."""
-        dest = self.path(rel)
-        if self.exists(rel):
+        dest = self.write_path(rel)
+        if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             self.fs.delete_dir(dest)
         self.fs.create_dir(dest, recursive=True)
         pafs.copy_files(str(Path(local).resolve()), dest, destination_filesystem=self.fs)
@@ -159,14 +246,26 @@ class RunStore:
 
     # manifest
     def record_stage(self, stage: str, entry: dict[str, Any]) -> None:
-        """Add or replace one stage's entry in ``manifest.json``."""
-        manifest = self.read_json("manifest.json") if self.exists("manifest.json") else {}
+        """Add or replace one stage's entry in ``manifest.json`` (always the run's, never an attempt's)."""
+        manifest = self.manifest()
         manifest.setdefault("run_root", self.uri_root)
         manifest.setdefault("stages", {})[stage] = {"finished_at": time.strftime("%FT%T%z"), **entry}
-        self.write_json("manifest.json", manifest)
+        data = json.dumps(manifest, indent=2, default=str).encode()
+        with self.fs.open_output_stream(self.path("manifest.json")) as out:
+            out.write(data)
+
+    def stage_status(self, stage: str) -> str | None:
+        """'ok', 'failed', 'running' (or killed while running), or None if it never ran here."""
+        entry = self.manifest().get("stages", {}).get(stage)
+        return entry.get("status") if entry else None
 
     def manifest(self) -> dict[str, Any]:
         return self.read_json("manifest.json") if self.exists("manifest.json") else {"stages": {}}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def read_text_at(uri: str, storage: StorageConfig | None = None) -> str:

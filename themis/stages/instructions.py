@@ -13,39 +13,144 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
 from themis import prompts
-from themis.config import InstructionsConfig, PipelineConfig, Sampling
-from themis.generation import generate, judge_prompt_row, prompt_row
-from themis.parsing import ParseError, parse_instruction, parse_scenario
+from themis.call_cache import CacheSpec
+from themis.config import InstructionsConfig, PipelineConfig
+from themis.engines import GenerationRequest
+from themis.engines.base import request_to_row
+from themis.generation import (
+    EnginePass,
+    check_engine,
+    generate_by_engine,
+    generation_fields,
+    map_rows,
+    planned_schema,
+    publish_split,
+    rows_schema,
+    tally,
+    write_rows,
+)
+from themis.judging import classifier_request, parse_classification
+from themis.parsing import ParseError, parse_instruction
 from themis.scenarios import Scenario, load_passages, load_quiz_attributes, load_scenarios, select_scenarios
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import string_schema, to_table
+from themis.tables import string_schema, to_table, with_columns
 
 COLUMNS = ["instruction_id", "instruction", "scenario", "method", "source", "passage", "reference", "scenario_source"]
 SCHEMA = string_schema(COLUMNS)
-REJECT_SCHEMA = string_schema(COLUMNS + ["output", "reason"])
+REJECT_SCHEMA = with_columns(SCHEMA, ("output", pa.string()), ("reason", pa.string()))
+PLANNED = planned_schema(with_columns(SCHEMA, ("task", pa.string())))
+ROWS = rows_schema(with_columns(REJECT_SCHEMA, ("task", pa.string())))
+
+
+def check(cfg: PipelineConfig) -> None:
+    """Inputs that can be checked before any engine starts: the user file, passages, models."""
+    section = cfg.instructions
+    if section.user_file:
+        read_user_file(section.user_file)
+    load_passages(section.reference_based.passages_dir)
+    if section.mt_bench_dir and not Path(section.mt_bench_dir).is_dir():
+        raise FileNotFoundError(f"instructions.mt_bench_dir not found: {section.mt_bench_dir}")
+    for name in {section.engine, section.classifier_engine}:
+        check_engine(EnginePass(name, cfg.engines[name]))
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
-    """Generate, read and label instructions; write them and their rejects."""
+    """Generate, read and label instructions in one Ray Data pass per engine; write them and rejects."""
+    import ray
+
     section = cfg.instructions
-    plans = plan_generation(section, cfg.run.seed)
-    generated, rejected = write_instructions(plans, cfg)
-    user_rows, user_rejects = read_user_file(section.user_file) if section.user_file else ([], [])
-    labelled, unlabelled_rejects = classify_missing(user_rows, cfg)
-    seeded = read_mt_bench(section.mt_bench_dir, section.mt_bench_limit) if section.mt_bench_dir else []
-    rows = generated + labelled + seeded
-    rejects = rejected + user_rejects + unlabelled_rejects
-    outputs = {"instructions": store.write_table("instructions/data.parquet", to_table(rows, SCHEMA))}
-    outputs["rejects"] = store.write_table("rejects/instructions.parquet", to_table(rejects, REJECT_SCHEMA))
-    rows_in = len(plans) + len(user_rows) + len(user_rejects) + len(seeded)
-    counts = {"rows_in": rows_in, "rows_out": len(rows), "rows_rejected": len(rejects)}
-    counts["per_scenario"] = pd.Series([r["scenario"] for r in rows], dtype=str).value_counts().to_dict()
+    planned = plan_rows(cfg)
+    engines = {
+        name: EnginePass(name, cfg.engines[name], cache=CacheSpec(store.storage, store.run_name, "instructions"))
+        for name in {section.engine, section.classifier_engine}
+    }
+    generated = generate_by_engine(ray.data.from_arrow(to_table(planned, PLANNED)), engines)
+    parsed = map_rows(generated, lambda row: [parse_row(row, section.min_chars)], ROWS)
+    path = write_rows(parsed, store, "instructions", ROWS)
+    counts = tally(store, path, "task")
+    counts.check_engines()
+    outputs = publish_split(
+        store, path, "instructions/data.parquet", SCHEMA, "rejects/instructions.parquet", REJECT_SCHEMA
+    )
+    per_scenario = {}
+    for batch in store.scan("instructions/data.parquet", ["scenario"], written=True):
+        for scenario in batch.column("scenario").to_pylist():
+            per_scenario[scenario] = per_scenario.get(scenario, 0) + 1
+    report = {
+        "rows_in": counts.rows_in,
+        "rows_out": counts.rows_out,
+        "rows_rejected": counts.rows_rejected,
+        "per_scenario": per_scenario,
+    }
+    details = {"usage": counts.usage(cfg.engines), "rejected_by_reason": dict(counts.reasons)}
     inputs = {"user_file": section.user_file} if section.user_file else {}
-    return StageReport(inputs=inputs, outputs=outputs, counts=counts)
+    return StageReport(inputs=inputs, outputs=outputs, counts=report, details=details)
+
+
+def plan_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Every row the stage starts from: instructions to write, user rows (labelled, to classify,
+    or rejected) and MT-bench seeds. Their number follows the config, not the data's size."""
+    section = cfg.instructions
+    seed = cfg.run.seed
+    rows = []
+    for plan in plan_generation(section, seed):
+        messages = plan.pop("messages")
+        request = GenerationRequest(
+            messages=messages,
+            max_tokens=section.sampling.max_tokens,
+            temperature=section.sampling.temperature,
+            top_p=section.sampling.top_p,
+            seed=seed,
+        )
+        rows.append(_planned(plan, "write", section.engine, request))
+    user_rows, user_rejects = read_user_file(section.user_file) if section.user_file else ([], [])
+    for row in user_rows:
+        if row["scenario"]:
+            rows.append(_planned(row, "given"))
+        else:
+            request = classifier_request(row["instruction"], seed=seed)
+            rows.append(_planned(row, "classify", section.classifier_engine, request))
+    rows += [_planned(r, "given", reason=r["reason"]) for r in user_rejects]
+    if section.mt_bench_dir:
+        rows += [_planned(r, "given") for r in read_mt_bench(section.mt_bench_dir, section.mt_bench_limit)]
+    return rows
+
+
+def _planned(
+    row: dict[str, Any],
+    task: str,
+    engine: str | None = None,
+    request: GenerationRequest | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    base = {c: row.get(c) or "" for c in COLUMNS}
+    return base | {
+        "task": task,
+        "reason": reason,
+        "engine": engine,
+        "request": request_to_row(request) if request else None,
+    }
+
+
+def parse_row(row: dict[str, Any], min_chars: int) -> dict[str, Any]:
+    """A planned row with its engine output turned into an instruction or a scenario, or a reason."""
+    out = {c: row[c] for c in COLUMNS} | generation_fields(row) | {"reason": row["reason"], "task": row["task"]}
+    out["output"] = row["output"] or ""
+    if row["reason"] is not None or row["task"] == "given":
+        return out
+    if row["error"]:
+        return out | {"reason": f"engine error: {row['error']}"}
+    try:
+        if row["task"] == "write":
+            return out | {"instruction": parse_instruction(row["output"], min_chars)}
+        return out | {"scenario": parse_classification(row["output"]), "scenario_source": "classified"}
+    except ParseError as exc:
+        prefix = "classifier: " if row["task"] == "classify" else ""
+        return out | {"reason": f"{prefix}{exc}"}
 
 
 def plan_generation(section: InstructionsConfig, seed: int) -> list[dict[str, Any]]:
@@ -68,7 +173,7 @@ def plan_generation(section: InstructionsConfig, seed: int) -> list[dict[str, An
 def _reference_plan(scenario: Scenario, passage: tuple[str, str]) -> dict[str, Any]:
     title, text = passage
     messages = prompts.render_reference_question_prompt(scenario, title, text)
-    return {"scenario": scenario.id, "method": "reference", "source": title, "passage": text, **prompt_row(messages)}
+    return {"scenario": scenario.id, "method": "reference", "source": title, "passage": text, "messages": messages}
 
 
 def _quiz_plan(scenario: Scenario, quiz: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -87,28 +192,11 @@ def _quiz_plan(scenario: Scenario, quiz: dict[str, Any], rng: random.Random) -> 
     return {
         "scenario": scenario.id,
         "method": "role_play",
-        "source": json.dumps(attrs),
+        # Provenance for a reader; nothing parses it back.
+        "source": "quiz: " + " / ".join(attrs.values()),
         "passage": "",
-        **prompt_row(messages),
+        "messages": messages,
     }
-
-
-def write_instructions(plans: list[dict[str, Any]], cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
-    """Have the engine write every planned instruction; split parsed ones from rejects."""
-    section = cfg.instructions
-    out = generate(plans, cfg.engines[section.engine], section.sampling, seed=cfg.run.seed)
-    kept, rejected = [], []
-    for row in out.to_dict("records"):
-        base = {k: row[k] for k in ("instruction_id", "scenario", "method", "source", "passage")}
-        base |= {"reference": "", "scenario_source": "generated"}
-        if row["error"]:
-            rejected.append(base | {"instruction": "", "output": "", "reason": f"engine error: {row['error']}"})
-            continue
-        try:
-            kept.append(base | {"instruction": parse_instruction(row["output"], section.min_chars)})
-        except ParseError as exc:
-            rejected.append(base | {"instruction": "", "output": row["output"], "reason": str(exc)})
-    return kept, rejected
 
 
 def read_user_file(path: str) -> tuple[list[dict], list[dict]]:
@@ -167,25 +255,3 @@ def _user_row(line: str, known: set[str]) -> tuple[dict[str, Any], str | None]:
         "reference": str(obj.get("reference") or ""),
     }
     return row | {"scenario_source": "given" if scenario else ""}, None
-
-
-def classify_missing(rows: list[dict], cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
-    """Label rows without a scenario with the LLM classifier; unparseable labels are rejected."""
-    todo = [r for r in rows if not r["scenario"]]
-    done = [r for r in rows if r["scenario"]]
-    if not todo:
-        return done, []
-    prompt_rows = [r | judge_prompt_row(prompts.render_classifier_prompt(r["instruction"]), True) for r in todo]
-    # The classifier needs only the letter: greedy, a couple of tokens.
-    sampling = Sampling(max_tokens=2, temperature=0.0)
-    out = generate(prompt_rows, cfg.engines[cfg.instructions.classifier_engine], sampling, seed=cfg.run.seed)
-    ids = list(load_scenarios())
-    rejected = []
-    for row in out.to_dict("records"):
-        clean = {k: row[k] for k in COLUMNS}
-        try:
-            done.append(clean | {"scenario": parse_scenario(row["output"], ids), "scenario_source": "classified"})
-        except ParseError as exc:
-            reason = f"engine error: {row['error']}" if row["error"] else f"classifier: {exc}"
-            rejected.append(clean | {"output": row["output"], "reason": reason})
-    return done, rejected

@@ -2,77 +2,133 @@
 
 Three kinds, as in the paper: single-answer grading, reference-guided grading (only in scenarios
 with one right answer; the teacher writes the reference when the instruction has none), and
-pairwise comparison with ties, judged in both orders (``ab`` and ``ba``). Each output is parsed
-into a score or verdict plus its rationale; a row whose call failed or whose output does not parse
-goes to ``rejects/judgments.parquet`` with the reason. The parse rate per kind is reported.
+pairwise comparison with ties, judged in both orders (``ab`` and ``ba``). Prompts, requests and
+parsing come from ``themis.judging``, the one judging core.
+
+One Ray Data pipeline from ``responses/data.parquet``: group the responses by instruction, plan
+the judge calls, run them through the teacher's actor pool, parse, write. When some reference-
+guided instructions have no reference, a first pass has the teacher write those references (the
+judge prompts need them). A row whose call failed or whose output does not parse goes to
+``rejects/judgments.parquet`` with the reason; the parse rate per kind is reported.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
 
 from themis import prompts
+from themis.call_cache import CacheSpec
 from themis.config import JudgmentsConfig, PipelineConfig
-from themis.generation import generate, judge_prompt_row, prompt_row
-from themis.parsing import ParseError, parse_pairwise, parse_score
+from themis.engines import GenerationRequest
+from themis.engines.base import request_to_row
+from themis.generation import (
+    EnginePass,
+    check_engine,
+    generate,
+    generation_fields,
+    map_rows,
+    planned_schema,
+    publish_split,
+    rows_schema,
+    tally,
+    write_rows,
+)
+from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
+from themis.parsing import ParseError
 from themis.scenarios import get_scenario
 from themis.stages import StageReport
+from themis.stages.responses import SCHEMA as RESPONSES
 from themis.storage import RunStore
-from themis.tables import string_schema, to_table
+from themis.tables import MESSAGES, STRINGS, to_table, with_columns
 
-COLUMNS = [
-    "judgment_id",
-    "kind",
-    "order",
-    "pair_id",
-    "instruction_id",
-    "scenario",
-    "instruction",
-    "reference",
-    "response_ids",
-    "responses",
-    "messages",
-    "output",
-    "score",
-    "winner",
-    "rationale",
-]
-SCHEMA = string_schema(COLUMNS, score=pa.int32())
-REJECT_SCHEMA = string_schema(COLUMNS + ["reason"], score=pa.int32())
+INPUT = "responses/data.parquet"
+ROWS_PER_PARTITION = 50_000
+SCHEMA = pa.schema(
+    [
+        ("judgment_id", pa.string()),
+        ("kind", pa.string()),
+        ("order", pa.string()),
+        ("pair_id", pa.string()),
+        ("instruction_id", pa.string()),
+        ("scenario", pa.string()),
+        ("instruction", pa.string()),
+        ("reference", pa.string()),
+        ("response_ids", STRINGS),
+        ("responses", STRINGS),
+        ("messages", MESSAGES),
+        ("output", pa.string()),
+        ("score", pa.int32()),
+        ("winner", pa.string()),
+        ("rationale", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+    ]
+)
+REJECT_SCHEMA = with_columns(SCHEMA, ("reason", pa.string()))
+_FROM_GENERATION = {"output", "prompt_tokens", "completion_tokens"}
+PLANNED = planned_schema(pa.schema([f for f in SCHEMA if f.name not in _FROM_GENERATION]))
+ROWS = rows_schema(REJECT_SCHEMA)
+# A response row, or (is_reference) the teacher's reference answer for its instruction.
+GROUP = rows_schema(
+    with_columns(RESPONSES, ("is_reference", pa.bool_()), ("ref_output", pa.string()), ("ref_error", pa.string()))
+)
+REF_PLANNED = planned_schema(RESPONSES)
+TRACE_COLUMNS = ["engine", "cached", "error", "prompt_tokens", "completion_tokens", "node", "actor"]
+
+
+def check(cfg: PipelineConfig) -> None:
+    """The teacher can start (e.g. its model folder exists)."""
+    check_engine(EnginePass(cfg.judgments.engine, cfg.engines[cfg.judgments.engine]))
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Plan, generate and parse every judgment; write judgments, rejects and the parse rate."""
+    import ray
+
     section = cfg.judgments
-    responses = store.read_table("responses/data.parquet").to_pylist()
-    if not responses:
-        raise ValueError(f"no responses in {store.uri('responses/data.parquet')}: nothing to judge")
-    by_instruction = group_responses(responses)
-    references, ref_failures = collect_references(by_instruction, cfg)
-    tasks, unplanned = plan_judgments(by_instruction, references, ref_failures, section)
-    out = generate(tasks, cfg.engines[section.engine], section.sampling, seed=cfg.run.seed)
-    kept, rejected = parse_judgments(out.to_dict("records"))
-    rejected += unplanned
-    outputs = {
-        "judgments": store.write_table("judgments/data.parquet", to_table(kept, SCHEMA)),
-        "rejects": store.write_table("rejects/judgments.parquet", to_table(rejected, REJECT_SCHEMA)),
+    if store.count_rows(INPUT) == 0:
+        raise ValueError(f"no responses in {store.uri(INPUT)}: nothing to judge")
+    teacher = EnginePass(
+        section.engine, cfg.engines[section.engine], cache=CacheSpec(store.storage, store.run_name, "judgments")
+    )
+    responses = ray.data.read_parquet(store.path(INPUT), filesystem=store.fs)
+    references = write_references(responses, teacher, section, store, cfg.run.seed)
+    groups = responses.map_batches(_as_group_rows, batch_format="pyarrow")
+    if references is not None:
+        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs))
+    planned = groups.groupby("instruction_id", num_partitions=partitions(store)).map_groups(
+        lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow"
+    )
+    parsed = map_rows(generate(planned, teacher), lambda row: [parse_judgment(row)], ROWS)
+    path = write_rows(parsed, store, "judgments", ROWS)
+    counts = tally(store, path, "kind")
+    if references is not None:
+        for batch in store.scan_path(references, TRACE_COLUMNS):
+            counts.add_calls(batch)  # the reference calls cost tokens too, but are not rows of this stage
+    counts.check_engines()
+    outputs = publish_split(store, path, "judgments/data.parquet", SCHEMA, "rejects/judgments.parquet", REJECT_SCHEMA)
+    report = {
+        "rows_in": counts.rows_in,
+        "rows_out": counts.rows_out,
+        "rows_rejected": counts.rows_rejected,
+        "parse_rate": {k: round(ok / (ok + bad), 4) for k, (ok, bad) in sorted(counts.per_kind.items()) if ok + bad},
     }
-    counts = {"rows_in": len(tasks) + len(unplanned), "rows_out": len(kept), "rows_rejected": len(rejected)}
-    counts["parse_rate"] = parse_rates(kept, rejected)
-    return StageReport(inputs={"responses": store.uri("responses/data.parquet")}, outputs=outputs, counts=counts)
+    details = {
+        "usage": counts.usage(cfg.engines),
+        "rejected_by_reason": dict(counts.reasons),
+        "rows_by_node": dict(counts.rows_by_node),
+        "rows_by_actor": dict(counts.rows_by_actor),
+    }
+    return StageReport(inputs={"responses": store.uri(INPUT)}, outputs=outputs, counts=report, details=details)
 
 
-def group_responses(responses: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Responses per instruction, in answer order."""
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(responses, key=lambda r: (r["instruction_id"], r["k"])):
-        grouped[r["instruction_id"]].append(r)
-    return dict(grouped)
+def partitions(store: RunStore) -> int:
+    """Shuffle partitions for grouping responses: few on a small run (each costs a task), more as
+    it grows, so that no partition outgrows a worker's memory."""
+    return max(1, min(200, store.count_rows(INPUT) // ROWS_PER_PARTITION + 1))
 
 
 def needs_reference(scenario_id: str, section: JudgmentsConfig) -> bool:
@@ -80,109 +136,149 @@ def needs_reference(scenario_id: str, section: JudgmentsConfig) -> bool:
     return section.reference_guided and get_scenario(scenario_id).reference_guided
 
 
-def collect_references(
-    by_instruction: dict[str, list[dict]], cfg: PipelineConfig
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Reference answers for reference-guided instructions: given ones, else written by the teacher."""
-    refs, todo = {}, []
-    for iid, group in by_instruction.items():
-        first = group[0]
-        if not needs_reference(first["scenario"], cfg.judgments):
-            continue
-        if first["reference"]:
-            refs[iid] = first["reference"]
-        else:
-            messages = prompts.render_reference_answer_prompt(first["instruction"], first["passage"] or None)
-            todo.append({"instruction_id": iid, **prompt_row(messages)})
-    failures = {}
-    if todo:
-        engine = cfg.engines[cfg.judgments.engine]
-        for row in generate(todo, engine, cfg.judgments.reference_sampling, seed=cfg.run.seed).to_dict("records"):
-            text = row["output"].strip()
-            if row["error"] or not text:
-                failures[row["instruction_id"]] = f"no reference answer: {row['error'] or 'empty output'}"
-            else:
-                refs[row["instruction_id"]] = text
-    return refs, failures
+# --- references ---------------------------------------------------------------------------------
+
+
+def write_references(responses: Any, teacher: EnginePass, section: JudgmentsConfig, store: RunStore, seed: int):
+    """The teacher's reference answers for reference-guided instructions that have none, written
+    as group rows to a scratch folder; None when no instruction needs one (no engine starts)."""
+    wanted = (
+        responses.groupby("instruction_id", num_partitions=partitions(store))
+        .map_groups(lambda group: _reference_request(group, section, teacher.name, seed), batch_format="pyarrow")
+        .materialize()  # in the object store, not the driver; counted before any engine starts
+    )
+    if wanted.count() == 0:
+        return None
+    answered = map_rows(generate(wanted, teacher), lambda row: [_reference_row(row)], GROUP)
+    return write_rows(answered, store, "references", GROUP)
+
+
+def _reference_request(group: pa.Table, section: JudgmentsConfig, engine: str, seed: int) -> pa.Table:
+    """One reference request for an instruction's group of responses, or none."""
+    first = group.slice(0, 1).to_pylist()[0]
+    if not needs_reference(first["scenario"], section) or first["reference"]:
+        return REF_PLANNED.empty_table()
+    request = GenerationRequest(
+        messages=prompts.render_reference_answer_prompt(first["instruction"], first["passage"] or None),
+        max_tokens=section.reference_sampling.max_tokens,
+        temperature=section.reference_sampling.temperature,
+        top_p=section.reference_sampling.top_p,
+        seed=seed,
+    )
+    row = {c: first[c] for c in RESPONSES.names} | {
+        "reason": None,
+        "engine": engine,
+        "request": request_to_row(request),
+    }
+    return to_table([row], REF_PLANNED)
+
+
+def _reference_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A generated reference as a group row of its instruction."""
+    text = (row["output"] or "").strip()
+    error = row["error"] or (None if text else "empty output")
+    base = {c: row[c] for c in RESPONSES.names} | generation_fields(row)
+    return base | {"is_reference": True, "ref_output": text or None, "ref_error": error}
+
+
+def _as_group_rows(batch: pa.Table) -> pa.Table:
+    """Response rows in the group schema (no reference columns, no generation)."""
+    n = batch.num_rows
+    fill = {"is_reference": False, "prompt_tokens": 0, "completion_tokens": 0, "cached": False}
+    columns = {name: batch.column(name) if name in batch.column_names else None for name in GROUP.names}
+    arrays = [
+        columns[f.name] if columns[f.name] is not None else pa.array([fill.get(f.name)] * n, type=f.type) for f in GROUP
+    ]
+    return pa.Table.from_arrays(arrays, schema=GROUP)
+
+
+# --- planning and parsing -------------------------------------------------------------------------
+
+
+def _plan_group(group: pa.Table, section: JudgmentsConfig, seed: int) -> pa.Table:
+    rows = group.to_pylist()
+    responses = sorted((r for r in rows if not r["is_reference"]), key=lambda r: r["k"])
+    generated = next((r for r in rows if r["is_reference"]), None)
+    return to_table(plan_judgments(responses, generated, section, seed), PLANNED)
 
 
 def plan_judgments(
-    by_instruction: dict[str, list[dict]], refs: dict[str, str], ref_failures: dict[str, str], section: JudgmentsConfig
-) -> tuple[list[dict], list[dict]]:
-    """Every judgment to ask for, with its prompt; reference-guided ones that lack a reference are rejected."""
-    tasks, unplanned = [], []
-    for iid, group in by_instruction.items():
-        scenario = get_scenario(group[0]["scenario"])
-        ref = refs.get(iid)
-        for r in group:
-            if section.single:
-                tasks.append(_single_task(scenario, r, None, section))
-            if needs_reference(scenario.id, section) and ref:
-                tasks.append(_single_task(scenario, r, ref, section))
-            elif needs_reference(scenario.id, section):
-                reason = ref_failures.get(iid, "no reference")
-                unplanned.append(_row(r, "reference", [r], None) | {"reason": reason})
-        if section.pairwise:
-            for first, second in itertools.islice(itertools.combinations(group, 2), section.pairs_per_instruction):
-                tasks += _pair_tasks(scenario, first, second, ref, section)
-    return tasks, unplanned
+    responses: list[dict[str, Any]], generated_ref: dict[str, Any] | None, section: JudgmentsConfig, seed: int
+) -> list[dict[str, Any]]:
+    """Every judge call for one instruction's responses; reference-guided calls that lack a
+    reference become rows rejected before any call, with the reason."""
+    if not responses:
+        return []
+    first = responses[0]
+    scenario = first["scenario"]
+    reference, missing = first["reference"] or None, "no reference"
+    if generated_ref is not None:
+        reference = generated_ref["ref_output"]
+        missing = f"no reference answer: {generated_ref['ref_error']}"
+    guided = needs_reference(scenario, section)
+    rows = []
+    for r in responses:
+        if section.single:
+            rows.append(_task(single_call(scenario, r["instruction"], r["response"]), [r], section, seed))
+        if guided and reference:
+            rows.append(_task(single_call(scenario, r["instruction"], r["response"], reference), [r], section, seed))
+        elif guided:
+            rows.append(_unplanned("reference", [r], missing))
+    if section.pairwise:
+        pairs = itertools.islice(itertools.combinations(responses, 2), section.pairs_per_instruction)
+        for a, b in pairs:
+            ref = reference if guided else None
+            for call in pairwise_calls(scenario, a["instruction"], a["response"], b["response"], ref):
+                shown = [a, b] if call.order == "ab" else [b, a]
+                pair_id = f"{a['response_id']}~{b['response_id']}"
+                rows.append(_task(call, shown, section, seed) | {"pair_id": pair_id})
+    return rows
 
 
-def _single_task(scenario, r: dict, ref: str | None, section: JudgmentsConfig) -> dict[str, Any]:
-    prompt = prompts.render_single_prompt(scenario, r["instruction"], r["response"], ref)
-    kind = "reference" if ref else "single"
-    return _row(r, kind, [r], ref) | judge_prompt_row(prompt, section.constrain_format)
-
-
-def _pair_tasks(scenario, first: dict, second: dict, ref: str | None, section: JudgmentsConfig) -> list[dict]:
-    pair_id = f"{first['response_id']}~{second['response_id']}"
-    tasks = []
-    for order, (a, b) in (("ab", (first, second)), ("ba", (second, first))):
-        prompt = prompts.render_pairwise_prompt(scenario, a["instruction"], a["response"], b["response"], ref)
-        row = _row(a, "pairwise", [a, b], ref) | {"order": order, "pair_id": pair_id}
-        tasks.append(row | judge_prompt_row(prompt, section.constrain_format))
-    return tasks
-
-
-def _row(r: dict, kind: str, shown: list[dict], ref: str | None) -> dict[str, Any]:
-    ids = [s["response_id"] for s in shown]
-    return {
-        "judgment_id": f"{kind}:{'|'.join(ids)}",
-        "kind": kind,
-        "order": "",
-        "pair_id": "",
-        "instruction_id": r["instruction_id"],
-        "scenario": r["scenario"],
-        "instruction": r["instruction"],
-        "reference": ref or "",
-        "response_ids": json.dumps(ids),
-        "responses": json.dumps([s["response"] for s in shown]),
+def _task(call: JudgeCall, shown: list[dict[str, Any]], section: JudgmentsConfig, seed: int) -> dict[str, Any]:
+    request = judge_request(call, section.sampling, constrain=section.constrain_format, seed=seed)
+    return _row(call.kind, call.order, shown, call.reference) | {
+        "messages": request.messages,
+        "engine": section.engine,
+        "request": request_to_row(request),
     }
 
 
-def parse_judgments(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Split generated rows into parsed judgments and rejects with reasons."""
-    kept, rejected = [], []
-    for row in rows:
-        if row["error"]:
-            rejected.append(row | {"reason": f"engine error: {row['error']}"})
-            continue
-        try:
-            judgment = parse_pairwise(row["output"]) if row["kind"] == "pairwise" else parse_score(row["output"])
-        except ParseError as exc:
-            rejected.append(row | {"reason": f"unparsable: {exc}"})
-            continue
-        verdict = judgment.verdict
-        fields = {"winner": verdict} if row["kind"] == "pairwise" else {"score": verdict}
-        kept.append(row | fields | {"rationale": judgment.rationale})
-    return kept, rejected
+def _unplanned(kind: str, shown: list[dict[str, Any]], reason: str) -> dict[str, Any]:
+    return _row(kind, "", shown, None) | {"messages": [], "engine": None, "request": None, "reason": reason}
 
 
-def parse_rates(kept: list[dict], rejected: list[dict]) -> dict[str, float]:
-    """Share of outputs that parsed, per judgment kind (engine failures count as not parsed)."""
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for row in kept:
-        totals[row["kind"]][0] += 1
-    for row in rejected:
-        totals[row["kind"]][1] += 1
-    return {kind: round(ok / (ok + bad), 4) for kind, (ok, bad) in sorted(totals.items())}
+def _row(kind: str, order: str, shown: list[dict[str, Any]], reference: str | None) -> dict[str, Any]:
+    ids = [s["response_id"] for s in shown]
+    first = shown[0]
+    return {
+        "judgment_id": f"{kind}:{'|'.join(ids)}",
+        "kind": kind,
+        "order": order,
+        "pair_id": "",
+        "instruction_id": first["instruction_id"],
+        "scenario": first["scenario"],
+        "instruction": first["instruction"],
+        "reference": reference,
+        "response_ids": ids,
+        "responses": [s["response"] for s in shown],
+        "messages": [],
+        "score": None,
+        "winner": None,
+        "rationale": None,
+        "reason": None,
+    }
+
+
+def parse_judgment(row: dict[str, Any]) -> dict[str, Any]:
+    """A generated judgment parsed into its score or winner and rationale, or the reason it is not."""
+    out = {c: row.get(c) for c in REJECT_SCHEMA.names} | generation_fields(row)
+    if row["reason"] is not None:
+        return out
+    if row["error"]:
+        return out | {"reason": f"engine error: {row['error']}"}
+    try:
+        verdict = parse_verdict(row["kind"], row["output"])
+    except ParseError as exc:
+        return out | {"reason": f"unparsable: {exc}"}
+    return out | {"score": verdict.score, "winner": verdict.winner, "rationale": verdict.rationale}

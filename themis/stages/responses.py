@@ -1,7 +1,9 @@
 """Stage 2, responses: K answers per instruction from a pool of answer models.
 
 Answer k of every instruction comes from pool model ``k mod len(pool)`` with seed ``run.seed + k``,
-so a pool of models of spread-out strength gives the judge good and bad answers to see.
+so a pool of models of spread-out strength gives the judge good and bad answers to see. One Ray
+Data pipeline, streamed from ``instructions/data.parquet``: every row carries its own sampling, so
+each engine of the pool gets one pass (one actor pool) for all the answer models that use it.
 Output: ``responses/data.parquet``; failed calls go to ``rejects/responses.parquet``.
 """
 
@@ -12,59 +14,95 @@ from typing import Any
 import pyarrow as pa
 
 from themis import prompts
-from themis.config import PipelineConfig
-from themis.generation import generate, prompt_row
+from themis.call_cache import CacheSpec
+from themis.config import PipelineConfig, ResponsesConfig
+from themis.engines import GenerationRequest
+from themis.engines.base import request_to_row
+from themis.generation import (
+    EnginePass,
+    check_engine,
+    generate_by_engine,
+    generation_fields,
+    map_rows,
+    planned_schema,
+    publish_split,
+    rows_schema,
+    tally,
+    write_rows,
+)
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import string_schema, to_table
+from themis.tables import string_schema, with_columns
 
 CARRIED = ["instruction_id", "instruction", "scenario", "passage", "reference"]
 COLUMNS = ["response_id", *CARRIED, "model", "k", "response"]
 SCHEMA = string_schema(COLUMNS, k=pa.int32())
-REJECT_SCHEMA = string_schema(COLUMNS + ["reason"], k=pa.int32())
+REJECT_SCHEMA = with_columns(SCHEMA, ("reason", pa.string()))
+PLANNED = planned_schema(SCHEMA)
+ROWS = rows_schema(REJECT_SCHEMA)
+INPUT = "instructions/data.parquet"
+
+
+def check(cfg: PipelineConfig) -> None:
+    """Every answer model's engine can start (e.g. its model folder exists)."""
+    assert cfg.responses is not None  # PipelineConfig.check_stage guarantees it
+    for model in cfg.responses.pool:
+        check_engine(EnginePass(model.engine, cfg.engines[model.engine]))
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Answer every instruction K times; write responses and rejects."""
-    instructions = store.read_table("instructions/data.parquet").to_pylist()
-    if not instructions:
-        raise ValueError(f"no instructions in {store.uri('instructions/data.parquet')}: nothing to answer")
-    kept, rejected = [], []
-    for k in range(cfg.responses.per_instruction):
-        ok, bad = answer_round(instructions, k, cfg)
-        kept += ok
-        rejected += bad
-    outputs = {
-        "responses": store.write_table("responses/data.parquet", to_table(kept, SCHEMA)),
-        "rejects": store.write_table("rejects/responses.parquet", to_table(rejected, REJECT_SCHEMA)),
+    import ray
+
+    section = cfg.responses
+    assert section is not None
+    instructions = ray.data.read_parquet(store.path(INPUT), filesystem=store.fs)
+    planned = map_rows(instructions, lambda row: plan_answers(row, section, cfg.run.seed), PLANNED)
+    cache = CacheSpec(store.storage, store.run_name, "responses")
+    engines = {m.engine: EnginePass(m.engine, cfg.engines[m.engine], cache=cache) for m in section.pool}
+    parsed = map_rows(generate_by_engine(planned, engines), lambda row: [parse_answer(row)], ROWS)
+    path = write_rows(parsed, store, "responses", ROWS)
+    counts = tally(store, path)
+    counts.check_engines()
+    outputs = publish_split(store, path, "responses/data.parquet", SCHEMA, "rejects/responses.parquet", REJECT_SCHEMA)
+    report = {
+        "instructions": store.count_rows(INPUT),
+        "rows_in": counts.rows_in,
+        "rows_out": counts.rows_out,
+        "rows_rejected": counts.rows_rejected,
     }
-    planned = len(instructions) * cfg.responses.per_instruction
-    counts = {
-        "instructions": len(instructions),
-        "rows_in": planned,
-        "rows_out": len(kept),
-        "rows_rejected": len(rejected),
-    }
-    return StageReport(inputs={"instructions": store.uri("instructions/data.parquet")}, outputs=outputs, counts=counts)
+    details = {"usage": counts.usage(cfg.engines), "rows_by_node": dict(counts.rows_by_node)}
+    return StageReport(inputs={"instructions": store.uri(INPUT)}, outputs=outputs, counts=report, details=details)
 
 
-def answer_round(instructions: list[dict[str, Any]], k: int, cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
-    """The k-th answer to every instruction, from the k-th pool model (cycling)."""
-    model = cfg.responses.pool[k % len(cfg.responses.pool)]
-    rows = [
-        {**{c: inst[c] for c in CARRIED}, **prompt_row(prompts.render_answer_prompt(inst["instruction"]))}
-        for inst in instructions
-    ]
-    out = generate(rows, cfg.engines[model.engine], model.sampling, seed=cfg.run.seed + k)
-    kept, rejected = [], []
-    for row in out.to_dict("records"):
-        record = {c: row[c] for c in CARRIED} | {"model": model.name, "k": k}
-        record["response_id"] = f"{row['instruction_id']}-r{k}"
-        record["response"] = row["output"].strip()
-        if row["error"]:
-            rejected.append(record | {"reason": f"engine error: {row['error']}"})
-        elif not record["response"]:
-            rejected.append(record | {"reason": "empty response"})
-        else:
-            kept.append(record)
-    return kept, rejected
+def plan_answers(instruction: dict[str, Any], section: ResponsesConfig, seed: int) -> list[dict[str, Any]]:
+    """The K answer rows of one instruction, each with its pool model's engine and sampling."""
+    rows = []
+    for k in range(section.per_instruction):
+        model = section.pool[k % len(section.pool)]
+        request = GenerationRequest(
+            messages=prompts.render_answer_prompt(instruction["instruction"]),
+            max_tokens=model.sampling.max_tokens,
+            temperature=model.sampling.temperature,
+            top_p=model.sampling.top_p,
+            seed=seed + k,
+        )
+        row = {c: instruction[c] for c in CARRIED} | {
+            "response_id": f"{instruction['instruction_id']}-r{k}",
+            "model": model.name,
+            "k": k,
+            "response": "",
+        }
+        rows.append(row | {"reason": None, "engine": model.engine, "request": request_to_row(request)})
+    return rows
+
+
+def parse_answer(row: dict[str, Any]) -> dict[str, Any]:
+    """A generated answer, or the reason there is none."""
+    out = {c: row[c] for c in COLUMNS} | generation_fields(row)
+    out["response"] = (row["output"] or "").strip()
+    if row["error"]:
+        return out | {"reason": f"engine error: {row['error']}"}
+    if not out["response"]:
+        return out | {"reason": "empty response"}
+    return out | {"reason": None}
