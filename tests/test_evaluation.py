@@ -12,9 +12,11 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from themis import cli
+from themis.config import Sampling
+from themis.engines.base import GenerationResult
 from themis.evaluation import benchmarks, judges, markdown, plots, stats
 from themis.evaluation.benchmarks import BenchmarkError, PairwiseItem, PointwiseItem
-from themis.evaluation.judges import Prediction
+from themis.evaluation.judges import ItemCall, Prediction
 from themis.evaluation.report import Settings, build_report
 
 ROOT = Path(__file__).parents[1]
@@ -98,9 +100,9 @@ def test_pointwise_report_and_reference_effect() -> None:
         PointwiseItem(f"i{k}", "q", "r", "close_qa" if k % 2 else "role_playing", (1 + k % 5, 1 + k % 5), "ref")
         for k in range(20)
     ]
-    preds = [Prediction(i.item_id, "", True, i.gold) for i in items]  # perfect with the reference
-    preds += [Prediction(i.item_id, "", False, min(5, i.gold + 1)) for i in items]  # off by one without
-    preds[3] = Prediction("i3", "", True, None, "garbled", "no rating found")
+    preds = [Prediction(i.item_id, "", True, score=i.human_score) for i in items]  # perfect with the reference
+    preds += [Prediction(i.item_id, "", False, score=min(5, i.human_score + 1)) for i in items]  # off by one without
+    preds[3] = Prediction("i3", "", True, output="garbled", error="no rating found")
     report = build_report(items, preds, Settings(resamples=100))
     point = report["pointwise"]
     assert point["counts"] == {
@@ -121,7 +123,7 @@ def test_pointwise_report_and_reference_effect() -> None:
 def test_pairwise_both_orders_position_bias() -> None:
     items = [PairwiseItem(f"p{k}", "q", "a", "b", "open_qa", ("A",)) for k in range(10)]
     # A judge that always prefers the first position: right in ab, wrong in ba.
-    preds = [Prediction(i.item_id, o, False, "A") for i in items for o in ("ab", "ba")]
+    preds = [Prediction(i.item_id, o, False, winner="A") for i in items for o in ("ab", "ba")]
     report = build_report(items, preds, Settings(resamples=100))
     pair = report["pairwise"]
     assert pair["metrics"]["accuracy"]["value"] == 0.5
@@ -157,7 +159,7 @@ def test_compare_marks_differences_beyond_the_intervals() -> None:
 
 def test_plots_are_png() -> None:
     items = [PairwiseItem(f"p{k}", "q", "a", "b", "open_qa", ("A" if k % 2 else "B",)) for k in range(8)]
-    preds = [Prediction(i.item_id, "ab", False, "A") for i in items]
+    preds = [Prediction(i.item_id, "ab", False, winner="A") for i in items]
     pngs = plots.render_plots(build_report(items, preds, Settings(resamples=50)))
     assert set(pngs) == {"pairwise_confusion", "pairwise_groups", "pairwise_distribution"}
     assert all(p.startswith(b"\x89PNG") for p in pngs.values())
@@ -166,7 +168,7 @@ def test_plots_are_png() -> None:
 @needs_shared
 def test_hhh_and_mt_bench_adapters() -> None:
     hhh = benchmarks.load_hhh(SHARED_DATA)
-    assert len(hhh) == 221 and all(i.gold == "A" and i.response_a != i.response_b for i in hhh)
+    assert len(hhh) == 221 and all(i.human_winner == "A" and i.response_a != i.response_b for i in hhh)
     assert {c: sum(i.category == c for i in hhh) for c in ("harmless", "helpful", "honest", "other")} == {
         "harmless": 58,
         "helpful": 59,
@@ -190,14 +192,14 @@ def test_user_file_with_column_mapping(tmp_path: Path) -> None:
         "pointwise",
         {"instruction": "q", "response": "ans", "scenario": "s", "human": ["r1", "r2"], "item_id": "id"},
     )
-    assert [(i.item_id, i.human, i.gold) for i in items] == [("x1", (5, 4), 5), ("x2", (5, 5), 5)]
+    assert [(i.item_id, i.human, i.human_score) for i in items] == [("x1", (5, 4), 5), ("x2", (5, 5), 5)]
 
 
 def test_malformed_rows_name_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     good = {"instruction": "q", "response_a": "a", "response_b": "b", "scenario": "open_qa", "human": "A"}
     path.write_text(json.dumps(good) + "\n" + json.dumps(good | {"human": "maybe"}) + "\n")
-    with pytest.raises(BenchmarkError, match=r"pairs.jsonl: line 2: pairwise label must be A, B or tie"):
+    with pytest.raises(BenchmarkError, match=r"pairs.jsonl: line 2: a human winner must be A, B or tie"):
         benchmarks.load_file(path, "pairwise")
     path.write_text(json.dumps(good) + "\n\n{oops\n")
     with pytest.raises(BenchmarkError, match=r"pairs.jsonl: line 3: not valid JSON"):
@@ -218,6 +220,58 @@ def test_recorded_predictions_missing_ids_are_counted(tmp_path: Path) -> None:
     report = build_report(items, preds, Settings(unparsable="exclude", resamples=50))
     assert report["pairwise"]["counts"]["unparsable_by_reason"] == {"no recorded prediction": 2}
     assert report["pairwise"]["counts"]["used"] == 2
+
+
+def test_engine_judge_calls_cover_both_orders_and_reference_modes() -> None:
+    point = PointwiseItem("p", "q", "r", "close_qa", (4,), reference="ref")
+    pair = PairwiseItem("x", "q", "a", "b", "open_qa", ("A",))
+    calls = judges.item_calls([point, pair], both_orders=True, reference_modes=(True, False))
+    shown = [(c.item_id, c.with_reference, c.call.kind, c.call.order, c.call.responses) for c in calls]
+    assert shown == [
+        ("p", True, "reference", "", ("r",)),
+        ("p", False, "single", "", ("r",)),
+        ("x", False, "pairwise", "ab", ("a", "b")),
+        ("x", False, "pairwise", "ba", ("b", "a")),
+    ]
+    requests = judges.call_requests(calls, Sampling(max_tokens=5), seed=1)
+    assert [r.prefix for r in requests] == ["Overall rating: [["] * 2 + ["Verdict: [["] * 2
+    assert len(judges.item_calls([pair], both_orders=False, reference_modes=(True,))) == 1
+
+
+def test_engine_outputs_become_scores_winners_or_reasons() -> None:
+    (score_call,) = judges.item_calls([PointwiseItem("p", "q", "r", "close_qa", (4,))], True, (True,))
+    _, ba = judges.item_calls([PairwiseItem("x", "q", "a", "b", "open_qa", ("A",))], True, (True,))
+    assert judges.parse_call(score_call, GenerationResult("Overall rating: [[3]] ok")) == Prediction(
+        "p", "", False, score=3, output="Overall rating: [[3]] ok"
+    )
+    # The winner is for the order shown; the report flips the humans' winner for a ba call.
+    assert judges.parse_call(ba, GenerationResult("Verdict: [[A]]")).winner == "A"
+    failed = judges.parse_call(ba, GenerationResult(error="timeout"))
+    assert not failed.parsed and failed.error == "engine error: timeout" and failed.order == "ba"
+    garbled = judges.parse_call(score_call, GenerationResult("fine"))
+    assert (garbled.score, garbled.error) == (None, "no rating found")
+    assert isinstance(score_call, ItemCall)
+
+
+def test_predictions_table_is_typed(tmp_path: Path) -> None:
+    from themis.config import StorageConfig
+    from themis.stages.evaluate import PREDICTION_SCHEMA, write_report
+    from themis.storage import RunStore
+
+    items = [PairwiseItem("x", "q", "a", "b", "open_qa", ("A",)), PointwiseItem("p", "q", "r", "close_qa", (4,))]
+    preds = [
+        Prediction("x", "ab", False, winner="tie"),
+        Prediction("p", "", True, score=5),
+        Prediction("x", "ba", False, error="e"),
+    ]
+    report = build_report(items, preds, Settings(resamples=20)) | _header()
+    store = RunStore(StorageConfig(root=str(tmp_path)), "r")
+    write_report(store, "j", report, preds, with_plots=False)
+    table = store.read_table("reports/evaluation/j/predictions.parquet")
+    assert table.schema == PREDICTION_SCHEMA
+    assert table.column("score").to_pylist() == [None, 5, None]
+    assert table.column("winner").to_pylist() == ["tie", None, None]
+    assert table.column("with_reference").to_pylist() == [False, True, False]
 
 
 def _recorded(name: str, file: str, field: str, values: dict) -> str:

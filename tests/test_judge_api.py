@@ -17,18 +17,17 @@ from themis.judge_api import (
     chat_completion,
     chat_generation_request,
     check_judge_request,
-    classifier_request,
+    classified_scenario,
     deployment_options,
-    forced_request,
     infer_kind,
+    judge_call,
     judge_response,
     model_list,
-    parse_classification,
-    render_judge_prompt,
     serve_engine_config,
     unclassified_response,
     validation_error_body,
 )
+from themis.judging import classifier_request, judge_request, render_call
 from themis.parsing import ParseError
 from themis.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_OPENING
 from themis.scenarios import load_scenarios
@@ -128,24 +127,32 @@ def test_valid_requests_pass():
     assert check_judge_request(pair) == "pairwise"
 
 
-# --- prompts and forced verdicts -----------------------------------------------------------------
+# --- calls, prompts and forced verdicts ------------------------------------------------------------
+
+
+def test_requests_become_judge_calls():
+    single = judge_call(_judge(response="Paris."), "single", "close_qa")
+    assert (single.kind, single.responses, single.reference, single.order) == ("single", ("Paris.",), None, "")
+    ref = judge_call(_judge(response="Lyon.", reference="Paris."), "reference", "close_qa")
+    assert (ref.kind, ref.reference) == ("reference", "Paris.")
+    pair = judge_call(_judge(response_a="Paris.", response_b="Lyon.", reference="Paris."), "pairwise", "open_qa")
+    assert (pair.responses, pair.order, pair.reference) == (("Paris.", "Lyon."), "ab", "Paris.")
 
 
 def test_single_and_reference_prompts():
-    single = render_judge_prompt(_judge(response="Paris."), "single", "close_qa")
+    single = render_call(judge_call(_judge(response="Paris."), "single", "close_qa"))
     assert single.opening == SCORE_OPENING and single.choices == ("1", "2", "3", "4", "5")
     text = single.messages[-1]["content"]
     assert Q in text and "Paris." in text and "[Reference Answer]" not in text
-    ref = render_judge_prompt(_judge(response="Lyon.", reference="Paris."), "reference", "close_qa")
+    ref = render_call(judge_call(_judge(response="Lyon.", reference="Paris."), "reference", "close_qa"))
     assert "[Reference Answer]\nParis." in ref.messages[-1]["content"]
 
 
 def test_pairwise_prompt_and_forced_request():
-    prompt = render_judge_prompt(_judge(response_a="Paris.", response_b="Lyon."), "pairwise", "open_qa")
-    assert prompt.opening == PAIR_OPENING and prompt.choices == ("A", "B", "C")
-    body = prompt.messages[-1]["content"]
+    call = judge_call(_judge(response_a="Paris.", response_b="Lyon."), "pairwise", "open_qa")
+    body = render_call(call).messages[-1]["content"]
     assert "[Response A]\nParis." in body and "[Response B]\nLyon." in body
-    req = forced_request(prompt, Sampling(max_tokens=7, temperature=0.5, top_p=0.9))
+    req = judge_request(call, Sampling(max_tokens=7, temperature=0.5, top_p=0.9))
     assert (req.prefix, req.choices, req.closing) == (PAIR_OPENING, ("A", "B", "C"), "]]")
     assert (req.max_tokens, req.temperature, req.top_p) == (7, 0.5, 0.9)
 
@@ -155,16 +162,16 @@ def test_classifier_request_and_parse():
     ids = list(load_scenarios())
     assert req.prefix == SCENARIO_OPENING and len(req.choices) == len(ids)
     assert Q in req.messages[-1]["content"]
-    assert parse_classification(GenerationResult(text=f"{SCENARIO_OPENING}B]]")) == ids[1]
+    assert classified_scenario(GenerationResult(text=f"{SCENARIO_OPENING}B]]")) == ids[1]
     with pytest.raises(ParseError, match="generation failed"):
-        parse_classification(GenerationResult(error="boom"))
+        classified_scenario(GenerationResult(error="boom"))
     failed = unclassified_response("single", GenerationResult(text="??"), ParseError("no letter"))
     assert failed.scenario is None and not failed.parsed and "no letter" in failed.error
 
 
 def test_judge_response_parses_or_reports():
     ok = judge_response("single", "close_qa", "given", GenerationResult(text="Overall rating: [[4]]. Good."))
-    assert (ok.score, ok.verdict, ok.parsed, ok.error, ok.rationale) == (
+    assert (ok.score, ok.winner, ok.parsed, ok.error, ok.rationale) == (
         4,
         None,
         True,
@@ -172,7 +179,7 @@ def test_judge_response_parses_or_reports():
         "Good.",
     )
     pair = judge_response("pairwise", "open_qa", "classified", GenerationResult(text="Verdict: [[C]]"))
-    assert (pair.verdict, pair.score, pair.parsed, pair.scenario_source) == (
+    assert (pair.winner, pair.score, pair.parsed, pair.scenario_source) == (
         "tie",
         None,
         True,

@@ -28,7 +28,7 @@ def test_mae_accuracy_and_consistency() -> None:
 def test_unparsable_is_always_wrong_and_never_consistent() -> None:
     assert m.accuracy([m.UNPARSABLE, "A"], ["A", "A"]) == 0.5
     assert m.dual_order_consistency([m.UNPARSABLE], [m.UNPARSABLE]) == 0.0
-    assert m.verdict_metrics([m.UNPARSABLE, "A", "B"], ["A", "A", "B"])["accuracy"] == pytest.approx(2 / 3)
+    assert m.winner_metrics([m.UNPARSABLE, "A", "B"], ["A", "A", "B"])["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_position_rates() -> None:
@@ -42,13 +42,13 @@ def test_correlations_are_none_when_undefined() -> None:
     assert m.weighted_kappa([4, 4], [4, 4]) is None
 
 
-def test_batched_verdict_metrics_match_scikit_learn() -> None:
+def test_batched_winner_metrics_match_scikit_learn() -> None:
     rng = np.random.default_rng(0)
     gold = rng.choice(["tie", "A", "B"], size=(5, 200), p=[0.2, 0.4, 0.4])
     pred = rng.choice(["tie", "A", "B", m.UNPARSABLE], size=(5, 200), p=[0.1, 0.4, 0.4, 0.1])
     for g, p in zip(gold, pred):
-        batched = m.batched_verdict_metrics(m.verdict_confusions(p[None, :], g))
-        exact = m.verdict_metrics(list(p), list(g))
+        batched = m.batched_winner_metrics(m.winner_confusions(p[None, :], g))
+        exact = m.winner_metrics(list(p), list(g))
         for key, value in exact.items():
             assert batched[key][0] == pytest.approx(value), key
 

@@ -14,7 +14,7 @@ from themis.parsing import ParseError, parse_instruction, parse_pairwise, parse_
     ],
 )
 def test_scores_parse_from_near_misses(text: str, score: int) -> None:
-    assert parse_score(text).verdict == score
+    assert parse_score(text).score == score
 
 
 def test_rationale_is_what_follows_the_verdict() -> None:
@@ -51,7 +51,7 @@ def test_malformed_scores_are_rejected_with_a_reason(text, reason: str) -> None:
     ],
 )
 def test_pairwise_verdicts(text: str, winner: str) -> None:
-    assert parse_pairwise(text).verdict == winner
+    assert parse_pairwise(text).winner == winner
 
 
 @pytest.mark.parametrize("text", ["Verdict: [[D]]", "A is better", "", "Verdict: [[AB]]"])

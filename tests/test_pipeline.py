@@ -12,7 +12,6 @@ from themis import cli, runner
 from themis.config import load_config
 from themis.generation import EngineUnavailableError
 from themis.models import ModelNotFoundError
-from themis.storage import StorageError
 
 pytestmark = pytest.mark.integration
 TINY = Path(__file__).parents[1] / "jobs" / "configs" / "tiny.yaml"
@@ -82,9 +81,9 @@ def test_unreachable_teacher_fails_with_the_url(ray_local, tiny_model_dir: Path,
     assert entry["status"] == "failed" and "cannot reach" in entry["error"]
 
 
-def test_missing_input_names_the_path(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_stage_refuses_to_run_before_its_input_stage(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_model_dir, tmp_path)
-    with pytest.raises(StorageError, match=r"input not found: .*instructions/data.parquet"):
+    with pytest.raises(runner.StageOrderError, match=r"reads the outputs of instructions.*never ran here"):
         runner.run_stage("responses", cfg)
 
 

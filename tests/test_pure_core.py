@@ -7,6 +7,8 @@ PURE = [
     "themis.config",
     "themis.prompts",
     "themis.parsing",
+    "themis.judging",
+    "themis.redact",
     "themis.filters",
     "themis.evaluation.metrics",
     "themis.evaluation.stats",

@@ -197,11 +197,11 @@ def test_judge_single_with_a_given_scenario(http):
     assert reply.status_code == 200, reply.text
     out = reply.json()
     assert set(out) == {
-        "kind", "scenario", "scenario_source", "score", "verdict", "rationale", "output", "parsed",
+        "kind", "scenario", "scenario_source", "score", "winner", "rationale", "output", "parsed",
         "error",
     }  # fmt: skip
     assert (out["kind"], out["scenario"], out["scenario_source"]) == ("single", "close_qa", "given")
-    assert out["parsed"] and out["error"] is None and out["verdict"] is None
+    assert out["parsed"] and out["error"] is None and out["winner"] is None
     assert out["score"] in range(1, 6) and out["output"].startswith(f"{SCORE_OPENING}{out['score']}]]")
 
 
@@ -211,7 +211,7 @@ def test_judge_reference_and_pairwise(http):
     assert ref["kind"] == "reference" and ref["parsed"] and ref["score"] in range(1, 6)
     pair = _judge(http, response_a="Paris.", response_b="Lyon.", scenario="open_qa").json()
     assert pair["kind"] == "pairwise" and pair["parsed"] and pair["score"] is None
-    assert pair["verdict"] in ("A", "B", "tie") and pair["output"].startswith(PAIR_OPENING)
+    assert pair["winner"] in ("A", "B", "tie") and pair["output"].startswith(PAIR_OPENING)
 
 
 @pytest.mark.integration

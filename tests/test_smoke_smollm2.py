@@ -27,5 +27,5 @@ def test_smollm2_grades_and_compares_in_a_parseable_format() -> None:
     ]
     graded, compared = engine.generate(requests)
     assert graded.ok and compared.ok
-    assert 1 <= parse_score(graded.text).verdict <= 5
-    assert parse_pairwise(compared.text).verdict in ("A", "B", "tie")
+    assert 1 <= parse_score(graded.text).score <= 5
+    assert parse_pairwise(compared.text).winner in ("A", "B", "tie")

@@ -45,6 +45,27 @@ def roundtrip(store: RunStore, tmp_path) -> None:
     assert (store.local_dir("model") / "config.json").read_text() == "{}"
     with pytest.raises(StorageError, match="input not found: .*missing.parquet"):
         store.read_table("missing.parquet")
+    attempt_publishes_only_on_success(store)
+
+
+def attempt_publishes_only_on_success(store: RunStore) -> None:
+    """An attempt's writes are invisible until it publishes; then they replace the old outputs."""
+    old = pa.table({"a": [1]})
+    store.write_table("stage/out.parquet/part-0.parquet", old)
+    store.write_text("stage/stale.txt", "from an older run")
+    attempt = store.begin_attempt("stage")
+    new = pa.table({"a": [2, 3]})
+    attempt.write_table("stage/out.parquet/part-0.parquet", new)
+    attempt.write_text("rejects/stage.txt", "why")
+    assert store.read_table("stage/out.parquet").equals(old) and not store.exists("rejects/stage.txt")
+    failed = store.begin_attempt("stage")
+    failed.write_table("stage/out.parquet/part-0.parquet", pa.table({"a": [9]}))  # never published
+    attempt.publish()
+    assert store.read_table("stage/out.parquet").equals(new)
+    assert store.read_text("rejects/stage.txt") == "why"
+    assert not store.exists("_attempts", attempt.attempt_id)
+    assert store.exists("_attempts", failed.attempt_id)  # left for a person to look at
+    assert store.count_rows("stage/out.parquet") == 2
 
 
 def test_local_store(tmp_path) -> None:
@@ -55,6 +76,12 @@ def test_s3_store_against_a_real_http_endpoint(s3_endpoint, tmp_path) -> None:
     store = RunStore(StorageConfig(root="s3://themis/runs", s3_endpoint=s3_endpoint), "r1")
     assert store.uri_root == "s3://themis/runs/r1"
     roundtrip(store, tmp_path)
+
+
+def test_unreachable_s3_root_is_a_one_line_storage_error() -> None:
+    storage = StorageConfig(root="s3://bucket/runs", s3_endpoint="http://127.0.0.1:9")
+    with pytest.raises(StorageError, match=r"^cannot use run root s3://bucket/runs/r: [^\n]*$"):
+        RunStore(storage, "r")
 
 
 def test_unsupported_scheme_is_a_clear_error() -> None:

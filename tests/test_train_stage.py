@@ -6,7 +6,6 @@ covers resume and the skip-when-done path. The error tests fail before Ray start
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ import pytest
 from themis.config import PipelineConfig, StorageConfig
 from themis.models import ModelNotFoundError
 from themis.stages import train as train_stage
+from themis.stages.dataset import SFT_SCHEMA
 from themis.storage import RunStore, StorageError
 
 SYSTEM = "You are a judge. Rate the response on a scale of 1 to 5."
@@ -38,11 +38,12 @@ def _rows(n: int, prefix: str) -> pa.Table:
                 "kind": "single",
                 "scenario": "general",
                 "instruction_id": f"ins-{i}",
-                "label": str(score),
-                "messages": json.dumps(messages),
+                "score": score,
+                "winner": None,
+                "messages": messages,
             }
         )
-    return pa.Table.from_pylist(rows).slice(0, n)  # n == 0 keeps the schema
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA).slice(0, n)  # n == 0 keeps the schema
 
 
 def _store(tmp_path: Path, n_train: int = 16, n_val: int = 3) -> RunStore:
@@ -146,8 +147,8 @@ def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(tiny_model_dir
     store = RunStore(StorageConfig(root=str(tmp_path)), "t")
     table = _rows(2, "tr").to_pylist()
     long_reply = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "[[5]] " * 40}]
-    table[1]["messages"] = json.dumps(long_reply)
-    store.write_table("dataset/train.parquet", pa.Table.from_pylist(table))
+    table[1]["messages"] = long_reply
+    store.write_table("dataset/train.parquet", pa.Table.from_pylist(table, schema=SFT_SCHEMA))
     store.write_table("dataset/validation.parquet", _rows(1, "va"))
     with pytest.raises(ValueError, match="1 usable training examples"):
         train_stage.run(_cfg(str(tiny_model_dir), max_seq_len=32), store)

@@ -6,12 +6,13 @@ the dataset stage can prove that rows in = rows kept + rows rejected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import defaultdict
 from typing import Any
 
-from themis.parsing import flip_winner
+from themis.judging import winner_in_ab_order
 from themis.prompts import render_pair_verdict, render_score_verdict
 
 Row = dict[str, Any]
@@ -22,24 +23,32 @@ def reject(rows: list[Row], reason: str) -> list[Row]:
     return [r | {"reason": reason} for r in rows]
 
 
+def prompt_key(messages: list[dict[str, str]]) -> str:
+    """A fingerprint of a judge prompt: the SHA-256 of its canonical JSON."""
+    canonical = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def drop_duplicates(rows: list[Row]) -> tuple[list[Row], list[Row]]:
     """Keep the first judgment of each distinct prompt (identical answers give identical prompts)."""
     seen: set[str] = set()
     kept, dropped = [], []
     for row in rows:
-        if row["messages"] in seen:
+        key = prompt_key(row["messages"])
+        if key in seen:
             dropped.append(row)
         else:
             kept.append(row)
-            seen.add(row["messages"])
+            seen.add(key)
     return kept, reject(dropped, "duplicate prompt")
 
 
-def label_of(row: Row) -> str:
-    """The class a judgment belongs to: its score, or its winner in the ``ab`` order."""
+def balance_key(row: Row) -> tuple[str, str]:
+    """The class balancing evens out: the judgment family ("score" or "pairwise") and its score, or
+    its winner in the pair's ``ab`` order (so a pair's two orders fall in one class)."""
     if row["kind"] != "pairwise":
-        return str(row["score"])
-    return row["winner"] if row["order"] == "ab" else flip_winner(row["winner"])
+        return "score", str(row["score"])
+    return "pairwise", winner_in_ab_order(row["winner"], row["order"])
 
 
 def pair_consistency(rows: list[Row], keep_swapped: bool) -> tuple[list[Row], list[Row], list[Row]]:
@@ -56,7 +65,7 @@ def pair_consistency(rows: list[Row], keep_swapped: bool) -> tuple[list[Row], li
         ab, ba = orders.get("ab"), orders.get("ba")
         if ab is None or ba is None:
             rejected += reject(list(orders.values()), "other order missing (not parsed or duplicate)")
-        elif label_of(ab) != label_of(ba):
+        elif ab["winner"] != winner_in_ab_order(ba["winner"], "ba"):
             rejected += reject([ab, ba], "pair orders disagree (position bias)")
         elif keep_swapped:
             records.append(ab)
@@ -72,7 +81,7 @@ def balance(rows: list[Row], floor: int, seed: int) -> tuple[list[Row], list[Row
     rng = random.Random(seed)
     groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in rows:
-        groups[(_kind_family(row), label_of(row))].append(row)
+        groups[balance_key(row)].append(row)
     quota = defaultdict(lambda: 10**9)
     for (family, _), members in groups.items():
         quota[family] = min(quota[family], len(members))
@@ -83,10 +92,6 @@ def balance(rows: list[Row], floor: int, seed: int) -> tuple[list[Row], list[Row
         kept += members[:n]
         dropped += members[n:]
     return kept, reject(dropped, "balancing: over the class quota")
-
-
-def _kind_family(row: Row) -> str:
-    return "pairwise" if row["kind"] == "pairwise" else "score"
 
 
 def split_by_instruction(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
@@ -107,9 +112,12 @@ def render_target(row: Row) -> str:
 
 
 def to_sft_example(row: Row) -> Row:
-    """A chat-format SFT record: the judge prompt plus the target as the assistant's reply."""
-    messages = json.loads(row["messages"]) + [{"role": "assistant", "content": render_target(row)}]
-    label = row["winner"] if row["kind"] == "pairwise" else str(row["score"])
+    """A chat-format SFT record: the judge prompt plus the target as the assistant's reply.
+
+    ``score`` / ``winner`` are the teacher's verdict (the winner for the order shown); the prompt's
+    parts (instruction, responses, reference) let evaluation re-render it with or without the reference.
+    """
+    messages = [*row["messages"], {"role": "assistant", "content": render_target(row)}]
     return {
         "example_id": row["judgment_id"],
         "kind": row["kind"],
@@ -117,10 +125,10 @@ def to_sft_example(row: Row) -> Row:
         "pair_id": row["pair_id"],
         "scenario": row["scenario"],
         "instruction_id": row["instruction_id"],
-        "label": label,
-        "messages": json.dumps(messages),
-        # The parts of the prompt, so evaluation can re-render it (with or without the reference).
+        "score": row["score"],
+        "winner": row["winner"],
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
         "instruction": row["instruction"],
-        "responses": row["responses"],
-        "reference": row["reference"] or "",
+        "responses": list(row["responses"]),
+        "reference": row["reference"] or None,
     }

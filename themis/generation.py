@@ -40,7 +40,6 @@ from themis.tables import GENERATED, REQUEST, to_table, with_columns
 # Ray Data runs this many batches at once in an async actor (its default); batches are sized so
 # that together they keep the engine's window full even while one batch waits on a slow row.
 ASYNC_BATCHES_IN_FLIGHT = 4
-CACHE_FLUSH_ROWS = 32  # an async actor writes finished calls at least this often
 
 
 class EngineUnavailableError(RuntimeError):
@@ -136,6 +135,8 @@ class AsyncEngineActor(_EngineWorker):
     def __init__(self, engine: EnginePass):
         super().__init__(engine)
         self._unsaved: list[tuple[GenerationRequest, GenerationResult]] = []
+        # Finished calls are saved every batch's worth, so a crash loses at most one batch of them.
+        self._flush_every = pool_options(engine.cfg)["batch_size"]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         results, todo, requests = self._plan(batch)
@@ -147,15 +148,15 @@ class AsyncEngineActor(_EngineWorker):
         return self._finish(batch, results, cached)
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:
-        # One row at a time through the engine's shared window: a finished call is saved within
-        # CACHE_FLUSH_ROWS calls, not at the end of its (possibly slow) batch.
+        # One row at a time through the engine's shared window: a finished call is saved within a
+        # batch's worth of calls, not at the end of its own (possibly slow) batch.
         agenerate = getattr(self.engine, "agenerate", None)
         if agenerate is not None:
             (result,) = await agenerate([request])
         else:
             (result,) = await asyncio.to_thread(self.engine.generate, [request])
         self._unsaved.append((request, result))
-        if len(self._unsaved) >= CACHE_FLUSH_ROWS:
+        if len(self._unsaved) >= self._flush_every:
             await self._flush()
         return result
 
@@ -193,12 +194,11 @@ def pool_options(cfg: EngineConfig) -> dict[str, Any]:
 def generate(ds: Any, engine: EnginePass) -> Any:
     """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming)."""
     actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
-    return ds.map_batches(
-        actor,
-        fn_constructor_kwargs={"engine": engine},
-        batch_format="pyarrow",
-        **pool_options(engine.cfg),
-    )
+    options = pool_options(engine.cfg)
+    # One input file is one block, and a block goes to one actor: cut the stream into batch-sized
+    # blocks (streaming, no shuffle) so that every actor of the pool gets work.
+    blocks = ds.repartition(target_num_rows_per_block=options["batch_size"])
+    return blocks.map_batches(actor, fn_constructor_kwargs={"engine": engine}, batch_format="pyarrow", **options)
 
 
 def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> list[GenerationResult]:
@@ -297,8 +297,9 @@ class StageTally:
     rows_by_actor: Counter = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)
 
-    def add_calls(self, batch: pa.RecordBatch) -> None:
-        """Count the engine calls of a batch of generated rows (rows with an ``engine`` name)."""
+    def add_calls(self, batch: pa.RecordBatch, placed: bool = True) -> None:
+        """Count the engine calls of a batch of generated rows (rows with an ``engine`` name);
+        ``placed`` counts them per node and actor too (a stage's own rows, not helper calls)."""
         data = batch.to_pydict()
         for i, engine in enumerate(data["engine"]):
             if not engine:
@@ -310,8 +311,9 @@ class StageTally:
             if data["error"][i]:
                 self.calls[(engine, "failed")] += 1
                 self.first_error.setdefault(engine, data["error"][i])
-            self.rows_by_node[data["node"][i]] += 1
-            self.rows_by_actor[data["actor"][i]] += 1
+            if placed:
+                self.rows_by_node[data["node"][i]] += 1
+                self.rows_by_actor[data["actor"][i]] += 1
 
     def usage(self, engines: dict[str, EngineConfig]) -> dict[str, Any]:
         """Per engine: calls, reused calls, failures, tokens, and the cost where prices are set."""

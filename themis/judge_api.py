@@ -4,7 +4,8 @@ checks, and the request -> prompt -> verdict logic.
 ``themis.stages.serve`` wraps this in a Ray Serve deployment. Keeping it here means every rule of
 the API is testable in milliseconds. Two endpoints families:
 
-* ``POST /v1/judge``: Themis' own judging call (single, reference-guided or pairwise).
+* ``POST /v1/judge``: Themis' own judging call (single, reference-guided or pairwise), rendered,
+  requested and parsed by ``themis.judging`` like every other judge in the project.
 * ``GET /v1/models`` and ``POST /v1/chat/completions``: enough of OpenAI's protocol for the
   official ``openai`` client, including vLLM's ``continue_final_message`` extension.
 
@@ -22,16 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from themis.config import Sampling, ServeConfig, TransformersEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.parsing import ParseError, parse_pairwise, parse_scenario, parse_score
-from themis.prompts import (
-    JudgePrompt,
-    render_classifier_prompt,
-    render_pairwise_prompt,
-    render_single_prompt,
-)
-from themis.scenarios import get_scenario, load_scenarios
+from themis.judging import JudgeCall, Kind, parse_classification, parse_verdict
+from themis.parsing import ParseError
+from themis.scenarios import load_scenarios
 
-JudgeKind = Literal["single", "reference", "pairwise"]
 ScenarioSource = Literal["given", "classified"]
 
 
@@ -79,7 +74,7 @@ class JudgeRequest(BaseModel):
     response_b: str | None = Field(None, description="Second response of a pair (pairwise).")
     reference: str | None = Field(None, description="Reference answer (needed for reference).")
     scenario: str | None = Field(None, min_length=1, description="Scenario id; None = classify it.")
-    kind: JudgeKind | None = Field(None, description="single, reference or pairwise; None = infer.")
+    kind: Kind | None = Field(None, description="single, reference or pairwise; None = infer.")
 
     @field_validator("instruction")
     @classmethod
@@ -92,18 +87,18 @@ class JudgeRequest(BaseModel):
 class JudgeResponse(BaseModel):
     """The verdict. ``parsed`` is False (and ``error`` says why) when the output had no verdict."""
 
-    kind: JudgeKind
+    kind: Kind
     scenario: str | None
     scenario_source: ScenarioSource
-    score: int | None = None
-    verdict: Literal["A", "B", "tie"] | None = None
+    score: int | None = Field(None, description="1-5, for single and reference grading.")
+    winner: Literal["A", "B", "tie"] | None = Field(None, description="The better response, for pairwise.")
     rationale: str = ""
     output: str = ""
     parsed: bool = False
     error: str | None = None
 
 
-def infer_kind(req: JudgeRequest) -> JudgeKind:
+def infer_kind(req: JudgeRequest) -> Kind:
     """The kind asked for, else pairwise / reference / single from the fields present."""
     if req.kind:
         return req.kind
@@ -112,7 +107,7 @@ def infer_kind(req: JudgeRequest) -> JudgeKind:
     return "reference" if req.reference is not None else "single"
 
 
-def check_judge_request(req: JudgeRequest) -> JudgeKind:
+def check_judge_request(req: JudgeRequest) -> Kind:
     """The request's kind; ApiError(400) if the fields do not fit it or the scenario is unknown."""
     kind = infer_kind(req)
     problem = _kind_problem(req, kind)
@@ -125,7 +120,7 @@ def check_judge_request(req: JudgeRequest) -> JudgeKind:
     return kind
 
 
-def _kind_problem(req: JudgeRequest, kind: JudgeKind) -> str | None:
+def _kind_problem(req: JudgeRequest, kind: Kind) -> str | None:
     if kind == "pairwise":
         if not req.response_a or not req.response_b:
             return "pairwise needs response_a and response_b (both non-empty)"
@@ -143,19 +138,14 @@ def _kind_problem(req: JudgeRequest, kind: JudgeKind) -> str | None:
     return None
 
 
-def classifier_request(instruction: str) -> GenerationRequest:
-    """Ask for the instruction's scenario letter, forced into ``Scenario: [[X]]``."""
-    return forced_request(render_classifier_prompt(instruction), Sampling(max_tokens=1))
-
-
-def parse_classification(result: GenerationResult) -> str:
+def classified_scenario(result: GenerationResult) -> str:
     """The scenario id in a classifier output; raises ParseError (also for a failed generation)."""
     if not result.ok:
         raise ParseError(f"generation failed: {result.error}")
-    return parse_scenario(result.text, list(load_scenarios()))
+    return parse_classification(result.text)
 
 
-def unclassified_response(kind: JudgeKind, result: GenerationResult, exc: ParseError) -> JudgeResponse:
+def unclassified_response(kind: Kind, result: GenerationResult, exc: ParseError) -> JudgeResponse:
     """The answer when no scenario could be classified: nothing judged, the reason in ``error``."""
     return JudgeResponse(
         kind=kind,
@@ -166,41 +156,28 @@ def unclassified_response(kind: JudgeKind, result: GenerationResult, exc: ParseE
     )
 
 
-def render_judge_prompt(req: JudgeRequest, kind: JudgeKind, scenario_id: str) -> JudgePrompt:
-    """The judge prompt for a checked request (see ``check_judge_request``)."""
-    scenario = get_scenario(scenario_id)
+def judge_call(req: JudgeRequest, kind: Kind, scenario_id: str) -> JudgeCall:
+    """The judge call of a checked request (see ``check_judge_request``); a pair in the given order."""
     if kind == "pairwise":
         assert req.response_a is not None and req.response_b is not None
-        return render_pairwise_prompt(scenario, req.instruction, req.response_a, req.response_b, req.reference)
+        responses = (req.response_a, req.response_b)
+        return JudgeCall(kind, scenario_id, req.instruction, responses, req.reference or None, "ab")
     assert req.response is not None
     reference = req.reference if kind == "reference" else None
-    return render_single_prompt(scenario, req.instruction, req.response, reference)
+    return JudgeCall(kind, scenario_id, req.instruction, (req.response,), reference)
 
 
-def forced_request(prompt: JudgePrompt, sampling: Sampling) -> GenerationRequest:
-    """A generation that forces the verdict sentence: opening, one of the choices, closing."""
-    return GenerationRequest(
-        messages=prompt.messages,
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        prefix=prompt.opening,
-        choices=prompt.choices,
-        closing=prompt.closing,
-    )
-
-
-def judge_response(kind: JudgeKind, scenario: str, source: ScenarioSource, result: GenerationResult) -> JudgeResponse:
+def judge_response(kind: Kind, scenario: str, source: ScenarioSource, result: GenerationResult) -> JudgeResponse:
     """Parse a judge output into the response; an unparseable output is reported, not raised."""
     out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text)
     if not result.ok:
         return out.model_copy(update={"error": f"generation failed: {result.error}"})
     try:
-        judgment = parse_pairwise(result.text) if kind == "pairwise" else parse_score(result.text)
+        verdict = parse_verdict(kind, result.text)
     except ParseError as exc:
         return out.model_copy(update={"error": f"unparseable output: {exc}"})
-    field = "verdict" if kind == "pairwise" else "score"
-    return out.model_copy(update={field: judgment.verdict, "rationale": judgment.rationale, "parsed": True})
+    fields = {"score": verdict.score, "winner": verdict.winner, "rationale": verdict.rationale}
+    return out.model_copy(update=fields | {"parsed": True})
 
 
 # --- OpenAI-compatible chat ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Literal
 
 from themis.config import Sampling
 from themis.engines.base import GenerationRequest
-from themis.parsing import parse_pairwise, parse_scenario, parse_score
+from themis.parsing import Verdict, parse_pairwise, parse_scenario, parse_score  # Verdict: what the parsers return
 from themis.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
 from themis.scenarios import get_scenario, load_scenarios
 
@@ -78,15 +78,6 @@ def pairwise_calls(
     return [call, call.swapped()] if both_orders else [call]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A parsed judgment: ``score`` for single/reference, ``winner`` for pairwise, and the reasons."""
-
-    score: int | None = None
-    winner: str | None = None
-    rationale: str = ""
-
-
 def render_call(call: JudgeCall) -> JudgePrompt:
     """The scenario-dependent judge prompt of a call."""
     scenario = get_scenario(call.scenario)
@@ -121,11 +112,7 @@ def judge_request(
 
 def parse_verdict(kind: Kind, text: str) -> Verdict:
     """The verdict in a judge's output; raises ``ParseError`` (its message is the reject reason)."""
-    if kind == "pairwise":
-        judged = parse_pairwise(text)
-        return Verdict(winner=str(judged.verdict), rationale=judged.rationale)
-    judged = parse_score(text)
-    return Verdict(score=int(judged.verdict), rationale=judged.rationale)
+    return parse_pairwise(text) if kind == "pairwise" else parse_score(text)
 
 
 def flip_winner(winner: str) -> str:
@@ -151,4 +138,3 @@ def classifier_request(instruction: str, seed: int | None = None) -> GenerationR
 def parse_classification(text: str) -> str:
     """The scenario id the classifier picked; raises ``ParseError``."""
     return parse_scenario(text, list(load_scenarios()))
-

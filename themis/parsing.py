@@ -1,4 +1,4 @@
-"""Turn model outputs back into data: scores, pairwise verdicts, scenario labels, instructions.
+"""Turn model outputs back into data: scores, pairwise winners, scenario ids, instructions.
 
 Every parser returns a value or raises ``ParseError`` whose message is the reject reason stored
 with the row. Small models drift from the format, so the parsers accept the common near-misses
@@ -18,18 +18,20 @@ class ParseError(ValueError):
 
 
 @dataclass(frozen=True)
-class Judgment:
-    """A parsed judgment: a score (1-5) or a winner ('A', 'B', 'tie'), and the rationale after it."""
+class Verdict:
+    """A parsed judgment: ``score`` (1-5) for single/reference grading, ``winner`` ("A", "B" or
+    "tie", for the order shown) for a pair, and the rationale that follows it."""
 
-    verdict: int | str
-    rationale: str
+    score: int | None = None
+    winner: str | None = None
+    rationale: str = ""
 
 
 _BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]{1,12}?)\s*(?:\]\]|\]|(?=\s|$))")
 _LOOSE_SCORE = re.compile(r"(?:rating|score)\s*(?:is|:|=)?\s*\**\s*([0-9]+(?:\.[0-9]+)?(?:\s*/\s*5)?)", re.I)
 
 
-def parse_score(text: str) -> Judgment:
+def parse_score(text: str) -> Verdict:
     """The overall 1-5 score: the first ``[[N]]`` (or ``Rating: N``), and the text after it."""
     text = _nonempty(text)
     match = _BRACKETED.search(text) or _LOOSE_SCORE.search(text)
@@ -42,20 +44,20 @@ def parse_score(text: str) -> Judgment:
         raise ParseError(f"rating is not a number: {raw!r}") from None
     if not value.is_integer() or not 1 <= value <= 5:
         raise ParseError(f"rating out of range 1-5: {raw}")
-    return Judgment(int(value), _rest(text, match.end()))
+    return Verdict(score=int(value), rationale=_rest(text, match.end()))
 
 
-def parse_pairwise(text: str) -> Judgment:
-    """The verdict in ``[[A]]``/``[[B]]``/``[[C]]`` (C or 'tie' = tie) and the text after it."""
+def parse_pairwise(text: str) -> Verdict:
+    """The winner in ``[[A]]``/``[[B]]``/``[[C]]`` (C or 'tie' = tie) and the text after it."""
     text = _nonempty(text)
     match = _BRACKETED.search(text)
     if not match:
         raise ParseError("no verdict found")
     token = match.group(1).strip().upper()
     if token in ("TIE", "C"):
-        return Judgment("tie", _rest(text, match.end()))
+        return Verdict(winner="tie", rationale=_rest(text, match.end()))
     if token in PAIR_CHOICES:
-        return Judgment(token, _rest(text, match.end()))
+        return Verdict(winner=token, rationale=_rest(text, match.end()))
     raise ParseError(f"verdict is not A, B or C: {match.group(1)!r}")
 
 
@@ -82,11 +84,6 @@ def parse_instruction(text: str, min_chars: int) -> str:
     if len(text) < min_chars:
         raise ParseError(f"instruction too short ({len(text)} < {min_chars} characters)")
     return text
-
-
-def flip_winner(winner: str) -> str:
-    """The same verdict seen with the two responses swapped."""
-    return {"A": "B", "B": "A"}.get(winner, winner)
 
 
 def _nonempty(text: str | None) -> str:

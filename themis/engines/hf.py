@@ -62,6 +62,7 @@ class TransformersEngine:
         texts = [self.render_prompt(r.messages) + r.prefix for r in batch]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        prompt_tokens = mask.sum(dim=1).tolist()
         chosen = [""] * len(batch)
         if first.choices:
             ids, mask, chosen = self._force_choice(ids, mask, first)
@@ -76,9 +77,15 @@ class TransformersEngine:
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        new = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        generated = out[:, ids.shape[1] :]
+        new = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        forced = ids.shape[1] - enc["input_ids"].shape[1]  # the chosen token and the closing
+        completion_tokens = ((generated != self.tokenizer.pad_token_id).sum(dim=1) + forced).tolist()
         closing = first.closing if first.choices else ""
-        return [GenerationResult(text=r.prefix + c + closing + t) for r, c, t in zip(batch, chosen, new)]
+        return [
+            GenerationResult(text=r.prefix + c + closing + t, prompt_tokens=p, completion_tokens=n)
+            for r, c, t, p, n in zip(batch, chosen, new, prompt_tokens, completion_tokens)
+        ]
 
     def _force_choice(self, ids: torch.Tensor, mask: torch.Tensor, req: GenerationRequest):
         """Pick the next token among the choices' first tokens (greedy or sampled) and append it."""

@@ -1,12 +1,12 @@
 """Labelled sets a judge is measured on, in one canonical format. Pure: no Ray or torch.
 
 - ``PointwiseItem``: instruction, response, optional reference, scenario, and one human score
-  (1-5) per annotator.
+  (1-5) per annotator in ``human``; ``human_score`` is the gold score.
 - ``PairwiseItem``: instruction, responses A and B, optional reference, scenario, and one human
-  verdict ("A", "B" or "tie") per annotator.
+  winner ("A", "B" or "tie") per annotator in ``human``; ``human_winner`` is the gold winner.
 
-The gold label is the annotators' majority, as in the paper; without a majority it is the rounded
-mean score, or a tie for pairs. Adapters: the PandaLM test set and HHH alignment (human-labelled
+The gold score or winner is the annotators' majority, as in the paper; without a majority it is the
+rounded mean score, or a tie for pairs. Adapters: the PandaLM test set and HHH alignment (human-labelled
 pairs from ``../shared/data``), this run's validation split (the teacher is the one annotator),
 and any JSONL or Parquet with a column mapping. ``mt_bench_instructions`` reads the MT-bench
 questions with GPT-4 references as an unlabelled instruction source.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VERDICT_ALIASES = {"a": "A", "b": "B", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
-PANDALM_VERDICTS = {0: "tie", 1: "A", 2: "B"}
+WINNER_ALIASES = {"a": "A", "b": "B", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
+PANDALM_WINNERS = {0: "tie", 1: "A", 2: "B"}
 # PandaLM and HHH carry no Themis scenario: both are open-ended requests, judged with Open QA criteria.
 OPEN_SCENARIO = "open_qa"
 MT_BENCH_SCENARIOS = {
@@ -54,8 +54,8 @@ class PointwiseItem:
     kind = "pointwise"
 
     @property
-    def gold(self) -> int:
-        """Majority score, else the rounded mean (ties in rounding go up, as round-half-up does)."""
+    def human_score(self) -> int:
+        """The gold score: the majority, else the rounded mean (ties in rounding go up, as round-half-up does)."""
         top, n = Counter(self.human).most_common(1)[0]
         if n > len(self.human) / 2:
             return top
@@ -75,8 +75,8 @@ class PairwiseItem:
     kind = "pairwise"
 
     @property
-    def gold(self) -> str:
-        """Majority verdict for the A-B order, else a tie."""
+    def human_winner(self) -> str:
+        """The gold winner, for the A-B order: the majority, else a tie."""
         top, n = Counter(self.human).most_common(1)[0]
         return top if n > len(self.human) / 2 else "tie"
 
@@ -93,7 +93,7 @@ def load_pandalm(shared_dir: str | Path) -> list[PairwiseItem]:
     items = []
     for n, row in _json_records(path):
         try:
-            votes = tuple(PANDALM_VERDICTS[row[f"annotator{i}"]] for i in (1, 2, 3))
+            votes = tuple(PANDALM_WINNERS[row[f"annotator{i}"]] for i in (1, 2, 3))
             instruction = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
             items.append(
                 PairwiseItem(
@@ -172,13 +172,13 @@ def mt_bench_instructions(folder: str | Path) -> list[dict[str, Any]]:
 
 
 def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
-    """Items from the run's validation split; the teacher's verdict is the single label.
+    """Items from the run's validation split; the teacher's score or winner is the one "human" vote.
 
     A pair appears there in both orders; its ``ab`` record is the item (the judge sees both orders).
     """
     items: list[Item] = []
     for r in rows:
-        responses = json.loads(r["responses"])
+        responses = r["responses"]
         reference = r["reference"] or None
         if r["kind"] != "pairwise":
             items.append(
@@ -187,7 +187,7 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
                     r["instruction"],
                     responses[0],
                     r["scenario"],
-                    (int(r["label"]),),
+                    (int(r["score"]),),
                     reference,
                     r["kind"],
                 )
@@ -200,7 +200,7 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
                     responses[0],
                     responses[1],
                     r["scenario"],
-                    (r["label"],),
+                    (r["winner"],),
                     reference,
                     "pairwise",
                 )
@@ -250,7 +250,7 @@ def _file_item(record: Mapping[str, Any], kind: str, mapping: Mapping[str, Any],
     human = get("human")
     votes = human if isinstance(human, list) else [human]
     if not votes:
-        raise ValueError("no human label")
+        raise ValueError("no human score or winner")
     common = {
         "item_id": str(get("item_id", default_id)),
         "instruction": _text(get("instruction"), "instruction"),
@@ -262,30 +262,30 @@ def _file_item(record: Mapping[str, Any], kind: str, mapping: Mapping[str, Any],
         return PairwiseItem(
             response_a=_text(get("response_a"), "response_a"),
             response_b=_text(get("response_b"), "response_b"),
-            human=tuple(parse_verdict_label(v) for v in votes),
+            human=tuple(parse_human_winner(v) for v in votes),
             **common,
         )
     return PointwiseItem(
-        response=_text(get("response"), "response"), human=tuple(parse_score_label(v) for v in votes), **common
+        response=_text(get("response"), "response"), human=tuple(parse_human_score(v) for v in votes), **common
     )
 
 
-def parse_verdict_label(value: Any) -> str:
-    """A human pairwise label: A, B or tie (also 1, 2, 0 as PandaLM writes them)."""
-    label = VERDICT_ALIASES.get(str(value).strip().lower())
-    if label is None:
-        raise ValueError(f"pairwise label must be A, B or tie, got {value!r}")
-    return label
+def parse_human_winner(value: Any) -> str:
+    """A human's pairwise winner: A, B or tie (also 1, 2, 0 as PandaLM writes them)."""
+    winner = WINNER_ALIASES.get(str(value).strip().lower())
+    if winner is None:
+        raise ValueError(f"a human winner must be A, B or tie, got {value!r}")
+    return winner
 
 
-def parse_score_label(value: Any) -> int:
-    """A human score: an integer 1-5 (given as a number or a string)."""
+def parse_human_score(value: Any) -> int:
+    """A human's score: an integer 1-5 (given as a number or a string)."""
     try:
         score = int(str(value).strip())
     except ValueError:
         score = 0
     if score not in (1, 2, 3, 4, 5) or str(value).strip() not in {str(score), f"{score}.0"}:
-        raise ValueError(f"score label must be an integer 1-5, got {value!r}")
+        raise ValueError(f"a human score must be an integer 1-5, got {value!r}")
     return score
 
 

@@ -1,14 +1,16 @@
 """Judges under test and what they predict. Pure: no Ray or torch.
 
 A prediction is one verdict of one judge on one item, in one order (pairs: ``ab`` or ``ba``, the
-verdict always for the order shown) and with or without the reference answer. Its ``verdict`` is
-a score (1-5), "A", "B" or "tie", or None with ``error`` saying why there is none.
+winner always for the order shown) and with or without the reference answer: a ``score`` (1-5)
+for a pointwise item, a ``winner`` ("A", "B" or "tie") for a pair, or neither with ``error``
+saying why there is none.
 
 Three kinds of judge:
 - recorded: a file of verdicts someone else produced (PandaLM's gpt-3.5-turbo and PandaLM-7B
   outputs), joined to the benchmark by item id; raw values are mapped through ``values``;
 - an engine (any OpenAI-compatible endpoint, or a local checkpoint via transformers): the stage
-  renders ``judge_calls``, generates, and turns outputs into predictions with ``parse_call``;
+  builds ``item_calls`` (``themis.judging`` calls, pairs in both orders), turns them into requests
+  with ``judging.judge_request``, generates, and turns results into predictions with ``parse_call``;
 - this run's trained judge, which is an engine over the exported model.
 """
 
@@ -20,20 +22,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from themis import prompts
+from themis.config import Sampling
+from themis.engines.base import GenerationRequest, GenerationResult
 from themis.evaluation.benchmarks import BenchmarkError, Item, PairwiseItem
-from themis.parsing import ParseError, parse_pairwise, parse_score
-from themis.scenarios import get_scenario
+from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
+from themis.parsing import ParseError
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One judge's verdict on one item: ``score`` for pointwise items, ``winner`` for pairs."""
+
     item_id: str
     order: str  # "ab" or "ba" for pairs, "" for pointwise items
     with_reference: bool
-    verdict: int | str | None
+    score: int | None = None
+    winner: str | None = None
     output: str = ""
     error: str | None = None
+
+    @property
+    def parsed(self) -> bool:
+        """Whether there is a verdict at all."""
+        return self.score is not None or self.winner is not None
 
 
 # --- recorded predictions -------------------------------------------------------------------------
@@ -59,19 +70,22 @@ def load_recorded(
         rec = by_id.get(item.item_id)
         order = "ab" if isinstance(item, PairwiseItem) else ""
         if rec is None:
-            predictions.append(Prediction(item.item_id, order, False, None, error="no recorded prediction"))
+            predictions.append(Prediction(item.item_id, order, False, error="no recorded prediction"))
             continue
         raw = str(rec[verdict_field]).strip()
-        verdict = values.get(raw)
-        error = None if verdict is not None else f"unrecognised recorded verdict {raw!r}"
-        predictions.append(Prediction(item.item_id, order, False, _typed(verdict, item), raw, error))
+        value = values.get(raw)
+        error = None if value is not None else f"unrecognised recorded verdict {raw!r}"
+        predictions.append(_recorded(item, order, value, raw, error))
     return predictions, sorted(set(by_id) - wanted)
 
 
-def _typed(verdict: str | int | None, item: Item) -> int | str | None:
-    if verdict is None or isinstance(item, PairwiseItem):
-        return verdict
-    return int(verdict)
+def _recorded(item: Item, order: str, value: str | int | None, raw: str, error: str | None) -> Prediction:
+    """A recorded value as the item's verdict: a winner for a pair, else a score."""
+    if value is None:
+        return Prediction(item.item_id, order, False, output=raw, error=error)
+    if isinstance(item, PairwiseItem):
+        return Prediction(item.item_id, order, False, winner=str(value), output=raw)
+    return Prediction(item.item_id, order, False, score=int(value), output=raw)
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -100,8 +114,17 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
 # --- engine judges ----------------------------------------------------------------------------------
 
 
-def judge_calls(items: Iterable[Item], both_orders: bool, reference_modes: Sequence[bool]) -> list[dict[str, Any]]:
-    """Every prompt an engine judge must answer: pairs in one or both orders; items that have a
+@dataclass(frozen=True)
+class ItemCall:
+    """A judge call made for a benchmark item, in one reference mode (pairs: one call per order)."""
+
+    item_id: str
+    with_reference: bool
+    call: JudgeCall
+
+
+def item_calls(items: Iterable[Item], both_orders: bool, reference_modes: Sequence[bool]) -> list[ItemCall]:
+    """Every call an engine judge must answer: pairs in one or both orders; items that have a
     reference once per mode in ``reference_modes`` (True = shown, False = hidden)."""
     calls = []
     for item in items:
@@ -109,43 +132,27 @@ def judge_calls(items: Iterable[Item], both_orders: bool, reference_modes: Seque
         for with_ref in dict.fromkeys(modes):
             reference = item.reference if with_ref else None
             if isinstance(item, PairwiseItem):
-                orders = ("ab", "ba") if both_orders else ("ab",)
-                for order in orders:
-                    a, b = (item.response_a, item.response_b) if order == "ab" else (item.response_b, item.response_a)
-                    prompt = prompts.render_pairwise_prompt(
-                        get_scenario(item.scenario), item.instruction, a, b, reference
-                    )
-                    calls.append(_call(item, order, with_ref, prompt))
-            else:
-                prompt = prompts.render_single_prompt(
-                    get_scenario(item.scenario), item.instruction, item.response, reference
+                shown = pairwise_calls(
+                    item.scenario, item.instruction, item.response_a, item.response_b, reference, both_orders
                 )
-                calls.append(_call(item, "", with_ref, prompt))
+            else:
+                shown = [single_call(item.scenario, item.instruction, item.response, reference)]
+            calls += [ItemCall(item.item_id, with_ref, call) for call in shown]
     return calls
 
 
-def _call(item: Item, order: str, with_ref: bool, prompt: prompts.JudgePrompt) -> dict[str, Any]:
-    return {
-        "item_id": item.item_id,
-        "order": order,
-        "with_reference": with_ref,
-        "pairwise": isinstance(item, PairwiseItem),
-        "prompt": prompt,
-    }
+def call_requests(calls: Sequence[ItemCall], sampling: Sampling, seed: int | None = None) -> list[GenerationRequest]:
+    """The engine request of every call, the verdict sentence forced where the engine can."""
+    return [judge_request(c.call, sampling, constrain=True, seed=seed) for c in calls]
 
 
-def parse_call(call: Mapping[str, Any], output: str, error: str | None) -> Prediction:
+def parse_call(call: ItemCall, result: GenerationResult) -> Prediction:
     """The prediction for one answered judge call."""
-    base = {
-        "item_id": call["item_id"],
-        "order": call["order"],
-        "with_reference": call["with_reference"],
-        "output": output,
-    }
-    if error:
-        return Prediction(verdict=None, error=f"engine error: {error}", **base)
+    where = (call.item_id, call.call.order, call.with_reference)
+    if not result.ok:
+        return Prediction(*where, output=result.text, error=f"engine error: {result.error}")
     try:
-        judged = parse_pairwise(output) if call["pairwise"] else parse_score(output)
+        verdict = parse_verdict(call.call.kind, result.text)
     except ParseError as exc:
-        return Prediction(verdict=None, error=str(exc), **base)
-    return Prediction(verdict=judged.verdict, **base)
+        return Prediction(*where, output=result.text, error=str(exc))
+    return Prediction(*where, score=verdict.score, winner=verdict.winner, output=result.text)

@@ -4,10 +4,11 @@ Scores (1-5): MAE, the paper's Agr(p, q), Pearson, Spearman, Kendall and quadrat
 Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where the gap is below p, else 0; Agr(2, 2)
 gives 1 for an exact match and 0.25 for off by one.
 
-Pairs (verdicts "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1 over the
+Pairs (winners "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1 over the
 three classes, Cohen's kappa, and the position-bias figures that need both orders (dual-order
-consistency, correct in both orders) or none (how often the first or second position wins).
-An unparsable verdict is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
+consistency, correct in both orders) or none (how often the first or second position wins). A
+``ba`` winner is compared with an ``ab`` one through ``themis.judging.flip_winner``. An unparsable
+winner is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
+from themis.judging import flip_winner
+
 SCORES = (1, 2, 3, 4, 5)
-VERDICTS = ("tie", "A", "B")
+WINNERS = ("tie", "A", "B")  # in the order of their codes (confusion matrix rows and columns)
 UNPARSABLE = "unparsable"
-FLIP = {"A": "B", "B": "A", "tie": "tie", UNPARSABLE: UNPARSABLE}
 CODES = {"tie": 0, "A": 1, "B": 2, UNPARSABLE: 3}
 
 
@@ -73,7 +75,7 @@ def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
     return float(np.mean([a == b for a, b in zip(pred, gold)]))
 
 
-def verdict_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float | None]:
+def winner_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float | None]:
     """Accuracy, macro precision/recall/F1 over {tie, A, B}, and Cohen's kappa."""
     _check(pred, gold)
     # Integer codes: scikit-learn is several times faster on them than on strings (bootstraps call this often).
@@ -88,12 +90,12 @@ def verdict_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float
     }
 
 
-def _codes(verdicts: Sequence[str]) -> np.ndarray:
-    return np.fromiter((CODES[v] for v in verdicts), dtype=np.int64, count=len(verdicts))
+def _codes(winners: Sequence[str]) -> np.ndarray:
+    return np.fromiter((CODES[v] for v in winners), dtype=np.int64, count=len(winners))
 
 
 def position_rates(pred: Sequence[str]) -> dict[str, float]:
-    """How often the judge picks the first response, the second, or a tie (of all verdicts given)."""
+    """How often the judge picks the first response, the second, or a tie (of all winners given)."""
     given = [v for v in pred if v != UNPARSABLE]
     n = len(given) or 1
     return {
@@ -104,16 +106,16 @@ def position_rates(pred: Sequence[str]) -> dict[str, float]:
 
 
 def dual_order_consistency(ab: Sequence[str], ba: Sequence[str]) -> float:
-    """Share of pairs whose ``ba`` verdict, mapped back to the ``ab`` order, equals the ``ab`` one."""
+    """Share of pairs whose ``ba`` winner, mapped back to the ``ab`` order, equals the ``ab`` one."""
     _check(ab, ba)
-    return float(np.mean([x != UNPARSABLE and x == FLIP[y] for x, y in zip(ab, ba)]))
+    return float(np.mean([x != UNPARSABLE and y != UNPARSABLE and x == flip_winner(y) for x, y in zip(ab, ba)]))
 
 
 def correct_both_orders(ab: Sequence[str], ba: Sequence[str], gold_ab: Sequence[str]) -> float:
-    """Share of pairs judged correctly in both orders (the ``ba`` verdict mapped back first)."""
+    """Share of pairs judged correctly in both orders (the ``ba`` winner must be the flipped gold)."""
     _check(ab, gold_ab)
     _check(ba, gold_ab)
-    return float(np.mean([x == g and FLIP[y] == g for x, y, g in zip(ab, ba, gold_ab)]))
+    return float(np.mean([x == g and y == flip_winner(g) for x, y, g in zip(ab, ba, gold_ab)]))
 
 
 def annotator_agreement(votes: Sequence[Sequence], kind: str) -> dict[str, float | None]:
@@ -124,7 +126,7 @@ def annotator_agreement(votes: Sequence[Sequence], kind: str) -> dict[str, float
     for i in range(len(columns)):
         for j in range(i + 1, len(columns)):
             if kind == "pairwise":
-                out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(VERDICTS), None)
+                out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(WINNERS), None)
             else:
                 out[f"qwk_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(SCORES), "quadratic")
     values = [v for v in out.values() if v is not None]
@@ -148,7 +150,7 @@ def _num(x: float) -> str:
 
 def _check(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
-        raise ValueError(f"length mismatch: {len(a)} predictions, {len(b)} labels")
+        raise ValueError(f"length mismatch: {len(a)} predictions, {len(b)} to compare them with")
     if len(a) == 0:
         raise ValueError("no items to score")
 
@@ -159,7 +161,7 @@ def _check(a: Sequence, b: Sequence) -> None:
 # confusion matrices or per-item arrays; tests check them against scikit-learn and scipy.
 
 
-def batched_verdict_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+def batched_winner_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, macro P/R/F1 over the first three classes, and Cohen's kappa, from confusion
     matrices of shape (..., 3, 4): gold tie/A/B rows, predicted tie/A/B/unparsable columns."""
     c = confusion.astype(float)
@@ -183,8 +185,8 @@ def batched_verdict_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def verdict_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Confusion matrices (..., 3, 4) of verdict strings: one per row of ``pred`` against ``gold``."""
+def winner_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Confusion matrices (..., 3, 4) of winner strings: one per row of ``pred`` against ``gold``."""
     codes = np.vectorize(CODES.__getitem__)
     p_hot = codes(pred)[..., None] == np.arange(4)
     g_hot = np.broadcast_to(codes(gold)[..., None] == np.arange(3), p_hot.shape[:-1] + (3,))

@@ -6,6 +6,8 @@ Which prediction counts: an item is scored on the prompt it is normally judged w
 reference when it has one, unless the judge never saw references); the other reference mode, when
 judged, only feeds the reference-effect table. Unparsable verdicts: pairs follow the configured
 policy (tie, wrong or exclude), always stated in the report; scores are excluded and counted.
+The judge's ``score`` / ``winner`` is compared with the item's ``human_score`` / ``human_winner``
+(for a ``ba`` call, the human winner flipped to the order shown).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from themis.evaluation import metrics as m
 from themis.evaluation import stats
 from themis.evaluation.benchmarks import Item, PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
+from themis.judging import flip_winner
 
 POLICIES = {
     "tie": "an unparsable pairwise verdict counts as a tie",
@@ -102,11 +105,11 @@ def group_of(item: Item, breakdown: str) -> str:
 
 def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any]:
     judged = [(i, primary(i, "", preds)) for i in items]
-    used = [(i, int(p.verdict)) for i, p in judged if p is not None and p.verdict is not None]
+    used = [(i, p.score) for i, p in judged if p is not None and p.score is not None]
     out: dict[str, Any] = {"counts": _counts(judged, len(used))}
     if not used:
         return out | {"metrics": {}, "normalised": {}}
-    pred, gold = [v for _, v in used], [i.gold for i, _ in used]
+    pred, gold = [v for _, v in used], [i.human_score for i, _ in used]
     values = _rename_agr(m.score_metrics(pred, gold, s.p, s.q))
     pred_arr, gold_arr = np.asarray(pred), np.asarray(gold)
     cis = stats.bootstrap_cis(
@@ -135,7 +138,7 @@ def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Predictio
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["chance"] = chance
     out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]}
-    out["groups"] = _groups([(i, m.agreement([v], [i.gold], s.p, s.q), 1.0) for i, v in used], s, "agr")
+    out["groups"] = _groups([(i, m.agreement([v], [i.human_score], s.p, s.q), 1.0) for i, v in used], s, "agr")
     out["distribution"] = {"judge": _histogram(pred, m.SCORES), "human": _histogram(gold, m.SCORES)}
     out["confusion"] = {"labels": list(m.SCORES), "matrix": _confusion(gold, pred, list(m.SCORES), list(m.SCORES))}
     out["human_human"] = _human_ceiling(items, "pointwise")
@@ -162,14 +165,14 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
 
     rows = [r for u in units for r in u]
     pred, gold = [r[1] for r in rows], [r[2] for r in rows]
-    values = m.verdict_metrics(pred, gold) | _order_metrics(units)
+    values = m.winner_metrics(pred, gold) | _order_metrics(units)
     cis = stats.bootstrap_cis(
         len(units), _batched_pair_statistic(units), s.resamples, s.confidence, s.seed, vectorized=True
     )
     gold_arr = np.asarray(gold)
     chance = {
         k: stats.chance_level(
-            lambda d, k=k: m.batched_verdict_metrics(m.verdict_confusions(d, gold_arr))[k], gold, seed=s.seed
+            lambda d, k=k: m.batched_winner_metrics(m.winner_confusions(d, gold_arr))[k], gold, seed=s.seed
         )
         for k in AGGREGATED["pairwise"]
     }
@@ -180,7 +183,7 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     out["groups"] = _groups(
         [(i, sum(v == g for _, v, g in u), len(u)) for i, u in zip(unit_items, units)], s, "accuracy"
     )
-    labels = list(m.VERDICTS)
+    labels = list(m.WINNERS)
     out["confusion"] = {
         "labels": labels,
         "predicted": [*labels, m.UNPARSABLE],
@@ -193,7 +196,7 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
 def _pair_units(
     items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings
 ) -> tuple[list[list[tuple]], list]:
-    """Per pair, its judged orders as (order, verdict after the policy, gold for that order)."""
+    """Per pair, its judged orders as (order, winner after the policy, human winner for that order)."""
     units, judged = [], []
     for item in items:
         unit = []
@@ -202,9 +205,9 @@ def _pair_units(
             if p is None:
                 continue
             judged.append((item, p))
-            verdict = p.verdict if p.verdict is not None else _apply_policy(s.unparsable)
-            if verdict is not None:
-                unit.append((order, verdict, item.gold if order == "ab" else m.FLIP[item.gold]))
+            winner = p.winner if p.winner is not None else _apply_policy(s.unparsable)
+            if winner is not None:
+                unit.append((order, winner, _human_winner(item, order)))
         units.append(unit)
     return units, judged
 
@@ -214,8 +217,8 @@ def _batched_pair_statistic(units: Sequence[Sequence[tuple]]) -> Any:
     cells = np.zeros((len(units), 3, 4))
     consistent, both, correct_both = (np.zeros(len(units)) for _ in range(3))
     for k, unit in enumerate(units):
-        for _, verdict, gold in unit:
-            cells[k, m.CODES[gold], m.CODES[verdict]] += 1
+        for _, winner, gold in unit:
+            cells[k, m.CODES[gold], m.CODES[winner]] += 1
         orders = {o: (v, g) for o, v, g in unit}
         if "ab" in orders and "ba" in orders:
             (ab, g), (ba, _) = orders["ab"], orders["ba"]
@@ -229,9 +232,14 @@ def _batched_pair_statistic(units: Sequence[Sequence[tuple]]) -> Any:
                 "dual_order_consistency": np.where(n_both > 0, consistent[idx].sum(-1) / n_both, np.nan),
                 "correct_both_orders": np.where(n_both > 0, correct_both[idx].sum(-1) / n_both, np.nan),
             }
-        return m.batched_verdict_metrics(cells[idx].sum(-3)) | order
+        return m.batched_winner_metrics(cells[idx].sum(-3)) | order
 
     return statistic
+
+
+def _human_winner(item: PairwiseItem, order: str) -> str:
+    """The humans' winner for the order shown: flipped when the judge saw the pair as ``ba``."""
+    return flip_winner(item.human_winner) if order == "ba" else item.human_winner
 
 
 def _apply_policy(policy: str) -> str | None:
@@ -256,10 +264,10 @@ def _order_metrics(units: Sequence[Sequence[tuple]]) -> dict[str, float | None]:
 
 def _counts(judged: Sequence[tuple[Item, Prediction | None]], used: int) -> dict[str, Any]:
     """How many predictions came in, how many were used, and why the others were not."""
-    reasons = Counter(_reason(p) for _, p in judged if p is None or p.verdict is None)
+    reasons = Counter(_reason(p) for _, p in judged if p is None or not p.parsed)
     return {
         "predictions": len(judged),
-        "parsed": sum(p is not None and p.verdict is not None for _, p in judged),
+        "parsed": sum(p is not None and p.parsed for _, p in judged),
         "used": used,
         "unparsable_by_reason": dict(reasons),
     }
@@ -321,9 +329,14 @@ def reference_effect(items: Sequence[Item], preds: dict[Key, Prediction], s: Set
             with_ref, without = preds.get((item.item_id, order, True)), preds.get((item.item_id, order, False))
             if with_ref is None or without is None:
                 continue
-            gold = item.gold if order in ("", "ab") else m.FLIP[item.gold]
-            for flag, p in ((True, with_ref), (False, without)):
-                rows[(item.scenario, item.kind)][flag].append((p.verdict, gold))
+            row = rows[(item.scenario, item.kind)]
+            if isinstance(item, PointwiseItem):
+                row[True].append((with_ref.score, item.human_score))
+                row[False].append((without.score, item.human_score))
+            else:
+                gold = _human_winner(item, order)
+                row[True].append((with_ref.winner, gold))
+                row[False].append((without.winner, gold))
     if not rows:
         return None
     table = {}
@@ -344,6 +357,6 @@ def _headline(kind: str, rows: list[tuple], s: Settings) -> float | None:
     if kind == "pointwise":
         used = [(v, g) for v, g in rows if v is not None]
         return m.agreement([v for v, _ in used], [g for _, g in used], s.p, s.q) if used else None
-    verdicts = [(v if v is not None else _apply_policy(s.unparsable), g) for v, g in rows]
-    used = [(v, g) for v, g in verdicts if v is not None]
+    winners = [(v if v is not None else _apply_policy(s.unparsable), g) for v, g in rows]
+    used = [(v, g) for v, g in winners if v is not None]
     return m.accuracy([v for v, _ in used], [g for _, g in used]) if used else None

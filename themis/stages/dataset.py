@@ -1,35 +1,43 @@
 """Stage 4, dataset: filter and balance teacher judgments into a chat-format SFT set.
 
-Order of filters: drop duplicate prompts; keep pairs whose two orders agree (the ``ba`` judgment
-becomes the pair's swapped-order copy); balance scores and verdicts; split by instruction into
-train and validation. The filter report counts rows per reason, and they reconcile:
-rows in = rows kept + rows rejected.
+Reads the typed judgments table (the judge prompt as a list of messages, the responses as a list,
+the verdict as ``score`` or ``winner``) and writes typed SFT splits. Order of filters: drop
+duplicate prompts; keep pairs whose two orders agree (the ``ba`` judgment becomes the pair's
+swapped-order copy); balance scores and winners; split by instruction into train and validation.
+The filter report counts rows per reason, and they reconcile: rows in = rows kept + rows rejected.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from themis.config import PipelineConfig
-from themis.filters import balance, drop_duplicates, label_of, pair_consistency, split_by_instruction, to_sft_example
-from themis.stages import StageReport
-from themis.stages.judgments import REJECT_SCHEMA
-from themis.storage import RunStore
-from themis.tables import string_schema, to_table
+import pyarrow as pa
 
-SFT_SCHEMA = string_schema(
+from themis.config import PipelineConfig
+from themis.filters import balance, balance_key, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
+from themis.stages import StageReport
+from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
+from themis.storage import RunStore
+from themis.tables import MESSAGES, STRINGS, to_table, with_columns
+
+# Every judgment this stage drops, as the judgments stage wrote it, with the reason.
+REJECT_SCHEMA = with_columns(JUDGMENTS_SCHEMA, ("reason", pa.string()))
+# One chat per row; ``score`` (single, reference) or ``winner`` (pairwise, for the order shown) is
+# the teacher's verdict, and the prompt's parts let evaluation re-render it.
+SFT_SCHEMA = pa.schema(
     [
-        "example_id",
-        "kind",
-        "order",
-        "pair_id",
-        "scenario",
-        "instruction_id",
-        "label",
-        "messages",
-        "instruction",
-        "responses",
-        "reference",
+        ("example_id", pa.string()),
+        ("kind", pa.string()),
+        ("order", pa.string()),
+        ("pair_id", pa.string()),
+        ("scenario", pa.string()),
+        ("instruction_id", pa.string()),
+        ("score", pa.int32()),
+        ("winner", pa.string()),
+        ("messages", MESSAGES),
+        ("instruction", pa.string()),
+        ("responses", STRINGS),
+        ("reference", pa.string()),
     ]
 )
 
@@ -79,15 +87,17 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
 
 
 def filter_report(judgments: list, kept: list, rejected: list, train: list, val: list) -> dict:
-    """Counts per reason and per label, reconciled against the rows that came in."""
+    """Counts per reason, kind, verdict and scenario, reconciled against the rows that came in.
+    Pairs are counted by their winner in the ``ab`` order."""
     return {
         "rows_in": len(judgments),
         "rows_kept": len(kept),
         "rows_rejected": len(rejected),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
         "kept_by_kind": dict(Counter(r["kind"] for r in kept)),
-        "kept_by_label": {
-            f"{k}:{label}": n for (k, label), n in sorted(Counter((r["kind"], label_of(r)) for r in kept).items())
+        "kept_by_verdict": {
+            f"{kind}:{verdict}": n
+            for (kind, verdict), n in sorted(Counter((r["kind"], balance_key(r)[1]) for r in kept).items())
         },
         "kept_by_scenario": dict(Counter(r["scenario"] for r in kept)),
         "train": len(train),

@@ -4,11 +4,13 @@ The benchmark (``evaluate.benchmark``): this run's validation split, the PandaLM
 labelled pairs, or a user's JSONL/Parquet. The judges (``evaluate.judges``): this run's trained
 model, any engine (an OpenAI-compatible endpoint or a local checkpoint), or a file of recorded
 verdicts. Engine judges see pairs in both orders and, with ``reference_effect``, items that have a
-reference both with and without it.
+reference both with and without it: every call is a ``themis.judging`` call, answered through
+``generation.generate_requests`` and parsed by ``judging.parse_verdict``.
 
 Writes, per judge, under ``reports/evaluation/<judge>/``: ``report.json`` (every number, the
-config, data hashes, package versions), ``report.md``, ``predictions.parquet`` (every verdict, or
-why there is none) and PNG plots. ``themis evaluate compare A B`` sets two reports side by side.
+config, data hashes, package versions), ``report.md``, ``predictions.parquet`` (every score or
+winner, or why there is none) and PNG plots. ``themis evaluate compare A B`` sets two reports
+side by side.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from themis.config import (
     BenchmarkConfig,
@@ -31,14 +35,26 @@ from themis.evaluation import benchmarks, judges, markdown, plots
 from themis.evaluation.benchmarks import Item
 from themis.evaluation.judges import Prediction
 from themis.evaluation.report import Settings, build_report
-from themis.generation import generate, judge_prompt_row
+from themis.generation import EnginePass, generate_requests
 from themis.models import ModelSource
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import string_schema, to_table
+from themis.tables import to_table
 
-PREDICTION_SCHEMA = string_schema(["item_id", "order", "with_reference", "verdict", "output", "error"])
+# One row per judge call: ``score`` for pointwise items, ``winner`` (for the order shown) for pairs,
+# neither when ``error`` says why there is no verdict.
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("order", pa.string()),
+        ("with_reference", pa.bool_()),
+        ("score", pa.int32()),
+        ("winner", pa.string()),
+        ("output", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
@@ -102,25 +118,22 @@ def predict(judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore)
         return judges.load_recorded(judge.path, judge.id_field, judge.verdict_field, judge.values, items)
     section = cfg.evaluate
     modes = (True, False) if section.reference_effect else (True,)
-    calls = judges.judge_calls(items, section.both_orders, modes)
-    rows = [{"call": n} | judge_prompt_row(c["prompt"], constrain=True) for n, c in enumerate(calls)]
-    engine, model = judge_engine(judge, cfg, store)
+    calls = judges.item_calls(items, section.both_orders, modes)
+    requests = judges.call_requests(calls, section.sampling, seed=cfg.run.seed)
+    engine = judge_engine(judge, cfg, store)
     init_ray(cfg.ray)
-    out = generate(rows, engine, section.sampling, seed=cfg.run.seed, model=model)
-    answers = {int(r["call"]): (r["output"], r["error"] or None) for r in out.to_dict("records")}
-    return [judges.parse_call(c, *answers[n]) for n, c in enumerate(calls)], []
+    results = generate_requests(requests, engine)
+    return [judges.parse_call(c, r) for c, r in zip(calls, results)], []
 
 
-def judge_engine(
-    judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore
-) -> tuple[Any, ModelSource | None]:
-    """The engine config to judge with, and where its actors fetch this run's trained judge."""
+def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore) -> EnginePass:
+    """The engine to judge with; for this run's trained judge, where its actors fetch the model."""
     if isinstance(judge, EngineJudge):
-        return cfg.engines[judge.engine], None
+        return EnginePass(name=judge.engine, cfg=cfg.engines[judge.engine])
     if not store.exists("model", "config.json"):
         raise FileNotFoundError(f"no trained judge at {store.uri('model')}: run the train stage first")
     engine = judge.engine or TransformersEngineConfig(model="trained")
-    return engine, ModelSource(storage=store.storage, run_name=cfg.run.name)
+    return EnginePass(name="trained", cfg=engine, model=ModelSource(storage=store.storage, run_name=cfg.run.name))
 
 
 def items_hash(items: list[Item]) -> str:
@@ -139,9 +152,7 @@ def write_report(
 ) -> dict[str, str]:
     """report.json, report.md, predictions.parquet and the plots, under reports/evaluation/<name>/."""
     base = f"reports/evaluation/{name}"
-    rows = [
-        asdict(p) | {"with_reference": str(p.with_reference).lower(), "verdict": _text(p.verdict)} for p in predictions
-    ]
+    rows = [asdict(p) for p in predictions]
     outputs = {
         f"{name}/report_json": store.write_json(f"{base}/report.json", report),
         f"{name}/report_md": store.write_text(f"{base}/report.md", markdown.render_report(report)),
@@ -162,7 +173,3 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
                 "counts": report[family]["counts"]
             }
     return out
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)

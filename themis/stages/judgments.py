@@ -107,7 +107,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     counts = tally(store, path, "kind")
     if references is not None:
         for batch in store.scan_path(references, TRACE_COLUMNS):
-            counts.add_calls(batch)  # the reference calls cost tokens too, but are not rows of this stage
+            counts.add_calls(batch, placed=False)  # the reference calls cost tokens too, but are not rows of this stage
     counts.check_engines()
     outputs = publish_split(store, path, "judgments/data.parquet", SCHEMA, "rejects/judgments.parquet", REJECT_SCHEMA)
     report = {

@@ -46,17 +46,16 @@ from themis.judge_api import (
     chat_completion,
     chat_generation_request,
     check_judge_request,
-    classifier_request,
+    classified_scenario,
     deployment_options,
-    forced_request,
+    judge_call,
     judge_response,
     model_list,
-    parse_classification,
-    render_judge_prompt,
     serve_engine_config,
     unclassified_response,
     validation_error_body,
 )
+from themis.judging import classifier_request, judge_request
 from themis.models import ModelSource, resolve_model
 from themis.parsing import ParseError
 from themis.runtime import init_ray
@@ -122,11 +121,11 @@ class JudgeServer:
         if scenario is None:
             classified = await self._generate(classifier_request(body.instruction))
             try:
-                scenario = parse_classification(classified)
+                scenario = classified_scenario(classified)
             except ParseError as exc:
                 return unclassified_response(kind, classified, exc)
-        prompt = render_judge_prompt(body, kind, scenario)
-        result = await self._generate(forced_request(prompt, self.sampling))
+        request = judge_request(judge_call(body, kind, scenario), self.sampling, constrain=True)
+        result = await self._generate(request)
         return judge_response(kind, scenario, source, result)
 
     @api.post("/v1/chat/completions")

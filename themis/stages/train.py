@@ -11,7 +11,6 @@ history, and ``rejects/train/examples.parquet`` the chats whose target exceeds m
 
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any
 
@@ -99,8 +98,7 @@ def _read_chats(store: RunStore, rel: str) -> list[dict[str, Any]]:
     missing = {"example_id", "messages"} - set(table.column_names)
     if missing:
         raise ValueError(f"{store.uri(rel)} lacks column(s) {sorted(missing)}: is it a dataset split?")
-    table = table.select(["example_id", "messages"])
-    return [{"example_id": r["example_id"], "messages": json.loads(r["messages"])} for r in table.to_pylist()]
+    return table.select(["example_id", "messages"]).to_pylist()  # messages: a list of {role, content}
 
 
 def _tokenize(
