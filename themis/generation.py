@@ -42,6 +42,11 @@ from themis.tables import GENERATED, REQUEST, to_table, with_columns
 ASYNC_BATCHES_IN_FLIGHT = 4
 
 
+# Ray Data's own tasks around the engine (read, plan, parse, write) are light Python; asking for a
+# quarter core each leaves room beside an engine actor that holds most of a small machine.
+LIGHT = {"num_cpus": 0.25}
+
+
 class EngineUnavailableError(RuntimeError):
     """Every call of a generation pass failed, so the engine (not the data) is at fault."""
 
@@ -226,6 +231,13 @@ def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> 
     return final
 
 
+def read_rows(store: RunStore, rel: str) -> Any:
+    """A stage's input as a lazy Ray dataset, read where the workers are (local folder or S3)."""
+    import ray
+
+    return ray.data.read_parquet(store.path(rel), filesystem=store.fs, ray_remote_args=LIGHT)
+
+
 def generate_by_engine(planned: Any, engines: dict[str, EnginePass]) -> Any:
     """Each row through the engine its ``engine`` column names, one pass (one pool) per engine;
     rows without an engine pass through with empty generation columns."""
@@ -233,7 +245,7 @@ def generate_by_engine(planned: Any, engines: dict[str, EnginePass]) -> Any:
     if len(names) == 1:
         return generate(planned, engines[names[0]])  # rows without a request pass through it
     parts = [generate(_where_engine(planned, n), engines[n]) for n in names]
-    parts.append(_where_engine(planned, None).map_batches(_add_empty_generation, batch_format="pyarrow"))
+    parts.append(_where_engine(planned, None).map_batches(_add_empty_generation, batch_format="pyarrow", **LIGHT))
     return parts[0].union(*parts[1:])
 
 
@@ -242,7 +254,7 @@ def _where_engine(ds: Any, name: str | None) -> Any:
         column = batch.column("engine")
         return batch.filter(pc.is_null(column) if name is None else pc.equal(column, name))
 
-    return ds.map_batches(keep, batch_format="pyarrow")
+    return ds.map_batches(keep, batch_format="pyarrow", **LIGHT)
 
 
 def _add_empty_generation(batch: pa.Table) -> pa.Table:
@@ -279,7 +291,7 @@ def map_rows(ds: Any, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], 
     def apply(batch: pa.Table) -> pa.Table:
         return to_table((out for row in batch.to_pylist() for out in fn(row)), schema)
 
-    return ds.map_batches(apply, batch_format="pyarrow", **kwargs)
+    return ds.map_batches(apply, batch_format="pyarrow", **(LIGHT | kwargs))
 
 
 @dataclass
@@ -335,6 +347,11 @@ class StageTally:
                 entry["cost_usd"] = round(cost / 1e6, 6)
             out[name] = entry
         return out
+
+    def call_counts(self) -> dict[str, int]:
+        """Engine calls made and reused from the cache, over all engines (for the console)."""
+        calls = sum(n for (_, what), n in self.calls.items() if what == "calls")
+        return {"calls": calls, "reused_calls": sum(n for (_, what), n in self.calls.items() if what == "cached")}
 
     def check_engines(self) -> None:
         """Raise when an engine answered none of its calls: it is down, not the data."""

@@ -107,9 +107,9 @@ class RunStore:
             return
         for rel in dict.fromkeys(self.written):
             src, dest = posixpath.join(self.write_root, rel), self.path(rel)
+            self.remove(rel)  # written-as-absent (``mark_written``) clears an older output too
             if self.fs.get_file_info(src).type == pafs.FileType.NotFound:
                 continue
-            self.remove(rel)
             self.fs.create_dir(posixpath.dirname(dest), recursive=True)
             self._move(src, dest)
         self.fs.delete_dir(self.write_root)
@@ -123,6 +123,11 @@ class RunStore:
             pafs.copy_files(src, dest, source_filesystem=self.fs, destination_filesystem=self.fs)
         else:
             self.fs.copy_file(src, dest)
+
+    def mark_written(self, *rels: str) -> None:
+        """Publish ``rels`` with this attempt even though other processes wrote them (Ray Train
+        workers); one this attempt left absent is removed from the run when it publishes."""
+        self.written += rels
 
     def write_path(self, rel: str) -> str:
         """Where a writer that takes a path (Ray Data, Ray Train) should put ``rel``; it is published
@@ -141,8 +146,16 @@ class RunStore:
         """Path of a file in the run as a user would type it (with s3:// where relevant)."""
         return posixpath.join(self.uri_root, *parts)
 
+    def read_path(self, *parts: str) -> str:
+        """Where to read ``parts``: this attempt's own copy if it wrote one, else the published run."""
+        if self.write_root != self.root:
+            mine = posixpath.join(self.write_root, *parts)
+            if self.fs.get_file_info(mine).type != pafs.FileType.NotFound:
+                return mine
+        return self.path(*parts)
+
     def exists(self, *parts: str) -> bool:
-        info = self.fs.get_file_info(self.path(*parts))
+        info = self.fs.get_file_info(self.read_path(*parts))
         return info.type != pafs.FileType.NotFound
 
     # tables
@@ -189,7 +202,7 @@ class RunStore:
         if not self.exists(rel):
             raise StorageError(f"input not found: {self.uri(rel)} (run the stage that writes it first)")
         try:
-            return pads.dataset(self.path(rel), filesystem=self.fs, format="parquet").to_table()
+            return pads.dataset(self.read_path(rel), filesystem=self.fs, format="parquet").to_table()
         except (OSError, pa.ArrowInvalid) as exc:
             raise StorageError(f"cannot read {self.uri(rel)}: {exc}") from None
 
@@ -211,7 +224,7 @@ class RunStore:
     def read_text(self, rel: str) -> str:
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")
-        with self.fs.open_input_stream(self.path(rel)) as src:
+        with self.fs.open_input_stream(self.read_path(rel)) as src:
             return src.read().decode()
 
     # folders (models, checkpoints)
@@ -229,11 +242,11 @@ class RunStore:
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")
         if isinstance(self.fs, pafs.LocalFileSystem):
-            return Path(self.path(rel))
+            return Path(self.read_path(rel))
         target = Path(tempfile.mkdtemp(prefix="themis-")) / posixpath.basename(rel)
         target.mkdir(parents=True)
         pafs.copy_files(
-            self.path(rel), str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+            self.read_path(rel), str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
         )
         return target
 

@@ -84,6 +84,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_in": counts.rows_in,
         "rows_out": counts.rows_out,
         "rows_rejected": counts.rows_rejected,
+        **counts.call_counts(),
         "per_scenario": per_scenario,
     }
     details = {"usage": counts.usage(cfg.engines), "rejected_by_reason": dict(counts.reasons)}

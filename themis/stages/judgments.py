@@ -25,6 +25,7 @@ from themis.config import JudgmentsConfig, PipelineConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
 from themis.generation import (
+    LIGHT,
     EnginePass,
     check_engine,
     generate,
@@ -32,6 +33,7 @@ from themis.generation import (
     map_rows,
     planned_schema,
     publish_split,
+    read_rows,
     rows_schema,
     tally,
     write_rows,
@@ -94,13 +96,13 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     teacher = EnginePass(
         section.engine, cfg.engines[section.engine], cache=CacheSpec(store.storage, store.run_name, "judgments")
     )
-    responses = ray.data.read_parquet(store.path(INPUT), filesystem=store.fs)
+    responses = read_rows(store, INPUT)
     references = write_references(responses, teacher, section, store, cfg.run.seed)
-    groups = responses.map_batches(_as_group_rows, batch_format="pyarrow")
+    groups = responses.map_batches(_as_group_rows, batch_format="pyarrow", **LIGHT)
     if references is not None:
-        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs))
+        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs, ray_remote_args=LIGHT))
     planned = groups.groupby("instruction_id", num_partitions=partitions(store)).map_groups(
-        lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow"
+        lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow", **LIGHT
     )
     parsed = map_rows(generate(planned, teacher), lambda row: [parse_judgment(row)], ROWS)
     path = write_rows(parsed, store, "judgments", ROWS)
@@ -114,6 +116,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_in": counts.rows_in,
         "rows_out": counts.rows_out,
         "rows_rejected": counts.rows_rejected,
+        **counts.call_counts(),
         "parse_rate": {k: round(ok / (ok + bad), 4) for k, (ok, bad) in sorted(counts.per_kind.items()) if ok + bad},
     }
     details = {
@@ -144,7 +147,9 @@ def write_references(responses: Any, teacher: EnginePass, section: JudgmentsConf
     as group rows to a scratch folder; None when no instruction needs one (no engine starts)."""
     wanted = (
         responses.groupby("instruction_id", num_partitions=partitions(store))
-        .map_groups(lambda group: _reference_request(group, section, teacher.name, seed), batch_format="pyarrow")
+        .map_groups(
+            lambda group: _reference_request(group, section, teacher.name, seed), batch_format="pyarrow", **LIGHT
+        )
         .materialize()  # in the object store, not the driver; counted before any engine starts
     )
     if wanted.count() == 0:

@@ -26,6 +26,7 @@ from themis.generation import (
     map_rows,
     planned_schema,
     publish_split,
+    read_rows,
     rows_schema,
     tally,
     write_rows,
@@ -52,11 +53,10 @@ def check(cfg: PipelineConfig) -> None:
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Answer every instruction K times; write responses and rejects."""
-    import ray
 
     section = cfg.responses
     assert section is not None
-    instructions = ray.data.read_parquet(store.path(INPUT), filesystem=store.fs)
+    instructions = read_rows(store, INPUT)
     planned = map_rows(instructions, lambda row: plan_answers(row, section, cfg.run.seed), PLANNED)
     cache = CacheSpec(store.storage, store.run_name, "responses")
     engines = {m.engine: EnginePass(m.engine, cfg.engines[m.engine], cache=cache) for m in section.pool}
@@ -70,6 +70,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_in": counts.rows_in,
         "rows_out": counts.rows_out,
         "rows_rejected": counts.rows_rejected,
+        **counts.call_counts(),
     }
     details = {"usage": counts.usage(cfg.engines), "rows_by_node": dict(counts.rows_by_node)}
     return StageReport(inputs={"instructions": store.uri(INPUT)}, outputs=outputs, counts=report, details=details)

@@ -32,8 +32,8 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Fine-tune ``cfg.train.base_model``, resuming from its checkpoints; export ``model/``."""
     loop_config, counts = _prepare(cfg.train, cfg.run.seed, store)
     init_ray(cfg.ray)
-    store.remove(SUMMARY)  # so a stale one can never pass for this attempt's
     latest = _fit(cfg.train, store, loop_config)
+    store.mark_written("model", SUMMARY)  # written by the rank-0 worker into this attempt
     summary = store.read_json(SUMMARY)
     val_losses = summary["val_loss"]
     return StageReport(
@@ -118,7 +118,7 @@ def _write_rejects(store: RunStore, rejects: list[dict[str, str]]) -> None:
     if rejects:
         store.write_table("rejects/train/examples.parquet", pa.Table.from_pylist(rejects))
     else:
-        store.remove("rejects/train/examples.parquet")  # stale from an earlier attempt
+        store.mark_written("rejects/train/examples.parquet")  # none now: publishing clears an older one
 
 
 def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
