@@ -200,10 +200,12 @@ def generate(ds: Any, engine: EnginePass) -> Any:
     """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming)."""
     actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
     options = pool_options(engine.cfg)
-    # One input file is one block, and a block goes to one actor: cut the stream into batch-sized
-    # blocks (streaming, no shuffle) so that every actor of the pool gets work.
-    blocks = ds.repartition(target_num_rows_per_block=options["batch_size"])
-    return blocks.map_batches(actor, fn_constructor_kwargs={"engine": engine}, batch_format="pyarrow", **options)
+    if engine.cfg.pool.max_actors > 1:
+        # One input file is one block, and a block goes to one actor: cut the stream into
+        # batch-sized blocks (streaming, no shuffle) so that every actor of the pool gets work.
+        # Ray runs this step as 1-CPU tasks: a pool must leave a CPU free for it.
+        ds = ds.repartition(target_num_rows_per_block=options["batch_size"])
+    return ds.map_batches(actor, fn_constructor_kwargs={"engine": engine}, batch_format="pyarrow", **options)
 
 
 def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> list[GenerationResult]:

@@ -101,8 +101,12 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     groups = responses.map_batches(_as_group_rows, batch_format="pyarrow", **LIGHT)
     if references is not None:
         groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs, ray_remote_args=LIGHT))
-    planned = groups.groupby("instruction_id", num_partitions=partitions(store)).map_groups(
-        lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow", **LIGHT
+    # Planned before the teacher's pool starts: the shuffle's workers and the engine actors never
+    # compete for a small machine's CPUs. The plan waits in the object store, not in the driver.
+    planned = (
+        groups.groupby("instruction_id", num_partitions=partitions(store))
+        .map_groups(lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow", **LIGHT)
+        .materialize()
     )
     parsed = map_rows(generate(planned, teacher), lambda row: [parse_judgment(row)], ROWS)
     path = write_rows(parsed, store, "judgments", ROWS)
@@ -145,6 +149,8 @@ def needs_reference(scenario_id: str, section: JudgmentsConfig) -> bool:
 def write_references(responses: Any, teacher: EnginePass, section: JudgmentsConfig, store: RunStore, seed: int):
     """The teacher's reference answers for reference-guided instructions that have none, written
     as group rows to a scratch folder; None when no instruction needs one (no engine starts)."""
+    if not section.reference_guided:
+        return None
     wanted = (
         responses.groupby("instruction_id", num_partitions=partitions(store))
         .map_groups(
