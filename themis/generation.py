@@ -200,12 +200,32 @@ def generate(ds: Any, engine: EnginePass) -> Any:
     """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming)."""
     actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
     options = pool_options(engine.cfg)
+    check_room_for_tasks(engine.name, options)
     if engine.cfg.pool.max_actors > 1:
         # One input file is one block, and a block goes to one actor: cut the stream into
         # batch-sized blocks (streaming, no shuffle) so that every actor of the pool gets work.
         # Ray runs this step as 1-CPU tasks: a pool must leave a CPU free for it.
         ds = ds.repartition(target_num_rows_per_block=options["batch_size"])
     return ds.map_batches(actor, fn_constructor_kwargs={"engine": engine}, batch_format="pyarrow", **options)
+
+
+def check_room_for_tasks(name: str, options: dict[str, Any]) -> None:
+    """Refuse a pool that would leave a one-machine Ray no whole CPU for Ray Data's own 1-CPU
+    tasks (file listing, repartition): the stage would wait forever instead of failing."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1:
+        return  # a cluster: other nodes (or nodes still to come) have room
+    total = nodes[0].get("Resources", {}).get("CPU", 0)
+    size = options["concurrency"]
+    reserved = (size if isinstance(size, int) else size[0]) * options["num_cpus"]
+    if total - reserved < 1:
+        raise ValueError(
+            f"engine {name!r}: {reserved:g} of this machine's {total:g} Ray CPUs go to engine actors, which leaves "
+            "none for Ray Data's own tasks and the stage would hang; lower pool.cpus_per_actor (torch threads "
+            "follow num_threads, not the reservation) or raise ray.num_cpus"
+        )
 
 
 def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> list[GenerationResult]:
