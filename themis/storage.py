@@ -112,7 +112,8 @@ class RunStore:
                 continue
             self.fs.create_dir(posixpath.dirname(dest), recursive=True)
             self._move(src, dest)
-        self.fs.delete_dir(self.write_root)
+        if self.fs.get_file_info(self.write_root).type != pafs.FileType.NotFound:
+            self.fs.delete_dir(self.write_root)  # an attempt that wrote nothing (serve) has no folder
 
     def _move(self, src: str, dest: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
