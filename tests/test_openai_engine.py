@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import socket
 import threading
 import time
+import warnings
 
 from tests.fakes.openai_server import FakeOpenAIServer
 from themis.config import OpenAIEngineConfig
+from themis.engines import openai_http
 from themis.engines.base import GenerationRequest
-from themis.engines.openai_http import OpenAIEngine
+from themis.engines.openai_http import OpenAIEngine, _parse_reply
 
 
 def _cfg(base_url: str, **overrides) -> OpenAIEngineConfig:
@@ -121,3 +125,154 @@ def test_api_key_from_env_and_generate_from_a_plain_thread(monkeypatch):
     assert [r.text for r in out] == ["ok: row-0", "ok: row-1"]
     assert OpenAIEngine(_cfg("http://x/v1", api_key_env="THEMIS_UNSET_KEY")).api_key == "EMPTY"
     assert OpenAIEngine(_cfg("http://x/v1")).generate([]) == []
+
+
+def test_usage_is_recorded_and_missing_usage_counts_zero():
+    with FakeOpenAIServer(usage=(11, 3)) as server:
+        results = OpenAIEngine(_cfg(server.base_url)).generate(_requests(3))
+    assert [(r.prompt_tokens, r.completion_tokens) for r in results] == [(11, 3)] * 3
+    assert _parse_reply(b'{"choices": [{"message": {"content": "hi"}}]}') == ("hi", 0, 0)
+
+
+def test_a_slow_row_does_not_stall_the_other_slots():
+    # row-0's reply waits until the 39 other rows are answered. With a batch barrier they would wait
+    # for row-0 (a deadlock until hang_s); with a continuous window they flow past it on 3 slots.
+    with FakeOpenAIServer(holds={"row-0": 39}, delay_s=0.01, hang_s=5) as server:
+        start = time.monotonic()
+        results = OpenAIEngine(_cfg(server.base_url, concurrency=4, timeout_s=10)).generate(_requests(40))
+        elapsed = time.monotonic() - start
+    assert all(r.ok for r in results)
+    assert server.finished[-1] == "row-0"
+    assert sorted(server.finished[:-1]) == sorted(f"row-{i}" for i in range(1, 40))
+    assert server.max_in_flight == 4  # row-0 plus the 3 other slots, kept busy the whole time
+    assert elapsed < 5  # row-0 was released by the others finishing, not by the server's hang_s
+
+
+def test_concurrent_agenerate_calls_share_one_window_and_one_session():
+    with FakeOpenAIServer(delay_s=0.05, keep_alive=True) as server:
+        engine = OpenAIEngine(_cfg(server.base_url, concurrency=3))
+
+        async def run() -> list[list]:
+            batches = [_requests(6)[i * 2 : i * 2 + 2] for i in range(3)] + [_requests(12)[6:]]
+            first = await asyncio.gather(*(engine.agenerate(b) for b in batches))
+            session = engine._shared.session
+            second = await engine.agenerate(_requests(3))
+            assert engine._shared.session is session  # reused across calls
+            await engine.aclose()
+            return [*first, second]
+
+        out = asyncio.run(run())
+    assert [r.text for batch in out[:3] for r in batch] == [f"ok: row-{i}" for i in range(6)]
+    assert [r.text for r in out[3]] == [f"ok: row-{i}" for i in range(6, 12)]
+    assert server.max_in_flight == 3  # one window for all four batches, not one each
+    assert len(server.connections) <= 3  # keep-alive connections reused, never more than the window
+
+
+def test_qps_spaces_request_starts():
+    n, qps = 11, 20.0
+    with FakeOpenAIServer() as server:
+        start = time.monotonic()
+        results = OpenAIEngine(_cfg(server.base_url, concurrency=8, qps=qps)).generate(_requests(n))
+        elapsed = time.monotonic() - start
+    assert all(r.ok for r in results) and len(server.arrivals) == n
+    # n starts at qps take at least (n - 1) / qps: a lower bound only, never a tight timing.
+    assert elapsed >= 0.9 * (n - 1) / qps
+    assert server.arrivals[-1] - server.arrivals[0] >= 0.8 * (n - 1) / qps
+
+
+def test_tokens_per_minute_waits_for_the_window_to_free_budget(monkeypatch):
+    monkeypatch.setattr(openai_http, "TPM_WINDOW_S", 0.4)
+    # Each reply spends 2 tokens, the budget is 4: rows start two by two, one window apart.
+    with FakeOpenAIServer(usage=(1, 1)) as server:
+        cfg = _cfg(server.base_url, concurrency=1, tokens_per_minute=4)
+        start = time.monotonic()
+        results = OpenAIEngine(cfg).generate(_requests(6))
+        elapsed = time.monotonic() - start
+    assert all(r.ok for r in results)
+    assert elapsed >= 2 * 0.4 * 0.9
+    arrivals = server.arrivals
+    assert arrivals[2] - arrivals[0] >= 0.4 * 0.9 and arrivals[4] - arrivals[2] >= 0.4 * 0.9
+
+
+def test_limits_are_off_by_default():
+    engine = OpenAIEngine(_cfg("http://127.0.0.1:1/v1"))
+    assert engine._pacer is None and engine._budget is None
+
+
+def test_credentials_never_appear_in_errors(monkeypatch):
+    monkeypatch.setenv("THEMIS_TEST_KEY", "sk-very-secret-key")
+    port = _closed_port()
+    url = f"http://alice:pa55word@127.0.0.1:{port}/v1?api_key=query-secret&region=eu"
+    results = OpenAIEngine(_cfg(url, api_key_env="THEMIS_TEST_KEY", max_retries=1)).generate(_requests(2))
+    for r in results:
+        assert not r.ok and "after 2 attempts" in r.error
+        assert f"cannot reach http://***@127.0.0.1:{port}/v1" in r.error
+        for secret in ("alice", "pa55word", "query-secret", "sk-very-secret-key"):
+            assert secret not in r.error
+
+
+def test_api_key_never_appears_in_a_server_error_that_echoes_it(monkeypatch):
+    monkeypatch.setenv("THEMIS_TEST_KEY", "sk-echoed-key")
+    with FakeOpenAIServer({"row-0": ["400"]}, reply=lambda body: "x") as server:
+        engine = OpenAIEngine(_cfg(server.base_url, api_key_env="THEMIS_TEST_KEY"))
+        assert "sk-echoed-key" not in engine._scrub("HTTP 401: bad key sk-echoed-key")
+        results = engine.generate(_requests(1))
+    assert results[0].error.startswith("HTTP 400")
+
+
+def test_generate_inside_a_running_loop():
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine(_cfg(server.base_url))
+
+        async def caller():
+            return engine.generate(_requests(2))  # sync call from async code: runs on a worker thread
+
+        results = asyncio.run(caller())
+    assert [r.text for r in results] == ["ok: row-0", "ok: row-1"]
+
+
+def test_agenerate_across_event_loops_gets_a_fresh_session():
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine(_cfg(server.base_url))
+        first = asyncio.run(engine.agenerate(_requests(1)))
+
+        async def then_close():
+            try:
+                return await engine.agenerate(_requests(2))
+            finally:
+                await engine.aclose()
+
+        second = asyncio.run(then_close())
+    assert [r.text for r in first + second] == ["ok: row-0", "ok: row-0", "ok: row-1"]
+
+
+def test_an_engine_dropped_without_aclose_says_nothing(caplog):
+    # A Ray actor ends without awaiting aclose(); aiohttp must not log "Unclosed client session".
+    with FakeOpenAIServer(keep_alive=True) as server:
+        engine = OpenAIEngine(_cfg(server.base_url))
+        assert asyncio.run(engine.agenerate(_requests(2)))[1].ok
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # sockets of a closed loop: silent by default
+            del engine
+            gc.collect()
+    assert "Unclosed" not in caplog.text
+
+
+def test_an_engine_dropped_off_its_loops_thread_closes_there():
+    # As in a Ray Data actor: the loop runs in a thread of its own, the engine dies on another one.
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        with FakeOpenAIServer(keep_alive=True) as server:
+            engine = OpenAIEngine(_cfg(server.base_url))
+            results = asyncio.run_coroutine_threadsafe(engine.agenerate(_requests(2)), loop).result(10)
+            session = engine._shared.session
+            del engine
+            gc.collect()
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(5)  # let the close run
+        assert [r.ok for r in results] == [True, True] and session.closed
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()

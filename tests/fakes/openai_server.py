@@ -11,6 +11,13 @@ reply, ``"ok: <last user message>"``. Fault kinds:
 - "malformed": 200 with a non-JSON body;  "empty": 200 with ``choices: []``;
 - "null": 200 with a choice whose content is null.
 
+``delays`` maps a row key to the time each of its replies takes (a slow row), overriding ``delay_s``;
+``holds`` maps a row key to a number of other replies that must go out before its own does (at most
+``hang_s`` later): a slow row that a client's other rows must flow past, without timing.
+Every reply reports ``usage`` (``prompt_tokens``/``completion_tokens``, settable). The server records
+``attempts``, ``bodies``, ``arrivals`` (monotonic time of each request), ``finished`` (row keys in the
+order their replies went out), ``max_in_flight`` and ``connections`` (distinct client sockets seen).
+
 Usage::
 
     with FakeOpenAIServer({"row-3": ["500", "429"]}) as server:
@@ -24,8 +31,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,12 +58,24 @@ class FakeOpenAIServer:
         delay_s: float = 0.0,
         model: str = "fake",
         reply: Callable[[dict[str, Any]], str] | None = None,
+        delays: dict[str, float] | None = None,
+        usage: tuple[int, int] = (1, 1),
+        keep_alive: bool = False,
+        holds: dict[str, int] | None = None,
     ):
         self.faults = {key: list(kinds) for key, kinds in (faults or {}).items()}
         self.hang_s = hang_s  # how long a "timeout" fault stays silent
         self.delay_s = delay_s  # time every request takes, so that requests overlap
         self.model = model
         self.reply = reply  # content for a request body; default: "ok: <last user message>"
+        self.delays = dict(delays or {})  # per row key: seconds its replies take
+        self.usage = usage  # (prompt_tokens, completion_tokens) reported with every reply
+        self.holds = dict(holds or {})  # per row key: replies to others that must go out first
+        self._finished_changed = threading.Condition()
+        self.keep_alive = keep_alive  # HTTP/1.1 keep-alive, so that a client can reuse connections
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request, in arrival order
+        self.finished: list[str] = []  # row keys (last user message) in the order replies went out
+        self.connections: set[tuple[str, int]] = set()  # client (host, port) pairs seen
         self.attempts: Counter[str] = Counter()  # per fault key, else per last user message
         self.bodies: list[dict[str, Any]] = []  # every chat request body, in arrival order
         self.in_flight = 0
@@ -100,25 +120,46 @@ class FakeOpenAIServer:
         key = self._key_for(text)
         with self._lock:
             self.bodies.append(body)
+            self.arrivals.append(time.monotonic())
             self.attempts[key or text] += 1
             pending = self.faults.get(key) if key else None
             return pending.pop(0) if pending else None
 
     def _key_for(self, text: str) -> str | None:
-        # Whole-token match, so that the key "row-1" does not also hit "row-10".
-        for key in self.faults:
-            if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text):
-                return key
-        return None
+        return _find_key(self.faults, text)
 
     def enter(self) -> None:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def leave(self) -> None:
+    def leave(self, body: dict[str, Any]) -> None:
         with self._lock:
             self.in_flight -= 1
+            self.finished.append(_last_user_text(body))
+        with self._finished_changed:
+            self._finished_changed.notify_all()
+
+    def wait_for_others(self, body: dict[str, Any]) -> None:
+        """Hold a reply until ``holds[key]`` replies have gone out (or ``hang_s`` passes)."""
+        key = _find_key(self.holds, _last_user_text(body))
+        if key is None:
+            return
+        with self._finished_changed:
+            self._finished_changed.wait_for(lambda: len(self.finished) >= self.holds[key], timeout=self.hang_s)
+
+    def delay_for(self, body: dict[str, Any]) -> float:
+        """How long this request's reply takes: its row's entry in ``delays``, else ``delay_s``."""
+        key = _find_key(self.delays, _last_user_text(body))
+        return self.delay_s if key is None else self.delays[key]
+
+
+def _find_key(keys: Iterable[str], text: str) -> str | None:
+    """The first key found in ``text`` as a whole token, so that "row-1" does not also hit "row-10"."""
+    for key in keys:
+        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text):
+            return key
+    return None
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -127,7 +168,7 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-def _completion(model: str, content: str | None) -> dict[str, Any]:
+def _completion(model: str, content: str | None, usage: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     message = {"role": "assistant", "content": content}
     return {
         "id": "chatcmpl-fake",
@@ -135,12 +176,14 @@ def _completion(model: str, content: str | None) -> dict[str, Any]:
         "created": 0,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
     }
 
 
 def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean
 
@@ -153,17 +196,29 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            with server._lock:
+                server.connections.add(self.client_address[:2])
             server.enter()
+            self._body, self._left = body, False
             try:
                 self._answer(body, server.next_fault(body))
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (e.g. its timeout fired); nothing to tell it
             finally:
-                server.leave()
+                self._leave()
+
+        def _leave(self) -> None:
+            # Before the reply is written: once the client reads it, it may send its next request at
+            # once, and counting this one as still in flight would overstate the client's window.
+            if not self._left:
+                self._left = True
+                server.leave(self._body)
 
         def _answer(self, body: dict[str, Any], fault: str | None) -> None:
-            if server.delay_s:
-                server._stopping.wait(server.delay_s)
+            delay = server.delay_for(body)
+            if delay:
+                server._stopping.wait(delay)
+            server.wait_for_others(body)
             if fault == "timeout":
                 server._stopping.wait(server.hang_s)
                 self.close_connection = True
@@ -178,7 +233,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, _completion(server.model, None))
             elif fault is None:
                 content = server.reply(body) if server.reply else f"ok: {_last_user_text(body)}"
-                self._send(200, _completion(server.model, content))
+                self._send(200, _completion(server.model, content, server.usage))
             else:
                 raise ValueError(f"unknown fault kind {fault!r}")
 
@@ -186,6 +241,8 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
 
         def _send_raw(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+            if not getattr(self, "_left", True):
+                self._leave()
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))

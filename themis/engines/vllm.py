@@ -40,7 +40,6 @@ class _Job:
     req: GenerationRequest
     ids: list[int]
     prompt_tokens: int
-    choice: str = ""
     completion_tokens: int = 0
     error: str | None = None
     pieces: list[str] = field(default_factory=list)  # the reply so far, after the prefix
@@ -119,13 +118,12 @@ class VLLMEngine:
         if choice not in job.req.choices:
             job.error = f"constrained generation gave {choice!r}, not one of {list(job.req.choices)}"
             return
-        job.choice = choice
         job.pieces += [choice, job.req.closing]
-        # Continue from the tokens the model actually produced, then the closing: as hf.py does.
-        closing = self._encode(job.req.closing)
-        choice_ids = [t for t in output.token_ids if t != self.tokenizer.eos_token_id]
-        job.ids = job.ids + choice_ids + closing
-        job.completion_tokens += len(choice_ids) + len(closing)
+        # Continue from the choice and the closing as tokens, as hf.py does (the output's own ids
+        # end with the end-of-sequence token the grammar forces once the choice is complete).
+        forced = self._encode(choice) + self._encode(job.req.closing)
+        job.ids = job.ids + forced
+        job.completion_tokens += len(forced)
 
     def _take_continuation(self, job: _Job, output: Any) -> None:
         job.pieces.append(output.text)
