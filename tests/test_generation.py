@@ -123,10 +123,10 @@ def test_generation_resume_after_sigkill_repays_at_most_one_batch_per_actor(
     total = sum(map(is_judge_call, server.bodies[before:]))
 
     # A batch per actor of finished calls, plus the calls in flight when it died (never answered).
-    batch, window, actors = 4, 8, 1
+    flush, window, actors = 8, 8, 1  # finished calls are saved every window's worth
     assert len(first) >= 40 and len(second) < total
-    assert repaid <= actors * (batch + window), f"{repaid} calls paid twice ({len(first)} before the kill)"
-    assert report.details["usage"]["teacher"]["reused"] >= len(first) - actors * (batch + window)
+    assert repaid <= actors * (flush + window), f"{repaid} calls paid twice ({len(first)} before the kill)"
+    assert report.details["usage"]["teacher"]["reused"] >= len(first) - actors * (flush + window)
     assert judgments(tmp_path / "runs") == judgments(tmp_path / "clean")
 
 

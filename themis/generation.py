@@ -20,7 +20,6 @@ null = kept) is written once, counted, then split into the stage's output and it
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,11 +35,6 @@ from themis.engines.base import request_from_row, request_to_row
 from themis.models import ModelSource, resolve_model
 from themis.storage import RunStore
 from themis.tables import GENERATED, REQUEST, to_table, with_columns
-
-# Ray Data runs this many batches at once in an async actor (its default); batches are sized so
-# that together they keep the engine's window full even while one batch waits on a slow row.
-ASYNC_BATCHES_IN_FLIGHT = 4
-
 
 # Ray Data's own tasks around the engine (read, plan, parse, write) are light Python; asking for a
 # quarter core each leaves room beside an engine actor that holds most of a small machine.
@@ -140,8 +134,11 @@ class AsyncEngineActor(_EngineWorker):
     def __init__(self, engine: EnginePass):
         super().__init__(engine)
         self._unsaved: list[tuple[GenerationRequest, GenerationResult]] = []
-        # Finished calls are saved every batch's worth, so a crash loses at most one batch of them.
-        self._flush_every = pool_options(engine.cfg)["batch_size"]
+        # Finished calls are saved at least every batch's worth (every window's worth by default),
+        # so a crash loses at most one batch of them per actor.
+        cfg = engine.cfg
+        window = cfg.concurrency if isinstance(cfg, OpenAIEngineConfig) else 1
+        self._flush_every = min(pool_options(cfg)["batch_size"], window)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         results, todo, requests = self._plan(batch)
@@ -179,8 +176,9 @@ def pool_options(cfg: EngineConfig) -> dict[str, Any]:
     """``map_batches`` options for an engine's actor pool: size, batch, CPUs and GPUs per actor."""
     pool = cfg.pool
     if isinstance(cfg, OpenAIEngineConfig):
-        # Enough rows per batch that the batches in flight fill the window twice over.
-        batch = pool.batch_size or max(1, math.ceil(2 * cfg.concurrency / ASYNC_BATCHES_IN_FLIGHT))
+        # A batch returns when its slowest row does; with several windows' worth of rows per batch,
+        # the other batches in flight keep the window full while one waits on its stragglers.
+        batch = pool.batch_size or 4 * cfg.concurrency
         cpus, gpus = pool.cpus_per_actor or 0.25, pool.gpus_per_actor or 0
     elif isinstance(cfg, VLLMEngineConfig):
         batch = pool.batch_size or cfg.batch_size
