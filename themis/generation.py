@@ -78,22 +78,27 @@ class _EngineWorker:
         context = ray.get_runtime_context()
         self.node, self.actor = context.get_node_id(), context.get_actor_id() or ""
 
-    def _plan(self, batch: pa.Table) -> tuple[list[GenerationResult | None], list[int], list[GenerationRequest]]:
-        """Cached results where there are any; the indexes and requests still to generate."""
+    def _plan(
+        self, batch: pa.Table
+    ) -> tuple[list[GenerationResult | None], list[int], list[GenerationRequest], list[str]]:
+        """Cached results where there are any; the indexes, requests and cache keys still to generate
+        (each key is hashed once, here, and reused when the result is saved)."""
         rows = batch.column("request").to_pylist()
         results: list[GenerationResult | None] = [None] * len(rows)
-        todo, requests = [], []
+        todo, requests, keys = [], [], []
         for i, row in enumerate(rows):
             if row is None:
                 continue  # a row that does not need the engine passes through
             request = request_from_row(row)
-            hit = self.cache.get(self.cache.key(request)) if self.cache else None
+            key = self.cache.key(request) if self.cache else ""
+            hit = self.cache.get(key) if self.cache else None
             if hit is not None:
                 results[i] = hit
             else:
                 todo.append(i)
                 requests.append(request)
-        return results, todo, requests
+                keys.append(key)
+        return results, todo, requests, keys
 
     def _finish(self, batch: pa.Table, results: list[GenerationResult | None], cached: list[bool]) -> pa.Table:
         columns = {
@@ -109,19 +114,19 @@ class _EngineWorker:
             batch = batch.append_column(pa.field(name, type_), pa.array(columns[name], type=type_))
         return batch
 
-    def _store(self, requests: list[GenerationRequest], results: list[GenerationResult]) -> None:
+    def _store(self, keyed: list[tuple[str, GenerationResult]]) -> None:
         if self.cache:
-            self.cache.put([(self.cache.key(q), r) for q, r in zip(requests, results)])
+            self.cache.put(keyed)
 
 
 class EngineActor(_EngineWorker):
     """A local engine (transformers, vLLM): one batch at a time, batched on the device."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results, todo, requests = self._plan(batch)
+        results, todo, requests, keys = self._plan(batch)
         cached = [r is not None for r in results]
         fresh = self.engine.generate(requests) if requests else []
-        self._store(requests, fresh)
+        self._store(list(zip(keys, fresh)))
         for i, result in zip(todo, fresh):
             results[i] = result
         return self._finish(batch, results, cached)
@@ -133,7 +138,7 @@ class AsyncEngineActor(_EngineWorker):
 
     def __init__(self, engine: EnginePass):
         super().__init__(engine)
-        self._unsaved: list[tuple[GenerationRequest, GenerationResult]] = []
+        self._unsaved: list[tuple[str, GenerationResult]] = []
         # Finished calls are saved at least every batch's worth (every window's worth by default),
         # so a crash loses at most one batch of them per actor.
         cfg = engine.cfg
@@ -141,15 +146,15 @@ class AsyncEngineActor(_EngineWorker):
         self._flush_every = min(pool_options(cfg)["batch_size"], window)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        results, todo, requests = self._plan(batch)
+        results, todo, requests, keys = self._plan(batch)
         cached = [r is not None for r in results]
-        fresh = await asyncio.gather(*(self._one(q) for q in requests))
+        fresh = await asyncio.gather(*(self._one(q, k) for q, k in zip(requests, keys)))
         for i, result in zip(todo, fresh):
             results[i] = result
         await self._flush()
         return self._finish(batch, results, cached)
 
-    async def _one(self, request: GenerationRequest) -> GenerationResult:
+    async def _one(self, request: GenerationRequest, key: str) -> GenerationResult:
         # One row at a time through the engine's shared window: a finished call is saved within a
         # batch's worth of calls, not at the end of its own (possibly slow) batch.
         agenerate = getattr(self.engine, "agenerate", None)
@@ -157,7 +162,7 @@ class AsyncEngineActor(_EngineWorker):
             (result,) = await agenerate([request])
         else:
             (result,) = await asyncio.to_thread(self.engine.generate, [request])
-        self._unsaved.append((request, result))
+        self._unsaved.append((key, result))
         if len(self._unsaved) >= self._flush_every:
             await self._flush()
         return result
@@ -165,7 +170,7 @@ class AsyncEngineActor(_EngineWorker):
     async def _flush(self) -> None:
         unsaved, self._unsaved = self._unsaved, []
         if unsaved and self.cache:
-            await asyncio.to_thread(self._store, [q for q, _ in unsaved], [r for _, r in unsaved])
+            await asyncio.to_thread(self._store, unsaved)
 
 
 def is_network_engine(cfg: EngineConfig) -> bool:
