@@ -147,7 +147,7 @@ def parse_row(row: dict[str, Any], min_chars: int) -> dict[str, Any]:
         return out | {"reason": f"engine error: {row['error']}"}
     try:
         if row["task"] == "write":
-            return out | {"instruction": parse_instruction(row["output"], min_chars)}
+            return out | {"instruction": parse_instruction(row["output"], min_chars), "scenario_source": "generated"}
         return out | {"scenario": parse_classification(row["output"]), "scenario_source": "classified"}
     except ParseError as exc:
         prefix = "classifier: " if row["task"] == "classify" else ""
