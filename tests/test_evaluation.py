@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from themis import cli
-from themis.config import Sampling
+from themis.config import RecordedJudge, Sampling
 from themis.engines.base import GenerationResult
 from themis.evaluation import benchmarks, judges, markdown, plots, stats
 from themis.evaluation.benchmarks import BenchmarkError, PairwiseItem, PointwiseItem
@@ -32,9 +32,10 @@ def pct(report: dict, metric: str) -> float:
 
 def pandalm_report(file: str, field: str, values: dict, policy: str) -> dict:
     items = benchmarks.load_pandalm(SHARED_DATA)
-    preds, unmatched = judges.load_recorded(PANDALM / file, "idx", field, values, items)
-    assert unmatched == []
-    return build_report(items, preds, Settings(unparsable=policy, resamples=200))
+    judge = RecordedJudge(name="j", path=str(PANDALM / file), verdict_field=field, values=values)
+    recorded = judges.load_recorded(judge, items)
+    assert recorded.unmatched_ids == [] and recorded.warnings == []
+    return build_report(items, recorded.predictions, Settings(unparsable=policy, resamples=200))
 
 
 @needs_shared
@@ -191,7 +192,7 @@ def test_user_file_with_column_mapping(tmp_path: Path) -> None:
         path,
         "pointwise",
         {"instruction": "q", "response": "ans", "scenario": "s", "human": ["r1", "r2"], "item_id": "id"},
-    )
+    ).items
     assert [(i.item_id, i.human, i.human_score) for i in items] == [("x1", (5, 4), 5), ("x2", (5, 5), 5)]
 
 
@@ -215,8 +216,11 @@ def test_recorded_predictions_missing_ids_are_counted(tmp_path: Path) -> None:
     items = [PairwiseItem(f"{k}", "q", "a", "b", "open_qa", ("A",)) for k in range(4)]
     path = tmp_path / "preds.jsonl"
     path.write_text("\n".join(json.dumps({"idx": k, "v": v}) for k, v in [(0, "1"), (1, "2"), (9, "1")]) + "\n")
-    preds, unmatched = judges.load_recorded(path, "idx", "v", {"1": "A", "2": "B"}, items)
+    judge = RecordedJudge(name="j", path=str(path), verdict_field="v", values={"1": "A", "2": "B"})
+    recorded = judges.load_recorded(judge, items)
+    preds, unmatched = recorded.predictions, recorded.unmatched_ids
     assert unmatched == ["9"] and len(preds) == 4
+    assert recorded.match_share == 0.5 and "50.0% of the expected verdicts" in recorded.warnings[0]
     report = build_report(items, preds, Settings(unparsable="exclude", resamples=50))
     assert report["pairwise"]["counts"]["unparsable_by_reason"] == {"no recorded prediction": 2}
     assert report["pairwise"]["counts"]["used"] == 2
@@ -285,7 +289,7 @@ def test_evaluate_stage_from_the_shipped_config(tmp_path: Path, capsys) -> None:
     config = ROOT / "jobs" / "configs" / "eval_pandalm.yaml"
     overrides = [
         f"run.storage.root={tmp_path}",
-        f"evaluate.benchmark.shared_data_dir={SHARED_DATA}",
+        f"evaluate.benchmark.data_dir={SHARED_DATA}",
         f"evaluate.judges=[{_recorded('gpt', 'gpt-3.5-turbo-testset-v1.json', 'gpt_result', GPT)}, "
         f"{_recorded('p7b', 'pandalm-7b-testset-v1.json', 'pandalm_result', PANDALM_7B)}]",
         "evaluate.bootstrap.resamples=200",

@@ -27,6 +27,14 @@ class Strict(BaseModel):
 # --- shared parts -------------------------------------------------------------------------------
 
 
+def plain_name(value: str, what: str) -> str:
+    """A name that becomes one folder under the run root (a run, a judge's report, a benchmark):
+    so nothing a config names can write outside it."""
+    if not value or value.startswith(".") or any(bad in value for bad in ("/", "\\", "..")):
+        raise ValueError(f"{what} must be a plain folder name (no '/', '\\' or '..', not starting with '.'): {value!r}")
+    return value
+
+
 class StorageConfig(Strict):
     root: str = Field("runs", description="Where runs live: a local folder or an s3://bucket/prefix URI.")
     s3_endpoint: str | None = Field(
@@ -43,9 +51,7 @@ class RunConfig(Strict):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("run.name must be a plain folder name (no '/', not starting with '.')")
-        return v
+        return plain_name(v, "run.name")
 
 
 class RayConfig(Strict):
@@ -214,52 +220,159 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = each epoch end.")
 
 
+PAIRWISE_LABELS = ("A", "B", "tie")
+SCORE_LABELS = ("1", "2", "3", "4", "5")
+
+
 class BenchmarkConfig(Strict):
     name: Literal["validation", "pandalm", "hhh", "file"] = Field(
         "validation",
         description="'validation' (this run's split, the teacher as annotator), 'pandalm' or 'hhh' "
-        "(human-labelled pairs in shared_data_dir), or 'file' (a JSONL/Parquet at `path`).",
+        "(human-labelled pairs, downloaded once from their pinned public source: themis.evaluation.sources), "
+        "or 'file' (a JSON array, JSONL or Parquet at `path`).",
     )
-    path: str | None = Field(None, description="For name=file: the JSONL or Parquet of labelled items.")
+    id: str | None = Field(
+        None,
+        description="The benchmark's name in reports and suites (a plain name); default: `name`, or the "
+        "file's stem for name=file.",
+    )
+    path: str | None = Field(None, description="For name=file: the JSON array, JSONL or Parquet of labelled items.")
     kind: Literal["pointwise", "pairwise"] = Field("pointwise", description="For name=file: what the rows hold.")
-    columns: dict[str, str | list[str]] = Field(
+    columns: dict[str, str | list[str] | dict[Literal["const"], str]] = Field(
         default_factory=dict,
         description="For name=file: canonical field -> file column (instruction, response, response_a, "
-        "response_b, reference, scenario, category, item_id; human -> one column or a list, one per annotator).",
+        "response_b, reference, scenario, category, item_id; human -> one column or a list, one per annotator), "
+        "or {const: VALUE} to set the field on every row (e.g. scenario: {const: close_qa}).",
     )
-    shared_data_dir: str = Field("../shared/data", description="Where the third-party labelled sets live.")
+    values: dict[str, str] | None = Field(
+        None,
+        description="For name=file: raw human label -> A, B or tie (pairwise) or 1-5 (pointwise), compared as "
+        "stripped text (so 0 in the file matches '0'); a label outside it is an error. Without it labels are "
+        "read as A/B/tie or PandaLM's 1/2/0 (1 = first better, 0 = tie), and scores as integers 1-5.",
+    )
+    subsets: Literal["scenario", "category"] | None = Field(
+        None, description="An item field that splits the benchmark into subsets; reports add the mean over them."
+    )
+    data_dir: str | None = Field(
+        None,
+        description="Offline folder holding the shipped sets as <dataset>/<file> (as downloaded); default: "
+        "THEMIS_DATA_DIR, else download once into the cache (THEMIS_CACHE_DIR, else the OS cache).",
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N items.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shared_data_dir" in data:
+            raise ValueError("benchmark.shared_data_dir is now benchmark.data_dir (or THEMIS_DATA_DIR)")
+        return data
+
     @model_validator(mode="after")
-    def _file_has_path(self) -> BenchmarkConfig:
+    def _consistent(self) -> BenchmarkConfig:
         if self.name == "file" and not self.path:
             raise ValueError("benchmark.name=file needs benchmark.path")
+        if self.name != "file" and (self.values is not None or self.columns):
+            raise ValueError(f"benchmark.values and benchmark.columns apply to name=file, not {self.name}")
+        if self.values is not None:
+            allowed = PAIRWISE_LABELS if self.kind == "pairwise" else SCORE_LABELS
+            _check_labels(self.values, allowed, "benchmark.values")
+        if any(isinstance(v, dict) and not v for v in self.columns.values()):
+            raise ValueError("benchmark.columns: a constant is written {const: VALUE}")
+        if isinstance(self.columns.get("item_id"), dict):
+            raise ValueError("benchmark.columns.item_id cannot be a constant: item ids must be unique")
+        plain_name(self.report_id, "benchmark.id")
         return self
+
+    @property
+    def report_id(self) -> str:
+        """The benchmark's name in reports and suites."""
+        if self.id:
+            return self.id
+        return Path(self.path).stem if self.name == "file" and self.path else self.name
 
 
 class TrainedJudge(Strict):
     kind: Literal["trained"] = "trained"
-    name: str = Field("trained", description="Report folder name.")
+    name: str = Field("trained", description="Report folder name (a plain name).")
     engine: TransformersEngineConfig | None = Field(
         None, description="Engine settings for the export (model is filled in); None = defaults."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v, "judge name")
+
 
 class EngineJudge(Strict):
     kind: Literal["engine"] = "engine"
-    name: str = Field(description="Report folder name.")
+    name: str = Field(description="Report folder name (a plain name).")
     engine: str = Field(description="An engine name in `engines`: an OpenAI-compatible endpoint or a local checkpoint.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v, "judge name")
 
 
 class RecordedJudge(Strict):
+    """Someone else's verdicts, joined to the benchmark by item id.
+
+    Pairs may be recorded in both presentation orders: a second column (``swapped_verdict_field``,
+    the run that showed response B first) or one record per order (``order_field`` +
+    ``order_values``). Either way a verdict names the winner in the order shown, as engine judges'
+    do; the report turns it back and gives dual-order consistency and position bias.
+    """
+
     kind: Literal["recorded"] = "recorded"
-    name: str = Field(description="Report folder name.")
-    path: str = Field(description="JSON array, JSONL or Parquet of someone's verdicts.")
-    id_field: str = Field("idx", description="Column holding the benchmark item id.")
-    verdict_field: str = Field(description="Column holding the verdict.")
-    values: dict[str, str] = Field(
-        description="Raw value -> A, B, tie (pairs) or 1-5 (scores); anything else is unparsable."
+    name: str = Field(description="Report folder name (a plain name).")
+    path: str = Field(
+        description="JSON array, JSONL or Parquet of someone's verdicts; shipped:<dataset>/<file> for a file "
+        "that comes with a shipped benchmark (e.g. shipped:pandalm/gpt-3.5-turbo-testset-v1.json)."
     )
+    id_field: str = Field("idx", description="Column holding the benchmark item id.")
+    verdict_field: str = Field(description="Column holding the verdict (pairs: for the A-B order shown).")
+    values: dict[str, str] = Field(
+        description="Raw value -> A, B, tie (pairs) or 1-5 (scores), compared as stripped text; anything else "
+        "is counted as unparsable."
+    )
+    swapped_verdict_field: str | None = Field(
+        None,
+        description="Column holding the verdict of the run that showed the pair swapped (B first), for the "
+        "order shown, mapped through the same `values`.",
+    )
+    order_field: str | None = Field(
+        None, description="For files with one record per order: the column saying which order was shown."
+    )
+    order_values: dict[str, Literal["ab", "ba"]] | None = Field(
+        None, description="With order_field: raw value -> ab (as in the benchmark) or ba (swapped)."
+    )
+    min_match: float = Field(
+        0.9, ge=0, le=1, description="Share of the expected verdicts the file must have; below it the run warns."
+    )
+    on_duplicate: Literal["error", "first", "last"] = Field(
+        "error", description="An id recorded twice (per order): an error, or keep the first or the last."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v, "judge name")
+
+    @model_validator(mode="after")
+    def _one_way_to_the_second_order(self) -> RecordedJudge:
+        if self.swapped_verdict_field and self.order_field:
+            raise ValueError("give swapped_verdict_field or order_field, not both")
+        if bool(self.order_field) != bool(self.order_values):
+            raise ValueError("order_field and order_values go together")
+        _check_labels(self.values, PAIRWISE_LABELS + SCORE_LABELS, f"judge {self.name}: values")
+        return self
+
+
+def _check_labels(values: dict[str, str], allowed: tuple[str, ...], where: str) -> None:
+    bad = sorted({v for v in values.values() if v not in allowed})
+    if bad:
+        raise ValueError(f"{where} must map to {', '.join(allowed)}; got {bad}")
 
 
 JudgeConfig = Annotated[TrainedJudge | EngineJudge | RecordedJudge, Field(discriminator="kind")]

@@ -6,22 +6,27 @@
   winner ("A", "B" or "tie") per annotator in ``human``; ``human_winner`` is the gold winner.
 
 The gold score or winner is the annotators' majority, as in the paper; without a majority it is the
-rounded mean score, or a tie for pairs. Adapters: the PandaLM test set and HHH alignment (human-labelled
-pairs from ``../shared/data``), this run's validation split (the teacher is the one annotator),
-and any JSONL or Parquet with a column mapping. ``mt_bench_instructions`` reads the MT-bench
-questions with GPT-4 references as an unlabelled instruction source.
+rounded mean score, or a tie for pairs. Adapters: the PandaLM test set and HHH alignment (human-
+labelled pairs, fetched by ``sources``), this run's validation split (the teacher is the one
+annotator), and any JSON array, JSONL or Parquet with a column mapping (``load_file``; unusable rows
+become ``Reject``s). ``mt_bench_instructions`` reads the MT-bench questions with GPT-4 references
+as an unlabelled instruction source.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from themis.evaluation.records import BenchmarkError, Record, read_records
+
+# How human labels are read when a benchmark gives no ``values`` mapping: A/B/tie, and PandaLM's
+# convention (1 = the first response is better, 2 = the second, 0 = tie). Any other convention
+# (say 0 = first better) must be mapped with ``values``, or it would be misread without a word.
 WINNER_ALIASES = {"a": "A", "b": "B", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
 PANDALM_WINNERS = {0: "tie", 1: "A", 2: "B"}
 # PandaLM and HHH carry no Themis scenario: both are open-ended requests, judged with Open QA criteria.
@@ -36,10 +41,6 @@ MT_BENCH_SCENARIOS = {
     "stem": "close_qa",
     "humanities": "open_qa",
 }
-
-
-class BenchmarkError(ValueError):
-    """A labelled set that cannot be read; the message names the file and, where it can, the line."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,12 @@ Item = PointwiseItem | PairwiseItem
 # --- shared human-labelled sets -----------------------------------------------------------------
 
 
-def load_pandalm(shared_dir: str | Path) -> list[PairwiseItem]:
-    """The PandaLM test set: 999 pairs, three annotators each; category = the motivating app."""
-    path = Path(shared_dir) / "pandalm" / "testset-v1.json"
+def load_pandalm(root: str | Path) -> list[PairwiseItem]:
+    """The PandaLM test set: 999 pairs, three annotators each; category = the motivating app.
+    ``root`` is laid out like the data folder (``<root>/pandalm/testset-v1.json``): see ``sources``."""
+    path = Path(root) / "pandalm" / "testset-v1.json"
     items = []
-    for n, row in _json_records(path):
+    for n, row in ((r.n, r.data) for r in read_records(path)):
         try:
             votes = tuple(PANDALM_WINNERS[row[f"annotator{i}"]] for i in (1, 2, 3))
             instruction = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
@@ -118,11 +120,12 @@ HHH_PARTS = re.compile(
 )
 
 
-def load_hhh(shared_dir: str | Path) -> list[PairwiseItem]:
-    """HHH alignment as preference pairs: the human-chosen response is A; category = its subset."""
-    path = Path(shared_dir) / "hhh_alignment" / "hhh_alignment_eval.json"
+def load_hhh(root: str | Path) -> list[PairwiseItem]:
+    """HHH alignment as preference pairs: the human-chosen response is A; category = its subset.
+    ``root`` is laid out like the data folder (``<root>/hhh_alignment/hhh_alignment_eval.json``)."""
+    path = Path(root) / "hhh_alignment" / "hhh_alignment_eval.json"
     items = []
-    for n, row in _json_records(path):
+    for n, row in ((r.n, r.data) for r in read_records(path)):
         chosen, rejected = (
             _hhh_parts(row.get("chosen_instruction"), path, n),
             _hhh_parts(row.get("rejected_instruction"), path, n),
@@ -149,12 +152,13 @@ def _hhh_parts(prompt: Any, path: Path, n: int) -> dict[str, str]:
 
 
 def mt_bench_instructions(folder: str | Path) -> list[dict[str, Any]]:
-    """MT-bench first-turn questions (from its folder, e.g. ../shared/data/mt_bench) as unlabelled
-    instructions, with GPT-4 references where given."""
+    """MT-bench first-turn questions (from its folder: ``sources.fetch("mt_bench", ...)``'s parent, or
+    any folder laid out the same way) as unlabelled instructions, with GPT-4 references where given."""
     folder = Path(folder)
-    refs = {r["question_id"]: r["choices"][0]["turns"][0] for _, r in _jsonl(folder / "reference_answer_gpt-4.jsonl")}
+    answers = read_records(folder / "reference_answer_gpt-4.jsonl")
+    refs = {r.data["question_id"]: r.data["choices"][0]["turns"][0] for r in answers}
     rows = []
-    for n, q in _jsonl(folder / "question.jsonl"):
+    for n, q in ((r.n, r.data) for r in read_records(folder / "question.jsonl")):
         if q.get("category") not in MT_BENCH_SCENARIOS:
             raise BenchmarkError(f"{folder / 'question.jsonl'}: line {n}: unknown category {q.get('category')!r}")
         rows.append(
@@ -213,127 +217,167 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
 POINTWISE_FIELDS = ("instruction", "response", "scenario", "human")
 PAIRWISE_FIELDS = ("instruction", "response_a", "response_b", "scenario", "human")
 OPTIONAL_FIELDS = ("item_id", "reference", "category")
+# Judges that read texts (engines, the trained judge) need these; recorded verdicts do not.
+TEXT_FIELDS = ("instruction", "response", "response_a", "response_b", "scenario")
+
+# A column mapping's value: the file's column, a list of annotator columns (human), or a constant.
+Column = str | list[str] | Mapping[str, str]
 
 
-def load_file(path: str | Path, kind: str, columns: Mapping[str, str | list[str]] | None = None) -> list[Item]:
-    """A JSONL or Parquet of labelled items. ``columns`` maps a canonical field to the file's column
-    (``human`` may map to a list of annotator columns); unmapped fields use their canonical names.
-    A bad row fails with the file and line (Parquet: row) number."""
-    file = Path(path)
+@dataclass(frozen=True)
+class Reject:
+    """A row that could not be used, and why; the run goes on without it."""
+
+    source: str  # "file.jsonl:12": the file and its line (JSON array: record; Parquet: row)
+    reason: str
+    record: str  # the raw record as JSON text
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A benchmark's usable items, the rows rejected on the way, and where they came from."""
+
+    items: list[Item]
+    rejects: list[Reject]
+    source: str
+
+
+class _Unusable(ValueError):
+    """This row cannot be used (it goes to the rejects); the file itself is fine."""
+
+
+def load_file(
+    path: str | Path,
+    kind: str,
+    columns: Mapping[str, Column] | None = None,
+    values: Mapping[str, str] | None = None,
+    needs_texts: bool = True,
+) -> Loaded:
+    """A JSON array, JSONL or Parquet of labelled items.
+
+    ``columns`` maps a canonical field to the file's column (``human`` may map to a list of annotator
+    columns; ``{"const": v}`` sets the field to ``v`` on every row); unmapped fields use their
+    canonical names. ``values`` maps each raw human label to A/B/tie (pairs) or "1".."5" (scores);
+    a label outside it is an error naming the file, line and value. Without ``values`` labels are
+    read by ``WINNER_ALIASES`` (a/b/tie and PandaLM's 1/2/0) or as integer scores.
+
+    Rows that cannot be used (a missing or blank text when ``needs_texts``, no human label) become
+    ``Reject``s with their reason; a file where every row is rejected is an error.
+    """
     mapping = dict(columns or {})
+    _check_mapping(mapping, kind)
+    labels = None if values is None else {str(k).strip(): v for k, v in values.items()}
+    items, rejects = [], []
+    records = read_records(path)
+    for record in records:
+        try:
+            items.append(_file_item(record, kind, mapping, labels, needs_texts))
+        except _Unusable as exc:
+            rejects.append(Reject(record.source, str(exc), record.raw()))
+        except (ValueError, TypeError) as exc:
+            raise BenchmarkError(f"{record.where}: {exc}") from None
+    if not items:
+        raise BenchmarkError(_nothing_usable(Path(path), records, rejects))
+    return Loaded(items, rejects, str(path))
+
+
+def _check_mapping(mapping: Mapping[str, Column], kind: str) -> None:
     required = PAIRWISE_FIELDS if kind == "pairwise" else POINTWISE_FIELDS
     unknown = set(mapping) - set(required) - set(OPTIONAL_FIELDS)
     if unknown:
         raise BenchmarkError(f"unknown canonical field(s) in the column mapping: {sorted(unknown)}")
-    records = _parquet_records(file) if file.suffix == ".parquet" else _jsonl(file)
-    items = []
-    for n, record in records:
-        try:
-            items.append(_file_item(record, kind, mapping, f"{file.stem}-{n}"))
-        except (KeyError, ValueError, TypeError) as exc:
-            unit = "row" if file.suffix == ".parquet" else "line"
-            raise BenchmarkError(f"{file}: {unit} {n}: {_reason(exc)}") from None
-    return items
 
 
-def _file_item(record: Mapping[str, Any], kind: str, mapping: Mapping[str, Any], default_id: str) -> Item:
-    def get(field: str, default: Any = KeyError) -> Any:
-        column = mapping.get(field, field)
-        if isinstance(column, list):
-            return [record[c] for c in column]
-        if column not in record:
-            if default is KeyError:
-                raise KeyError(f"missing column {column!r} (canonical field {field!r})")
-            return default
-        return record[column]
+def _nothing_usable(path: Path, records: Sequence[Record], rejects: Sequence[Reject]) -> str:
+    if not records:
+        return f"{path}: no labelled items"
+    unit = records[0].unit
+    examples = "; ".join(f"{unit} {r.source.rsplit(':', 1)[1]}: {r.reason}" for r in rejects[:3])
+    return f"{path}: every row was rejected ({len(rejects)} of {len(records)}), e.g. {examples}"
 
-    human = get("human")
-    votes = human if isinstance(human, list) else [human]
+
+def _file_item(
+    record: Record, kind: str, mapping: Mapping[str, Column], labels: Mapping[str, str] | None, needs_texts: bool
+) -> Item:
+    def text(field: str) -> str:
+        value = _field(record.data, mapping, field, required=needs_texts)
+        if not needs_texts:
+            return value if isinstance(value, str) else ""
+        if not isinstance(value, str) or not value.strip():
+            raise _Unusable(f"{field} must be a non-empty string, got {value!r}")
+        return value
+
+    human = _field(record.data, mapping, "human", required=False)
+    votes = [v for v in (human if isinstance(human, list) else [human]) if not _blank(v)]
     if not votes:
-        raise ValueError("no human score or winner")
+        raise _Unusable("no human label")
     common = {
-        "item_id": str(get("item_id", default_id)),
-        "instruction": _text(get("instruction"), "instruction"),
-        "scenario": _text(get("scenario"), "scenario"),
-        "reference": get("reference", None) or None,
-        "category": str(get("category", "") or ""),
+        "item_id": str(_field(record.data, mapping, "item_id", False, f"{record.file.stem}-{record.n}")),
+        "instruction": text("instruction"),
+        "scenario": text("scenario"),
+        "reference": _field(record.data, mapping, "reference", False) or None,
+        "category": str(_field(record.data, mapping, "category", False) or ""),
     }
     if kind == "pairwise":
-        return PairwiseItem(
-            response_a=_text(get("response_a"), "response_a"),
-            response_b=_text(get("response_b"), "response_b"),
-            human=tuple(parse_human_winner(v) for v in votes),
-            **common,
-        )
-    return PointwiseItem(
-        response=_text(get("response"), "response"), human=tuple(parse_human_score(v) for v in votes), **common
-    )
+        winners = tuple(parse_human_winner(_mapped(v, labels)) for v in votes)
+        return PairwiseItem(response_a=text("response_a"), response_b=text("response_b"), human=winners, **common)
+    scores = tuple(parse_human_score(_mapped(v, labels)) for v in votes)
+    return PointwiseItem(response=text("response"), human=scores, **common)
+
+
+_ABSENT = object()
+
+
+def _field(
+    data: Mapping[str, Any], mapping: Mapping[str, Column], field: str, required: bool = True, default: Any = None
+) -> Any:
+    """A canonical field of a record through the mapping: a column, a list of columns, or a constant."""
+    column = mapping.get(field, field)
+    if isinstance(column, Mapping):
+        return column["const"]
+    if isinstance(column, list):
+        return [data.get(c) for c in column]
+    value = data.get(column, _ABSENT)
+    if value is _ABSENT:
+        if required:
+            raise _Unusable(f"missing column {column!r} (canonical field {field!r})")
+        return default
+    return value
+
+
+def _mapped(value: Any, labels: Mapping[str, str] | None) -> Any:
+    """A raw human label through the benchmark's ``values``; outside it is an error, not a reject."""
+    if labels is None:
+        return value
+    key = label_key(value)
+    if key not in labels:
+        raise ValueError(f"human label {value!r} is not in benchmark.values (known: {sorted(labels)})")
+    return labels[key]
+
+
+def label_key(value: Any) -> str:
+    """A raw label as the key it is looked up by: stripped text, with 2.0 read as "2" (as JSON
+    written by pandas has it), so ints, floats and strings in a file all match "2"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_human_winner(value: Any) -> str:
     """A human's pairwise winner: A, B or tie (also 1, 2, 0 as PandaLM writes them)."""
-    winner = WINNER_ALIASES.get(str(value).strip().lower())
+    winner = WINNER_ALIASES.get(label_key(value).lower())
     if winner is None:
-        raise ValueError(f"a human winner must be A, B or tie, got {value!r}")
+        raise ValueError(f"a human winner must be A, B or tie, got {value!r} (map others with benchmark.values)")
     return winner
 
 
 def parse_human_score(value: Any) -> int:
     """A human's score: an integer 1-5 (given as a number or a string)."""
-    try:
-        score = int(str(value).strip())
-    except ValueError:
-        score = 0
-    if score not in (1, 2, 3, 4, 5) or str(value).strip() not in {str(score), f"{score}.0"}:
-        raise ValueError(f"a human score must be an integer 1-5, got {value!r}")
-    return score
-
-
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _reason(exc: Exception) -> str:
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
-# --- reading files ---------------------------------------------------------------------------------
-
-
-def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Records of a JSON array file, numbered from 1."""
-    if not path.is_file():
-        raise BenchmarkError(f"labelled set not found: {path} (set evaluate.benchmark.shared_data_dir)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, list):
-        raise BenchmarkError(f"{path}: expected a JSON array of records")
-    return ((n, row) for n, row in enumerate(data, 1))
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Records of a JSONL file with their line numbers; blank lines are skipped."""
-    if not path.is_file():
-        raise BenchmarkError(f"labelled set not found: {path}")
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise BenchmarkError(f"{path}: line {n}: expected a JSON object")
-        yield n, record
-
-
-def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise BenchmarkError(f"labelled set not found: {path}")
-    return ((n, row) for n, row in enumerate(pq.read_table(path).to_pylist(), 1))
+    key = label_key(value).removesuffix(".0")
+    if key not in {"1", "2", "3", "4", "5"}:
+        raise ValueError(f"a human score must be an integer 1-5, got {value!r} (map others with benchmark.values)")
+    return int(key)

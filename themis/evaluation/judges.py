@@ -7,7 +7,8 @@ saying why there is none.
 
 Three kinds of judge:
 - recorded: a file of verdicts someone else produced (PandaLM's gpt-3.5-turbo and PandaLM-7B
-  outputs), joined to the benchmark by item id; raw values are mapped through ``values``;
+  outputs), joined to the benchmark by item id, in one order or both; raw values are mapped
+  through ``values``; the join is checked (``load_recorded``);
 - an engine (any OpenAI-compatible endpoint, or a local checkpoint via transformers): the stage
   builds ``item_calls`` (``themis.judging`` calls, pairs in both orders), turns them into requests
   with ``judging.judge_request``, generates, and turns results into predictions with ``parse_call``;
@@ -16,15 +17,16 @@ Three kinds of judge:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from themis.config import Sampling
+from themis.config import RecordedJudge, Sampling
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.evaluation.benchmarks import BenchmarkError, Item, PairwiseItem
+from themis.evaluation import sources
+from themis.evaluation.benchmarks import BenchmarkError, Item, PairwiseItem, label_key
+from themis.evaluation.records import Record, read_records
 from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
 from themis.parsing import ParseError
 
@@ -50,65 +52,116 @@ class Prediction:
 # --- recorded predictions -------------------------------------------------------------------------
 
 
-def load_recorded(
-    path: str | Path, id_field: str, verdict_field: str, values: Mapping[str, str | int], items: Sequence[Item]
-) -> tuple[list[Prediction], list[str]]:
-    """Predictions from a JSON array, JSONL or Parquet file, in the ``ab`` order, without reference.
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded judge's predictions, joined to the benchmark, and how well the join went."""
 
-    Every benchmark item gets a prediction: one missing from the file gets an error, so it is
-    counted rather than dropped. Returns the predictions and the file ids that match no item.
+    predictions: list[Prediction]
+    unmatched_ids: list[str]  # ids in the file that match no item
+    match_share: float  # share of the expected verdicts found (items, times two orders if both are recorded)
+    warnings: list[str]
+
+
+def load_recorded(judge: RecordedJudge, items: Sequence[Item], data_dir: str | None = None) -> Recorded:
+    """Predictions from a JSON array, JSONL or Parquet file of verdicts, without reference.
+
+    Pairs get a prediction in the ``ab`` order, and in the ``ba`` order too when the judge records
+    the swapped run (``swapped_verdict_field`` or ``order_field``); scores come from the ``ab``
+    verdict. Every expected verdict missing from the file becomes a prediction with an error, so it
+    is counted rather than dropped. A join that matches no item, or an id recorded twice (unless
+    ``on_duplicate`` says which to keep), is an error; below ``min_match`` the result carries a warning.
+    ``data_dir`` is the offline folder for ``shipped:`` paths.
     """
-    records = _read_records(Path(path))
+    path = sources.resolve(judge.path, data_dir)
+    verdicts = _recorded_verdicts(judge, read_records(path, "recorded predictions"))
     wanted = {i.item_id for i in items}
-    by_id: dict[str, dict[str, Any]] = {}
-    for n, rec in enumerate(records, 1):
-        if id_field not in rec or verdict_field not in rec:
-            raise BenchmarkError(f"{path}: record {n}: needs fields {id_field!r} and {verdict_field!r}")
-        by_id[str(rec[id_field])] = rec
+    found = {item_id for _, item_id in verdicts}
+    if not found & wanted:
+        raise BenchmarkError(_no_match(path, judge.id_field, found, wanted))
+    both = judge.swapped_verdict_field is not None or judge.order_field is not None
+    labels = {str(k).strip(): v for k, v in judge.values.items()}
     predictions = []
     for item in items:
-        rec = by_id.get(item.item_id)
-        order = "ab" if isinstance(item, PairwiseItem) else ""
-        if rec is None:
-            predictions.append(Prediction(item.item_id, order, False, error="no recorded prediction"))
+        orders = ("ab", "ba") if both and isinstance(item, PairwiseItem) else ("ab",)
+        for order in orders:
+            raw = verdicts.get((order, item.item_id))
+            shown = order if isinstance(item, PairwiseItem) else ""
+            if raw is None:
+                predictions.append(Prediction(item.item_id, shown, False, error="no recorded prediction"))
+            else:
+                predictions.append(_recorded(item, shown, raw, labels))
+    share = sum(p.error != "no recorded prediction" for p in predictions) / len(predictions)
+    warnings = []
+    if share < judge.min_match:
+        warnings.append(
+            f"judge {judge.name}: {path} has {share:.1%} of the expected verdicts (min_match {judge.min_match:.0%}); "
+            "the missing ones count as unparsable"
+        )
+    return Recorded(predictions, sorted(found - wanted), share, warnings)
+
+
+def _recorded_verdicts(judge: RecordedJudge, records: Sequence[Record]) -> dict[tuple[str, str], Any]:
+    """(order, item id) -> raw verdict, with duplicates handled as ``on_duplicate`` says."""
+    verdicts: dict[tuple[str, str], Any] = {}
+    seen: dict[tuple[str, str], Record] = {}
+    for record, order, item_id, raw in _verdict_rows(judge, records):
+        key = (order, item_id)
+        if key in seen:
+            if judge.on_duplicate == "error":
+                raise BenchmarkError(
+                    f"{record.where}: id {item_id!r} recorded again (first at {seen[key].unit} {seen[key].n}"
+                    f"{', order ' + order if judge.order_field else ''}); set on_duplicate: first or last to keep one"
+                )
+            if judge.on_duplicate == "first":
+                continue
+        seen[key] = record
+        verdicts[key] = raw
+    return verdicts
+
+
+def _verdict_rows(judge: RecordedJudge, records: Sequence[Record]) -> Iterator[tuple[Record, str, str, Any]]:
+    """(record, order, item id, raw verdict) for every verdict a file holds."""
+    fields = [judge.id_field, judge.verdict_field, judge.swapped_verdict_field, judge.order_field]
+    needed = [f for f in fields if f]
+    order_values = {str(k).strip(): v for k, v in (judge.order_values or {}).items()}
+    for record in records:
+        missing = [f for f in needed if f not in record.data]
+        if missing:
+            raise BenchmarkError(f"{record.where}: needs fields {needed}, missing {missing}")
+        item_id, data = str(record.data[judge.id_field]), record.data
+        if judge.order_field:
+            order = order_values.get(label_key(data[judge.order_field]))
+            if order is None:
+                raise BenchmarkError(
+                    f"{record.where}: order {data[judge.order_field]!r} is not in order_values {sorted(order_values)}"
+                )
+            yield record, order, item_id, data[judge.verdict_field]
             continue
-        raw = str(rec[verdict_field]).strip()
-        value = values.get(raw)
-        error = None if value is not None else f"unrecognised recorded verdict {raw!r}"
-        predictions.append(_recorded(item, order, value, raw, error))
-    return predictions, sorted(set(by_id) - wanted)
+        yield record, "ab", item_id, data[judge.verdict_field]
+        if judge.swapped_verdict_field:
+            yield record, "ba", item_id, data[judge.swapped_verdict_field]
 
 
-def _recorded(item: Item, order: str, value: str | int | None, raw: str, error: str | None) -> Prediction:
-    """A recorded value as the item's verdict: a winner for a pair, else a score."""
+def _no_match(path: Path, id_field: str, found: set[str], wanted: set[str]) -> str:
+    def some(ids: set[str]) -> list[str]:
+        return sorted(ids)[:5]
+
+    return (
+        f"{path}: no recorded verdict matches a benchmark item by {id_field!r}: the file has ids {some(found)}"
+        f"{' ...' if len(found) > 5 else ''}, the benchmark {some(wanted)}{' ...' if len(wanted) > 5 else ''} "
+        "(wrong id_field, or another benchmark's verdicts?)"
+    )
+
+
+def _recorded(item: Item, order: str, raw: Any, labels: Mapping[str, str]) -> Prediction:
+    """A recorded value as the item's verdict: a winner for a pair (for the order shown), else a score."""
+    text = label_key(raw)
+    value = labels.get(text)
     if value is None:
-        return Prediction(item.item_id, order, False, output=raw, error=error)
+        return Prediction(item.item_id, order, False, output=text, error=f"unrecognised recorded verdict {text!r}")
     if isinstance(item, PairwiseItem):
-        return Prediction(item.item_id, order, False, winner=str(value), output=raw)
-    return Prediction(item.item_id, order, False, score=int(value), output=raw)
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise BenchmarkError(f"recorded predictions not found: {path}")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
-    return records
+        return Prediction(item.item_id, order, False, winner=value, output=text)
+    return Prediction(item.item_id, order, False, score=int(value), output=text)
 
 
 # --- engine judges ----------------------------------------------------------------------------------

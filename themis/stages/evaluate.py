@@ -31,7 +31,7 @@ from themis.config import (
     TrainedJudge,
     TransformersEngineConfig,
 )
-from themis.evaluation import benchmarks, judges, markdown, plots
+from themis.evaluation import benchmarks, judges, markdown, plots, sources
 from themis.evaluation.benchmarks import Item
 from themis.evaluation.judges import Prediction
 from themis.evaluation.report import Settings, build_report
@@ -60,7 +60,9 @@ PREDICTION_SCHEMA = pa.schema(
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Judge the benchmark with every configured judge; write a report per judge."""
     section = cfg.evaluate
-    items, source = load_benchmark(section.benchmark, store)
+    needs_texts = not all(isinstance(j, RecordedJudge) for j in section.judges)
+    loaded = load_benchmark(section.benchmark, store, needs_texts)
+    items, source, data_dir = loaded.items, loaded.source, section.benchmark.data_dir
     settings = Settings(
         section.unparsable,
         section.agr_p,
@@ -73,7 +75,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     outputs, details = {}, {}
     fingerprint = items_hash(items)
     for judge in section.judges:
-        predictions, unmatched = predict(judge, items, cfg, store)
+        predictions, unmatched, _warnings = predict(judge, items, cfg, store, data_dir)
         report = build_report(items, predictions, settings) | {
             "judge": judge.model_dump(mode="json"),
             "unmatched_prediction_ids": unmatched[:50],
@@ -83,7 +85,9 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
                 "items": len(items),
                 "sha256": fingerprint,
             },
-            "predictions_file_sha256": file_hash(judge.path) if isinstance(judge, RecordedJudge) else None,
+            "predictions_file_sha256": file_hash(str(sources.resolve(judge.path, data_dir)))
+            if isinstance(judge, RecordedJudge)
+            else None,
             "config": section.model_dump(mode="json"),
             "versions": package_versions(),
         }
@@ -93,29 +97,39 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     return StageReport(inputs={"benchmark": source}, outputs=outputs, counts=counts, details=details)
 
 
-def load_benchmark(cfg: BenchmarkConfig, store: RunStore) -> tuple[list[Item], str]:
-    """The labelled items and where they came from."""
+def load_benchmark(cfg: BenchmarkConfig, store: RunStore, needs_texts: bool) -> benchmarks.Loaded:
+    """The labelled items, the rows rejected on the way, and where they came from. ``needs_texts``:
+    whether some judge reads the texts (anything but recorded verdicts), so that rows without them
+    are rejected rather than judged blind."""
     if cfg.name == "validation":
         path = "dataset/validation.parquet"
         if not store.exists(path):
             raise FileNotFoundError(f"no validation split at {store.uri(path)}: run the dataset stage first")
-        items, source = benchmarks.from_validation(store.read_table(path).to_pylist()), store.uri(path)
+        loaded = benchmarks.Loaded(benchmarks.from_validation(store.read_table(path).to_pylist()), [], store.uri(path))
     elif cfg.name == "pandalm":
-        items, source = benchmarks.load_pandalm(cfg.shared_data_dir), f"{cfg.shared_data_dir}/pandalm"
+        root = sources.data_root("pandalm", "testset-v1.json", cfg.data_dir)
+        loaded = benchmarks.Loaded(benchmarks.load_pandalm(root), [], sources.describe("pandalm", "testset-v1.json"))
     elif cfg.name == "hhh":
-        items, source = benchmarks.load_hhh(cfg.shared_data_dir), f"{cfg.shared_data_dir}/hhh_alignment"
+        root = sources.data_root("hhh_alignment", "hhh_alignment_eval.json", cfg.data_dir)
+        source = sources.describe("hhh_alignment", "hhh_alignment_eval.json")
+        loaded = benchmarks.Loaded(benchmarks.load_hhh(root), [], source)
     else:
-        items, source = benchmarks.load_file(cfg.path, cfg.kind, cfg.columns), str(cfg.path)
-    items = items[: cfg.limit] if cfg.limit else items
+        assert cfg.path is not None  # the config requires it for name=file
+        loaded = benchmarks.load_file(cfg.path, cfg.kind, cfg.columns, cfg.values, needs_texts)
+    items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
     if not items:
-        raise ValueError(f"no labelled items in {source}")
-    return items, source
+        raise ValueError(f"no labelled items in {loaded.source}")
+    return benchmarks.Loaded(items, loaded.rejects, loaded.source)
 
 
-def predict(judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore) -> tuple[list[Prediction], list[str]]:
-    """One judge's predictions, and the recorded ids that matched no item (recorded judges only)."""
+def predict(
+    judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore, data_dir: str | None = None
+) -> tuple[list[Prediction], list[str], list[str]]:
+    """One judge's predictions, the recorded ids that matched no item, and warnings (both: recorded
+    judges only). ``data_dir``: the offline data folder for ``shipped:`` verdict files."""
     if isinstance(judge, RecordedJudge):
-        return judges.load_recorded(judge.path, judge.id_field, judge.verdict_field, judge.values, items)
+        recorded = judges.load_recorded(judge, items, data_dir)
+        return recorded.predictions, recorded.unmatched_ids, recorded.warnings
     section = cfg.evaluate
     modes = (True, False) if section.reference_effect else (True,)
     calls = judges.item_calls(items, section.both_orders, modes)
@@ -123,7 +137,7 @@ def predict(judge: Any, items: list[Item], cfg: PipelineConfig, store: RunStore)
     engine = judge_engine(judge, cfg, store)
     init_ray(cfg.ray)
     results = generate_requests(requests, engine)
-    return [judges.parse_call(c, r) for c, r in zip(calls, results)], []
+    return [judges.parse_call(c, r) for c, r in zip(calls, results)], [], []
 
 
 def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: RunStore) -> EnginePass:
