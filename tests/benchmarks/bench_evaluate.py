@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from themis.config import RecordedJudge  # noqa: E402
 from themis.evaluation import benchmarks, judges, markdown, plots  # noqa: E402
 from themis.evaluation.report import Settings, build_report  # noqa: E402
 
@@ -30,7 +31,8 @@ def main() -> None:
     loaded = time.perf_counter()
     for name, (file, field, values) in JUDGES.items():
         t0 = time.perf_counter()
-        preds, _ = judges.load_recorded(SHARED / file, "idx", field, values, items)
+        judge = RecordedJudge(name=name, path=str(SHARED / file), verdict_field=field, values=values)
+        preds = judges.load_recorded(judge, items).predictions
         report = build_report(items, preds, Settings(unparsable="tie", breakdown="category"))
         t1 = time.perf_counter()
         pngs = plots.render_plots(report)
