@@ -47,10 +47,29 @@ def test_batched_winner_metrics_match_scikit_learn() -> None:
     gold = rng.choice(["tie", "A", "B"], size=(5, 200), p=[0.2, 0.4, 0.4])
     pred = rng.choice(["tie", "A", "B", m.UNPARSABLE], size=(5, 200), p=[0.1, 0.4, 0.4, 0.1])
     for g, p in zip(gold, pred):
-        batched = m.batched_winner_metrics(m.winner_confusions(p[None, :], g))
-        exact = m.winner_metrics(list(p), list(g))
-        for key, value in exact.items():
-            assert batched[key][0] == pytest.approx(value), key
+        for classes in m.MACRO_CLASSES:
+            batched = m.batched_winner_metrics(m.winner_confusions(m.winner_codes(p), m.winner_codes(g)), classes)
+            exact = m.winner_metrics(list(p), list(g), classes)
+            for key, value in exact.items():
+                assert batched[key][0] == pytest.approx(value), (classes, key)
+
+
+def test_macro_scores_of_a_perfect_judge_are_one_with_or_without_ties() -> None:
+    for gold in (["A", "B", "B", "A"], ["A", "tie", "B", "A"]):
+        plain = m.winner_metrics(gold, gold)
+        batched = m.batched_winner_metrics(m.winner_confusions(m.winner_codes(gold), m.winner_codes(gold)))
+        assert all(plain[k] == 1.0 and batched[k][0] == 1.0 for k in ("accuracy", "precision", "recall", "f1"))
+    # Averaged over all three classes, the unused tie class costs a third.
+    assert m.winner_metrics(["A", "B"], ["A", "B"], "all")["f1"] == pytest.approx(2 / 3)
+    assert m.macro_labels(m.winner_codes(["A", "A"]), m.winner_codes(["A", "tie"]), "occurring") == [0, 1]
+
+
+def test_winner_confusions_count_codes_per_row() -> None:
+    gold = m.winner_codes(["A", "B", "tie"])
+    pred = m.winner_codes([["A", "B", "tie"], ["B", m.UNPARSABLE, "tie"]])
+    confusion = m.winner_confusions(pred, gold)
+    assert confusion.shape == (2, 3, 4) and np.trace(confusion[0]) == 3
+    assert confusion[1].tolist() == [[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
 
 
 def test_batched_score_metrics_match_scipy_and_scikit_learn() -> None:

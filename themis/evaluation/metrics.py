@@ -4,11 +4,15 @@ Scores (1-5): MAE, the paper's Agr(p, q), Pearson, Spearman, Kendall and quadrat
 Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where the gap is below p, else 0; Agr(2, 2)
 gives 1 for an exact match and 0.25 for off by one.
 
-Pairs (winners "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1 over the
-three classes, Cohen's kappa, and the position-bias figures that need both orders (dual-order
+Pairs (winners "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1, Cohen's
+kappa, and the position-bias figures that need both orders (dual-order
 consistency, correct in both orders) or none (how often the first or second position wins). A
 ``ba`` winner is compared with an ``ab`` one through ``themis.judging.flip_winner``. An unparsable
 winner is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
+
+Macro averages run over the classes that occur (in the gold labels or the verdicts) by default:
+on a benchmark without ties, a tie class that nobody uses would otherwise add a 0 to the mean, and a
+judge that copies the gold labels would score F1 0.667. ``classes="all"`` averages over all three.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ SCORES = (1, 2, 3, 4, 5)
 WINNERS = ("tie", "A", "B")  # in the order of their codes (confusion matrix rows and columns)
 UNPARSABLE = "unparsable"
 CODES = {"tie": 0, "A": 1, "B": 2, UNPARSABLE: 3}
+MACRO_CLASSES = ("occurring", "all")
 
 
 def mae(pred: Sequence[float], gold: Sequence[float]) -> float:
@@ -75,12 +80,13 @@ def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
     return float(np.mean([a == b for a, b in zip(pred, gold)]))
 
 
-def winner_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float | None]:
-    """Accuracy, macro precision/recall/F1 over {tie, A, B}, and Cohen's kappa."""
+def winner_metrics(pred: Sequence[str], gold: Sequence[str], classes: str = "occurring") -> dict[str, float | None]:
+    """Accuracy, macro precision/recall/F1 (over the ``classes`` of ``macro_labels``), Cohen's kappa."""
     _check(pred, gold)
     # Integer codes: scikit-learn is several times faster on them than on strings (bootstraps call this often).
-    p, g = _codes(pred), _codes(gold)
-    precision, recall, f1, _ = precision_recall_fscore_support(g, p, labels=[0, 1, 2], average="macro", zero_division=0)
+    p, g = winner_codes(pred), winner_codes(gold)
+    labels = macro_labels(p, g, classes)
+    precision, recall, f1, _ = precision_recall_fscore_support(g, p, labels=labels, average="macro", zero_division=0)
     return {
         "accuracy": float(np.mean(p == g)),
         "precision": float(precision),
@@ -90,8 +96,23 @@ def winner_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float 
     }
 
 
-def _codes(winners: Sequence[str]) -> np.ndarray:
-    return np.fromiter((CODES[v] for v in winners), dtype=np.int64, count=len(winners))
+def macro_labels(pred: np.ndarray, gold: np.ndarray, classes: str) -> list[int]:
+    """The winner codes a macro average runs over: those in gold or verdicts ("occurring"), or all three."""
+    if classes not in MACRO_CLASSES:
+        raise ValueError(f"macro classes must be one of {MACRO_CLASSES}, got {classes!r}")
+    if classes == "all":
+        return [0, 1, 2]
+    return [k for k in (0, 1, 2) if (gold == k).any() or (pred == k).any()]
+
+
+def winner_codes(winners: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Winner strings as integer codes (``CODES``), any shape; an unknown string is a KeyError."""
+    arr = np.asarray(winners)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    flat = arr.ravel()
+    codes = np.fromiter((CODES[v] for v in flat.tolist()), dtype=np.int64, count=flat.size)
+    return codes.reshape(arr.shape)
 
 
 def position_rates(pred: Sequence[str]) -> dict[str, float]:
@@ -161,9 +182,10 @@ def _check(a: Sequence, b: Sequence) -> None:
 # confusion matrices or per-item arrays; tests check them against scikit-learn and scipy.
 
 
-def batched_winner_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, macro P/R/F1 over the first three classes, and Cohen's kappa, from confusion
-    matrices of shape (..., 3, 4): gold tie/A/B rows, predicted tie/A/B/unparsable columns."""
+def batched_winner_metrics(confusion: np.ndarray, classes: str = "occurring") -> dict[str, np.ndarray]:
+    """Accuracy, macro P/R/F1 and Cohen's kappa from confusion matrices of shape (..., 3, 4): gold
+    tie/A/B rows, predicted tie/A/B/unparsable columns. The macro mean runs over the classes that
+    occur in each matrix (gold or predicted), or all three (``classes="all"``), as ``macro_labels``."""
     c = confusion.astype(float)
     n = c.sum(axis=(-2, -1))
     diag = np.stack([c[..., k, k] for k in range(3)], axis=-1)
@@ -174,37 +196,45 @@ def batched_winner_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(diag), where=denom > 0)
     observed = diag.sum(axis=-1) / n
     expected = (gold_totals * pred_totals).sum(axis=-1) / n**2
+    counted = (gold_totals + pred_totals > 0) if classes == "occurring" else np.ones_like(diag, dtype=bool)
+    n_classes = counted.sum(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
-    return {
-        "accuracy": observed,
-        "precision": precision.mean(-1),
-        "recall": recall.mean(-1),
-        "f1": f1.mean(-1),
-        "kappa": kappa,
-    }
+        macro = {
+            k: np.where(n_classes > 0, (v * counted).sum(-1) / n_classes, 0.0)
+            for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
+        }
+    return {"accuracy": observed, **macro, "kappa": kappa}
 
 
 def winner_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Confusion matrices (..., 3, 4) of winner strings: one per row of ``pred`` against ``gold``."""
-    codes = np.vectorize(CODES.__getitem__)
-    p_hot = codes(pred)[..., None] == np.arange(4)
-    g_hot = np.broadcast_to(codes(gold)[..., None] == np.arange(3), p_hot.shape[:-1] + (3,))
-    return np.einsum("...ni,...nj->...ij", g_hot.astype(float), p_hot.astype(float))
+    """Confusion matrices (batch, 3, 4) of winner codes (``winner_codes``): one per row of ``pred``
+    (batch, n) against ``gold`` (n,). Counted with one bincount, never per string."""
+    pred = np.atleast_2d(pred)
+    cells = np.asarray(gold, dtype=np.int64) * 4 + pred + 12 * np.arange(pred.shape[0])[:, None]
+    return np.bincount(cells.ravel(), minlength=12 * pred.shape[0]).reshape(pred.shape[0], 3, 4)
 
 
 def batched_score_metrics(pred: np.ndarray, gold: np.ndarray, p: float, q: float) -> dict[str, np.ndarray]:
     """MAE, Agr(p, q), exact agreement, Pearson, Spearman and quadratic-weighted kappa for arrays of
     shape (..., n) (Kendall has no cheap batched form; it is bootstrapped one resample at a time)."""
     pred, gold = pred.astype(float), gold.astype(float)
-    gap = np.abs(pred - gold)
+    return {
+        **batched_gap_metrics(pred, gold, p, q),
+        "pearson": _batched_pearson(pred, gold),
+        "spearman": _batched_pearson(stats.rankdata(pred, axis=-1), stats.rankdata(gold, axis=-1)),
+        "qwk": _batched_qwk(pred, gold),
+    }
+
+
+def batched_gap_metrics(pred: np.ndarray, gold: np.ndarray, p: float, q: float) -> dict[str, np.ndarray]:
+    """MAE, Agr(p, q) and exact agreement for arrays of shape (..., n): the cheap part of the score
+    metrics, all a chance level needs."""
+    gap = np.abs(np.asarray(pred, float) - np.asarray(gold, float))
     return {
         "mae": gap.mean(-1),
         "agr": np.where(gap < p, 1.0 / (gap + 1.0) ** q, 0.0).mean(-1),
         "exact": (gap == 0).mean(-1),
-        "pearson": _batched_pearson(pred, gold),
-        "spearman": _batched_pearson(stats.rankdata(pred, axis=-1), stats.rankdata(gold, axis=-1)),
-        "qwk": _batched_qwk(pred, gold),
     }
 
 

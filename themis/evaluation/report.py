@@ -6,6 +6,9 @@ Which prediction counts: an item is scored on the prompt it is normally judged w
 reference when it has one, unless the judge never saw references); the other reference mode, when
 judged, only feeds the reference-effect table. Unparsable verdicts: pairs follow the configured
 policy (tie, wrong or exclude), always stated in the report; scores are excluded and counted.
+Macro precision/recall/F1 average over the classes that occur, or all three (``macro_classes``);
+``decisive_only`` adds agreement on the verdicts where both the humans and the judge pick a winner.
+Pairs judged in both orders are resampled as units: the two orders of a pair never split.
 The judge's ``score`` / ``winner`` is compared with the item's ``human_score`` / ``human_winner``
 (for a ``ba`` call, the human winner flipped to the order shown).
 """
@@ -31,6 +34,11 @@ POLICIES = {
     "exclude": "an unparsable pairwise verdict is excluded (and counted)",
 }
 SCORE_POLICY = "an unparsable score is excluded (and counted)"
+MACRO = {
+    "occurring": "macro precision/recall/F1 average over the classes that occur in the gold labels or the verdicts",
+    "all": "macro precision/recall/F1 average over all three classes (tie, A, B), used or not",
+}
+DECISIVE = "decisive_accuracy: agreement on the verdicts where both the humans and the judge pick a winner (no tie)"
 # The metrics the normalised overall score averages, per judgment family (the paper uses MAE and Agr).
 KENDALL_RESAMPLES = 200
 AGGREGATED = {"pointwise": ("mae", "agr"), "pairwise": ("accuracy", "f1")}
@@ -47,18 +55,24 @@ class Settings:
     confidence: float = 0.95
     seed: int = 0
     breakdown: str = "scenario"
+    macro_classes: str = "occurring"
+    decisive_only: bool = False
 
 
 def build_report(items: Sequence[Item], predictions: Sequence[Prediction], settings: Settings) -> dict[str, Any]:
     """Every number for one judge on one benchmark."""
     if settings.unparsable not in POLICIES:
         raise ValueError(f"unparsable policy must be one of {sorted(POLICIES)}, got {settings.unparsable!r}")
+    if settings.macro_classes not in MACRO:
+        raise ValueError(f"macro classes must be one of {sorted(MACRO)}, got {settings.macro_classes!r}")
     preds = index_predictions(predictions)
     report: dict[str, Any] = {
         "policy": {
             "pairwise": POLICIES[settings.unparsable],
             "pointwise": SCORE_POLICY,
             "unparsable": settings.unparsable,
+            "macro": MACRO[settings.macro_classes],
+            **({"decisive": DECISIVE} if settings.decisive_only else {}),
         },
         "settings": settings.__dict__,
         "items_in": len(items),
@@ -129,12 +143,8 @@ def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Predictio
         s.seed,
     )
 
-    def random_judge(draws: np.ndarray) -> dict[str, np.ndarray]:
-        return m.batched_score_metrics(draws, gold_arr, s.p, s.q)
-
-    chance = {
-        k: stats.chance_level(lambda d, k=k: random_judge(d)[k], gold, seed=s.seed) for k in AGGREGATED["pointwise"]
-    }
+    gaps = stats.chance_levels(lambda d: m.batched_gap_metrics(d, gold_arr, s.p, s.q), gold_arr, seed=s.seed)
+    chance = {k: gaps[k] for k in AGGREGATED["pointwise"]}
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["chance"] = chance
     out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]}
@@ -165,17 +175,21 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
 
     rows = [r for u in units for r in u]
     pred, gold = [r[1] for r in rows], [r[2] for r in rows]
-    values = m.winner_metrics(pred, gold) | _order_metrics(units)
-    cis = stats.bootstrap_cis(
-        len(units), _batched_pair_statistic(units), s.resamples, s.confidence, s.seed, vectorized=True
-    )
-    gold_arr = np.asarray(gold)
-    chance = {
-        k: stats.chance_level(
-            lambda d, k=k: m.batched_winner_metrics(m.winner_confusions(d, gold_arr))[k], gold, seed=s.seed
-        )
-        for k in AGGREGATED["pairwise"]
-    }
+    statistic = pair_statistic(units, s)
+    values = m.winner_metrics(pred, gold, s.macro_classes) | _order_values(statistic, len(units))
+    cis = stats.bootstrap_cis(len(units), statistic, s.resamples, s.confidence, s.seed, vectorized=True)
+    gold_codes = m.winner_codes(gold)
+
+    def random_judge(draws: np.ndarray) -> dict[str, np.ndarray]:
+        return m.batched_winner_metrics(m.winner_confusions(draws, gold_codes), s.macro_classes)
+
+    chance = stats.chance_levels(random_judge, gold_codes, seed=s.seed)
+    chance = {k: chance[k] for k in AGGREGATED["pairwise"]}
+    out["counts"]["pairs"] = len(units)
+    out["counts"]["pairs_in_both_orders"] = sum(len({o for o, _, _ in u}) == 2 for u in units)
+    if s.decisive_only:
+        out["counts"]["decisive"] = sum(_decisive(v, g) for _, v, g in rows)
+    out["macro_classes"] = [m.WINNERS[k] for k in m.macro_labels(m.winner_codes(pred), gold_codes, s.macro_classes)]
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["position"] = {"judge": m.position_rates(pred), "human": m.position_rates(gold)}
     out["chance"] = chance
@@ -212,29 +226,60 @@ def _pair_units(
     return units, judged
 
 
-def _batched_pair_statistic(units: Sequence[Sequence[tuple]]) -> Any:
-    """The pair metrics of resampled pairs, a batch of resamples at a time (see metrics.batched_*)."""
-    cells = np.zeros((len(units), 3, 4))
-    consistent, both, correct_both = (np.zeros(len(units)) for _ in range(3))
+# Per-pair features the bootstrap sums: the 12 confusion cells (gold code * 4 + verdict code), then
+# these. A resample of pairs is a sum of their rows, so both orders of a pair always move together.
+BOTH, CONSISTENT, CORRECT_BOTH, DECISIVE, DECISIVE_CORRECT = range(12, 17)
+
+
+def pair_features(units: Sequence[Sequence[tuple]]) -> np.ndarray:
+    """One row of features per pair (see ``BOTH`` ...) from its judged orders."""
+    features = np.zeros((len(units), 17))
     for k, unit in enumerate(units):
         for _, winner, gold in unit:
-            cells[k, m.CODES[gold], m.CODES[winner]] += 1
+            features[k, m.CODES[gold] * 4 + m.CODES[winner]] += 1
+            features[k, DECISIVE] += _decisive(winner, gold)
+            features[k, DECISIVE_CORRECT] += _decisive(winner, gold) and winner == gold
         orders = {o: (v, g) for o, v, g in unit}
         if "ab" in orders and "ba" in orders:
             (ab, g), (ba, _) = orders["ab"], orders["ba"]
-            both[k], consistent[k] = 1, m.dual_order_consistency([ab], [ba])
-            correct_both[k] = m.correct_both_orders([ab], [ba], [g])
+            features[k, BOTH] = 1
+            # As metrics.dual_order_consistency / correct_both_orders, per pair (no numpy call per pair).
+            features[k, CONSISTENT] = m.UNPARSABLE not in (ab, ba) and ab == flip_winner(ba)
+            features[k, CORRECT_BOTH] = ab == g and ba == flip_winner(g)
+    return features
+
+
+def pair_statistic(units: Sequence[Sequence[tuple]], s: Settings) -> Any:
+    """Every pair metric of resampled pairs, a (batch, n) array of pair indices at a time."""
+    sums = stats.unit_sums(pair_features(units))
 
     def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
-        n_both = both[idx].sum(-1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            order = {
-                "dual_order_consistency": np.where(n_both > 0, consistent[idx].sum(-1) / n_both, np.nan),
-                "correct_both_orders": np.where(n_both > 0, correct_both[idx].sum(-1) / n_both, np.nan),
-            }
-        return m.batched_winner_metrics(cells[idx].sum(-3)) | order
+        total = sums(idx)
+        out = m.batched_winner_metrics(total[:, :12].reshape(-1, 3, 4), s.macro_classes)
+        out["dual_order_consistency"] = _share(total[:, CONSISTENT], total[:, BOTH])
+        out["correct_both_orders"] = _share(total[:, CORRECT_BOTH], total[:, BOTH])
+        if s.decisive_only:
+            out["decisive_accuracy"] = _share(total[:, DECISIVE_CORRECT], total[:, DECISIVE])
+        return out
 
     return statistic
+
+
+def _order_values(statistic: Any, n_units: int) -> dict[str, float | None]:
+    """The figures scikit-learn has no form for, on all pairs: the statistic on the full sample."""
+    full = statistic(np.arange(n_units)[None, :])
+    names = [k for k in ("dual_order_consistency", "correct_both_orders", "decisive_accuracy") if k in full]
+    return {k: float(full[k][0]) if np.isfinite(full[k][0]) else None for k in names}
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(whole > 0, part / whole, np.nan)
+
+
+def _decisive(winner: str, gold: str) -> bool:
+    """Both the humans and the judge picked a winner (neither a tie nor unparsable)."""
+    return gold in ("A", "B") and winner in ("A", "B")
 
 
 def _human_winner(item: PairwiseItem, order: str) -> str:
@@ -244,19 +289,6 @@ def _human_winner(item: PairwiseItem, order: str) -> str:
 
 def _apply_policy(policy: str) -> str | None:
     return {"tie": "tie", "wrong": m.UNPARSABLE, "exclude": None}[policy]
-
-
-def _order_metrics(units: Sequence[Sequence[tuple]]) -> dict[str, float | None]:
-    """Dual-order consistency and correct-in-both-orders, over pairs judged in both orders."""
-    both = [dict((o, (v, g)) for o, v, g in u) for u in units]
-    both = [u for u in both if "ab" in u and "ba" in u]
-    if not both:
-        return {"dual_order_consistency": None, "correct_both_orders": None}
-    ab, ba, gold = [u["ab"][0] for u in both], [u["ba"][0] for u in both], [u["ab"][1] for u in both]
-    return {
-        "dual_order_consistency": m.dual_order_consistency(ab, ba),
-        "correct_both_orders": m.correct_both_orders(ab, ba, gold),
-    }
 
 
 # --- shared parts -----------------------------------------------------------------------------------

@@ -94,10 +94,48 @@ def chance_level(
 ) -> float | None:
     """Mean of a metric for random verdicts drawn from the gold distribution: ``batched_metric``
     takes a (draws, n) array of random verdicts and scores each row against the gold labels."""
-    rng = np.random.default_rng(seed)
-    values = np.asarray(batched_metric(rng.choice(np.asarray(gold), size=(draws, len(gold)), replace=True)), float)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else None
+    return chance_levels(lambda d: {"metric": batched_metric(d)}, gold, draws, seed)["metric"]
+
+
+def chance_levels(
+    batched_metrics: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    gold: Sequence | np.ndarray,
+    draws: int = 500,
+    seed: int = 0,
+    chunk: int = 100,
+) -> dict[str, float | None]:
+    """Chance levels of several metrics from one set of random judges (see ``chance_level``).
+    Draws are scored ``chunk`` at a time, so memory stays flat on large benchmarks."""
+    rng, gold = np.random.default_rng(seed), np.asarray(gold)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, draws, chunk):
+        sample = rng.choice(gold, size=(min(chunk, draws - start), len(gold)), replace=True)
+        for name, values in batched_metrics(sample).items():
+            values = np.asarray(values, float)
+            values = values[np.isfinite(values)]
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+            counts[name] = counts.get(name, 0) + values.size
+    return {k: sums[k] / counts[k] if counts[k] else None for k in sums}
+
+
+def unit_sums(features: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Resampled sums of per-unit features: ``features`` has one row per unit (a pair with its
+    orders, an item); the returned function maps (batch, n) unit indices to (batch, features) sums.
+
+    Units with equal features are pooled into types first, so a resample costs one bincount of type
+    ids and a small matrix product, whatever the number of features."""
+    types, type_of = np.unique(np.asarray(features, float), axis=0, return_inverse=True)
+    type_of = type_of.ravel()
+
+    def sums(idx: np.ndarray) -> np.ndarray:
+        idx = np.atleast_2d(idx)
+        batch, n_types = idx.shape[0], len(types)
+        flat = type_of[idx] + n_types * np.arange(batch)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=batch * n_types).reshape(batch, n_types)
+        return counts @ types
+
+    return sums
 
 
 def normalise(name: str, value: float | None, chance: float | None) -> float | None:
