@@ -384,7 +384,13 @@ class BootstrapConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+    benchmark: BenchmarkConfig = Field(BenchmarkConfig(), description="The one benchmark (without `benchmarks`).")
+    benchmarks: list[BenchmarkConfig] | None = Field(
+        None,
+        min_length=1,
+        description="A suite instead of `benchmark`: every judge is measured on each (reports under "
+        "<judge>/<benchmark id>/), and a suite report per judge gives the paper's aggregate over all of them.",
+    )
     judges: list[JudgeConfig] = Field(
         default_factory=lambda: [TrainedJudge()], min_length=1, description="Judges under test; one report each."
     )
@@ -401,6 +407,31 @@ class EvaluateConfig(Strict):
     bootstrap: BootstrapConfig = BootstrapConfig()
     breakdown: Literal["scenario", "category"] = Field("scenario", description="Group items by this in the report.")
     plots: bool = Field(True, description="Write PNG plots beside each report.")
+    macro_classes: Literal["occurring", "all"] = Field(
+        "occurring",
+        description="Classes macro precision/recall/F1 average over: those in the gold labels or the verdicts, "
+        "or all three (tie, A, B) even when unused; the report states which.",
+    )
+    decisive_only: bool = Field(
+        False,
+        description="Also report decisive_accuracy: agreement on the verdicts where both the humans and the "
+        "judge pick a winner (no tie).",
+    )
+
+    @model_validator(mode="after")
+    def _one_benchmark_list(self) -> EvaluateConfig:
+        if self.benchmarks is not None and "benchmark" in self.model_fields_set:
+            raise ValueError("give evaluate.benchmark (one) or evaluate.benchmarks (a suite), not both")
+        ids = [b.report_id for b in self.suite]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"benchmark ids must be unique in a suite (they name report folders): {dupes}")
+        return self
+
+    @property
+    def suite(self) -> list[BenchmarkConfig]:
+        """Every benchmark to measure on: the suite's, or the one benchmark."""
+        return list(self.benchmarks) if self.benchmarks is not None else [self.benchmark]
 
     @field_validator("judges")
     @classmethod
@@ -454,9 +485,17 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_are_complete(self) -> PipelineConfig:
-        for stage in self.stages:
+        for stage in self.stages_to_check():
             self.check_stage(stage)
         return self
+
+    def stages_to_check(self) -> list[str]:
+        """The stages a config must be complete for when it loads: the ones its `stages:` line lists;
+        without that line, the ones whose sections it writes. So an evaluate-only config needs no
+        `stages:` line and no engines it does not use; the runner checks each stage again before it runs."""
+        if "stages" in self.model_fields_set:
+            return list(self.stages)
+        return [s for s in self.stages if s in self.model_fields_set]
 
     def check_stage(self, stage: str) -> None:
         """Raise if ``stage`` cannot run with this config: a missing section or an unknown engine name."""
@@ -471,7 +510,7 @@ class PipelineConfig(Strict):
     def upstream_stages(self, stage: str) -> list[str]:
         """The stages whose outputs ``stage`` reads with this config (they must have ended ok)."""
         if stage == "evaluate":
-            reads = ["dataset"] if self.evaluate.benchmark.name == "validation" else []
+            reads = ["dataset"] if any(b.name == "validation" for b in self.evaluate.suite) else []
             return reads + (["train"] if any(j.kind == "trained" for j in self.evaluate.judges) else [])
         if stage == "serve":
             return ["train"] if self.serve.model == "trained" else []
