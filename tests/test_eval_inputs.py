@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import SHARED_DATA
+from themis import cli
 from themis.config import BenchmarkConfig, EngineJudge, PipelineConfig, RecordedJudge, StorageConfig, TrainedJudge
 from themis.evaluation import benchmarks, judges, sources
 from themis.evaluation.benchmarks import BenchmarkError, PairwiseItem
@@ -220,6 +221,28 @@ def test_shipped_files_match_their_pinned_hashes_in_the_override_folder(monkeypa
         sources.resolve("shipped:pandalm/pandalm-7b-testset-v1.json")
         == SHARED_DATA / "pandalm/pandalm-7b-testset-v1.json"
     )
+
+
+@needs_shared
+def test_shipped_pandalm_config_runs_offline_from_the_override_folder(tmp_path: Path, monkeypatch) -> None:
+    # The config as shipped (shipped: verdict files, no data path): only THEMIS_DATA_DIR points here.
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(SHARED_DATA))
+    config = Path(__file__).parents[1] / "jobs" / "configs" / "eval_pandalm.yaml"
+    overrides = [f"run.storage.root={tmp_path}", "evaluate.bootstrap.resamples=20", "evaluate.plots=false"]
+    assert cli.main(["evaluate", str(config), *overrides]) == 0
+    report = json.loads((tmp_path / "eval-pandalm/reports/evaluation/gpt-3.5-turbo/report.json").read_text())
+    assert round(report["pairwise"]["metrics"]["accuracy"]["value"] * 100, 2) == 71.07
+    pinned = sources.SOURCES["pandalm"].files["gpt-3.5-turbo-testset-v1.json"][1]
+    assert (
+        report["predictions_file_sha256"] == pinned and "WeOpenML/PandaLM@3871806e72b4" in report["benchmark"]["source"]
+    )
+
+
+@needs_shared
+def test_mt_bench_questions_from_the_shipped_source(monkeypatch) -> None:
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(SHARED_DATA))
+    assert sources.resolve("shipped:mt_bench") == SHARED_DATA / "mt_bench"
+    assert len(benchmarks.mt_bench_instructions("shipped:mt_bench")) == 80
 
 
 def test_override_folder_with_a_changed_file_is_refused(tmp_path: Path) -> None:

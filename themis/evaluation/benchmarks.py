@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from themis.evaluation import sources
 from themis.evaluation.records import BenchmarkError, Record, read_records
 
 # How human labels are read when a benchmark gives no ``values`` mapping: A/B/tie, and PandaLM's
@@ -152,9 +153,10 @@ def _hhh_parts(prompt: Any, path: Path, n: int) -> dict[str, str]:
 
 
 def mt_bench_instructions(folder: str | Path) -> list[dict[str, Any]]:
-    """MT-bench first-turn questions (from its folder: ``sources.fetch("mt_bench", ...)``'s parent, or
-    any folder laid out the same way) as unlabelled instructions, with GPT-4 references where given."""
-    folder = Path(folder)
+    """MT-bench first-turn questions as unlabelled instructions, with GPT-4 references where given,
+    from ``folder``: ``shipped:mt_bench`` (the pinned FastChat files, fetched once) or a local folder
+    holding question.jsonl and reference_answer_gpt-4.jsonl."""
+    folder = sources.resolve(str(folder))
     answers = read_records(folder / "reference_answer_gpt-4.jsonl")
     refs = {r.data["question_id"]: r.data["choices"][0]["turns"][0] for r in answers}
     rows = []

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from themis.evaluation.benchmarks import BenchmarkError
+from themis.evaluation.records import BenchmarkError
 
 DATA_DIR_ENV = "THEMIS_DATA_DIR"
 CACHE_DIR_ENV = "THEMIS_CACHE_DIR"
@@ -131,19 +131,22 @@ def data_root(dataset: str, file: str, data_dir: str | Path | None = None, **kwa
 
 
 def resolve(path: str, data_dir: str | Path | None = None) -> Path:
-    """A config's file path: ``shipped:<dataset>/<file>`` is fetched like a benchmark; anything
-    else is a local path, taken as it is."""
+    """A config's path: ``shipped:<dataset>/<file>`` is fetched like a benchmark, ``shipped:<dataset>``
+    gives the folder holding all of that dataset's files; anything else is a local path, as it is."""
     if not path.startswith(SHIPPED):
         return Path(path)
     dataset, _, file = path[len(SHIPPED) :].partition("/")
-    return fetch(dataset, file, data_dir)
+    if file:
+        return fetch(dataset, file, data_dir)
+    folders = {fetch(dataset, f, data_dir).parent for f in _source(dataset, None, SOURCES).files}
+    return folders.pop()
 
 
-def _source(dataset: str, file: str, sources: Mapping[str, Source]) -> Source:
+def _source(dataset: str, file: str | None, sources: Mapping[str, Source]) -> Source:
     source = sources.get(dataset)
     if source is None:
         raise BenchmarkError(f"unknown shipped dataset {dataset!r}; known: {sorted(sources)}")
-    if file not in source.files:
+    if file is not None and file not in source.files:
         raise BenchmarkError(f"{dataset} ships no file {file!r}; it has {sorted(source.files)}")
     return source
 
