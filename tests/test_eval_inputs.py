@@ -147,6 +147,9 @@ def test_json_array_benchmark_and_its_errors_give_the_real_line(tmp_path: Path) 
     path.write_text(json.dumps([PAIR, PAIR | {"human": "B"}], indent=1))
     loaded = benchmarks.load_file(path, "pairwise")
     assert [i.human_winner for i in loaded.items] == ["A", "B"] and loaded.items[1].item_id == "pairs-2"
+    path.write_text(json.dumps([PAIR | {"item_id": "x"}, PAIR, PAIR | {"item_id": "x"}]))
+    with pytest.raises(BenchmarkError, match=r"pairs.json: record 3: item id 'x' repeats record 1"):
+        benchmarks.load_file(path, "pairwise")
     path.write_text('[\n {"instruction": "q"},\n {"instruction": oops}\n]\n')
     with pytest.raises(BenchmarkError, match=r"pairs.json: line 3: not valid JSON"):
         benchmarks.load_file(path, "pairwise")

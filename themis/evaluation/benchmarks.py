@@ -269,15 +269,21 @@ def load_file(
     mapping = dict(columns or {})
     _check_mapping(mapping, kind)
     labels = None if values is None else {str(k).strip(): v for k, v in values.items()}
-    items, rejects = [], []
+    items, rejects, first_seen = [], [], {}
     records = read_records(path)
     for record in records:
         try:
-            items.append(_file_item(record, kind, mapping, labels, needs_texts))
+            item = _file_item(record, kind, mapping, labels, needs_texts)
         except _Unusable as exc:
             rejects.append(Reject(record.source, str(exc), record.raw()))
+            continue
         except (ValueError, TypeError) as exc:
             raise BenchmarkError(f"{record.where}: {exc}") from None
+        # Verdicts are joined to items by id: a repeated id would make that join ambiguous.
+        seen = first_seen.setdefault(item.item_id, record)
+        if seen is not record:
+            raise BenchmarkError(f"{record.where}: item id {item.item_id!r} repeats {seen.unit} {seen.n}")
+        items.append(item)
     if not items:
         raise BenchmarkError(_nothing_usable(Path(path), records, rejects))
     return Loaded(items, rejects, str(path))
