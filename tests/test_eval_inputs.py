@@ -123,6 +123,9 @@ def test_label_map_refuses_a_label_outside_it_and_maps_the_rest(tmp_path: Path) 
         benchmarks.load_file(path, "pairwise", values=values)
     with pytest.raises(ValidationError, match="must map to A, B, tie"):
         BenchmarkConfig(name="file", path="x.jsonl", kind="pairwise", values={"0": "first"})
+    # YAML writes `values: {0: A, 1: B, 2: tie}` with int keys: the same mapping.
+    cfg = BenchmarkConfig(name="file", path=str(path), kind="pairwise", values={0: "A", 1: "B", 2: "tie"})
+    assert cfg.values == values
 
 
 def test_blank_row_goes_to_rejects_and_an_all_rejected_file_fails(tmp_path: Path) -> None:

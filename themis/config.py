@@ -267,6 +267,11 @@ class BenchmarkConfig(Strict):
             raise ValueError("benchmark.shared_data_dir is now benchmark.data_dir (or THEMIS_DATA_DIR)")
         return data
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_text(cls, v: Any) -> Any:
+        return _label_map(v)
+
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkConfig:
         if self.name == "file" and not self.path:
@@ -278,6 +283,8 @@ class BenchmarkConfig(Strict):
             _check_labels(self.values, allowed, "benchmark.values")
         if any(isinstance(v, dict) and not v for v in self.columns.values()):
             raise ValueError("benchmark.columns: a constant is written {const: VALUE}")
+        if any(isinstance(v, list) for k, v in self.columns.items() if k != "human"):
+            raise ValueError("benchmark.columns: only human may map to a list of columns (one per annotator)")
         if isinstance(self.columns.get("item_id"), dict):
             raise ValueError("benchmark.columns.item_id cannot be a constant: item ids must be unique")
         plain_name(self.report_id, "benchmark.id")
@@ -359,6 +366,11 @@ class RecordedJudge(Strict):
     def _plain_name(cls, v: str) -> str:
         return plain_name(v, "judge name")
 
+    @field_validator("values", "order_values", mode="before")
+    @classmethod
+    def _values_as_text(cls, v: Any) -> Any:
+        return _label_map(v)
+
     @model_validator(mode="after")
     def _one_way_to_the_second_order(self) -> RecordedJudge:
         if self.swapped_verdict_field and self.order_field:
@@ -367,6 +379,20 @@ class RecordedJudge(Strict):
             raise ValueError("order_field and order_values go together")
         _check_labels(self.values, PAIRWISE_LABELS + SCORE_LABELS, f"judge {self.name}: values")
         return self
+
+
+def _label_text(value: Any) -> Any:
+    """A label as text, as the loaders compare them: YAML's 0 or 2.0 become "0" and "2"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() if isinstance(value, int | float | str) else value
+
+
+def _label_map(values: Any) -> Any:
+    """A label mapping with its keys and values as text, so `{0: A}` and `{"0": A}` are one mapping."""
+    if not isinstance(values, dict):
+        return values
+    return {_label_text(k): _label_text(v) for k, v in values.items()}
 
 
 def _check_labels(values: dict[str, str], allowed: tuple[str, ...], where: str) -> None:
