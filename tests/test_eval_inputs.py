@@ -299,4 +299,6 @@ def test_download_once_into_the_cache_and_refuse_a_checksum_mismatch(tmp_path: P
     message = str(exc.value)
     assert "toy/b.json" in message and pinned in message and hashlib.sha256(bad).hexdigest() in message
     assert not (cache / "toy" / "b.json").exists()
+    with pytest.raises(BenchmarkError, match="could not download toy/a.json .* set THEMIS_DATA_DIR"):
+        sources.fetch("toy", "a.json", cache_dir=tmp_path / "empty", base_url=f"{base_url}/nowhere", sources=registry)
     assert toy.url("a.json") == f"https://raw.githubusercontent.com/owner/toy/{'0' * 40}/data/a.json"

@@ -4,7 +4,8 @@ Each shipped dataset names its public repository, a pinned commit, and the SHA-2
 (``SOURCES``). A file is read from an offline override folder when one is given (the config's
 ``data_dir``, else ``THEMIS_DATA_DIR``), laid out as ``<folder>/<dataset>/<file>``; otherwise pooch
 downloads it once from raw.githubusercontent.com at the pinned commit into a cache
-(``THEMIS_CACHE_DIR``, else the OS cache folder) and reuses it from then on. Either way the file
+(``THEMIS_CACHE_DIR``, else the OS cache folder) and reuses it from then on (``THEMIS_DATA_URL``
+names a mirror, laid out like the override folder, to download from instead). Either way the file
 must match its pinned hash, so a report always names exactly the data it measured.
 
 A recorded-verdicts file shipped with a dataset is named ``shipped:<dataset>/<file>`` in a config
@@ -23,6 +24,7 @@ from themis.evaluation.records import BenchmarkError
 
 DATA_DIR_ENV = "THEMIS_DATA_DIR"
 CACHE_DIR_ENV = "THEMIS_CACHE_DIR"
+MIRROR_ENV = "THEMIS_DATA_URL"  # a mirror laid out like the data folder, instead of GitHub
 SHIPPED = "shipped:"
 
 
@@ -157,7 +159,7 @@ def _download(source: Source, file: str, expected: str, cache_dir: str | Path | 
     import pooch
 
     root = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or pooch.os_cache("themis"))
-    url = source.url(file, base_url)
+    url = source.url(file, base_url or os.environ.get(MIRROR_ENV))
     try:
         return Path(pooch.retrieve(url, f"sha256:{expected}", fname=file, path=root / source.dataset))
     except ValueError as exc:  # pooch's hash mismatch: it names the expected and the actual hash
