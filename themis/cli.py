@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from themis.config import STAGES, ConfigError, load_config
+from themis.config import STAGES, ConfigError, StorageConfig, load_config
 from themis.generation import EngineUnavailableError
 from themis.storage import StorageError
 
@@ -18,8 +18,21 @@ from themis.storage import StorageError
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, KeyError, StorageError, EngineUnavailableError)
 
 
+COMPARE_HELP = """\
+also:
+  themis evaluate compare A B   two evaluation reports (or two suite reports) side by side, with a
+                                paired bootstrap when both were computed on the same items;
+                                see `themis evaluate compare --help`
+"""
+
+
 def build_parser(prog: str = "themis") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Train, evaluate and serve LLM judges.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train, evaluate and serve LLM judges.",
+        epilog=COMPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=("pipeline", *STAGES), help="the whole pipeline or one stage")
     parser.add_argument("config", help="a YAML job config, e.g. jobs/configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.name=exp1")
@@ -51,21 +64,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_main(argv: list[str]) -> int:
-    """``themis evaluate compare A B``: two evaluation reports side by side, as Markdown on stdout."""
+    """``themis evaluate compare A B``: two evaluation reports, or two suite reports, side by side as
+    Markdown on stdout. Reports on the same items (equal item hashes, with units.parquet beside them)
+    are compared by a paired bootstrap; otherwise by whether their intervals overlap. The output
+    says which test it used."""
     from themis.config import StorageConfig
-    from themis.evaluation.markdown import compare_reports
-    from themis.storage import read_text_at
 
     parser = argparse.ArgumentParser(prog="themis evaluate compare", description=compare_main.__doc__)
-    parser.add_argument("a", help="report.json (local path or s3:// URI), or its folder")
+    parser.add_argument("a", help="report.json or suite.json (local path or s3:// URI), or its folder")
     parser.add_argument("b", help="the report to compare against (the baseline of the relative gap)")
     parser.add_argument("--s3-endpoint", default=None, help="endpoint for S3-compatible servers")
     parser.add_argument("--out", default=None, help="also write the Markdown to this local file")
     args = parser.parse_args(argv)
     storage = StorageConfig(s3_endpoint=args.s3_endpoint)
     try:
-        reports = [json.loads(read_text_at(_report_path(p), storage)) for p in (args.a, args.b)]
-        text = compare_reports(*reports, name_a=reports[0]["judge"]["name"], name_b=reports[1]["judge"]["name"])
+        text = compare_text(args.a, args.b, storage)
     except (StorageError, ValueError, KeyError) as exc:
         print(f"themis: error: {exc}", file=sys.stderr)
         return 1
@@ -75,8 +88,60 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
-def _report_path(path: str) -> str:
-    return path if path.endswith(".json") else path.rstrip("/") + "/report.json"
+def compare_text(a: str, b: str, storage: StorageConfig) -> str:
+    """The Markdown comparison of two reports (or two suites) at these paths."""
+    from themis.evaluation import markdown
+
+    (path_a, report_a), (path_b, report_b) = (_read_report(p, storage) for p in (a, b))
+    names = report_a["judge"]["name"], report_b["judge"]["name"]
+    if "aggregate" in report_a or "aggregate" in report_b:
+        if not ("aggregate" in report_a and "aggregate" in report_b):
+            raise ValueError("compare two reports or two suite reports, not one of each")
+        return markdown.compare_suites(report_a, report_b, *names)
+    paired = None
+    if report_a["benchmark"]["sha256"] == report_b["benchmark"]["sha256"]:
+        paired = _paired(path_a, path_b, report_a, storage)
+    return markdown.compare_reports(report_a, report_b, *names, paired=paired)
+
+
+def _read_report(path: str, storage: StorageConfig) -> tuple[str, dict]:
+    """A report's path and contents: the file itself, or a folder's report.json, else its suite.json."""
+    from themis.storage import read_text_at
+
+    if path.endswith(".json"):
+        return path, json.loads(read_text_at(path, storage))
+    folder = path.rstrip("/")
+    try:
+        return f"{folder}/report.json", json.loads(read_text_at(f"{folder}/report.json", storage))
+    except StorageError:
+        try:
+            return f"{folder}/suite.json", json.loads(read_text_at(f"{folder}/suite.json", storage))
+        except StorageError:
+            raise StorageError(f"not found: {folder}/report.json (nor suite.json)") from None
+
+
+def _paired(path_a: str, path_b: str, report_a: dict, storage: StorageConfig) -> dict | None:
+    """Paired bootstrap differences from both reports' units.parquet; None if either is missing."""
+    from themis.evaluation.paired import paired_differences
+    from themis.evaluation.report import Settings
+
+    try:
+        units = [_read_units(p.rsplit("/", 1)[0] + "/units.parquet", storage) for p in (path_a, path_b)]
+    except StorageError:
+        return None
+    return paired_differences(*units, Settings(**report_a["settings"]))
+
+
+def _read_units(uri: str, storage: StorageConfig) -> dict[str, list]:
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from themis.storage import build_filesystem
+
+    fs, path = build_filesystem(storage.model_copy(update={"root": uri}))
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise StorageError(f"not found: {uri}")
+    return pq.read_table(path, filesystem=fs).to_pydict()
 
 
 def job_main(stage: str, argv: list[str] | None = None) -> int:

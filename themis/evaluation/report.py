@@ -164,7 +164,7 @@ def _rename_agr(values: dict[str, float | None]) -> dict[str, float | None]:
 
 
 def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any]:
-    units, judged = _pair_units(items, preds, s)
+    units, judged = pair_units(items, preds, s)
     n_used = sum(len(u) for u in units)
     out: dict[str, Any] = {"counts": _counts(judged, n_used)}
     if not n_used:
@@ -207,7 +207,7 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     return out
 
 
-def _pair_units(
+def pair_units(
     items: Sequence[PairwiseItem], preds: dict[Key, Prediction], s: Settings
 ) -> tuple[list[list[tuple]], list]:
     """Per pair, its judged orders as (order, winner after the policy, human winner for that order)."""
@@ -252,17 +252,17 @@ def pair_features(units: Sequence[Sequence[tuple]]) -> np.ndarray:
 def pair_statistic(units: Sequence[Sequence[tuple]], s: Settings) -> Any:
     """Every pair metric of resampled pairs, a (batch, n) array of pair indices at a time."""
     sums = stats.unit_sums(pair_features(units))
+    return lambda idx: pair_metrics(sums(idx), s)
 
-    def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
-        total = sums(idx)
-        out = m.batched_winner_metrics(total[:, :12].reshape(-1, 3, 4), s.macro_classes)
-        out["dual_order_consistency"] = _share(total[:, CONSISTENT], total[:, BOTH])
-        out["correct_both_orders"] = _share(total[:, CORRECT_BOTH], total[:, BOTH])
-        if s.decisive_only:
-            out["decisive_accuracy"] = _share(total[:, DECISIVE_CORRECT], total[:, DECISIVE])
-        return out
 
-    return statistic
+def pair_metrics(total: np.ndarray, s: Settings) -> dict[str, np.ndarray]:
+    """Every pair metric from summed pair features (batch, 17): one value per row."""
+    out = m.batched_winner_metrics(total[:, :12].reshape(-1, 3, 4), s.macro_classes)
+    out["dual_order_consistency"] = _share(total[:, CONSISTENT], total[:, BOTH])
+    out["correct_both_orders"] = _share(total[:, CORRECT_BOTH], total[:, BOTH])
+    if s.decisive_only:
+        out["decisive_accuracy"] = _share(total[:, DECISIVE_CORRECT], total[:, DECISIVE])
+    return out
 
 
 def _order_values(statistic: Any, n_units: int) -> dict[str, float | None]:

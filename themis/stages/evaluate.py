@@ -1,22 +1,28 @@
-"""Stage 6, evaluate: measure judges against labelled items and write one report per judge.
+"""Stage 6, evaluate: measure judges against labelled items and write one report per judge and benchmark.
 
-The benchmark (``evaluate.benchmark``): this run's validation split, the PandaLM or HHH human-
-labelled pairs, or a user's JSONL/Parquet. The judges (``evaluate.judges``): this run's trained
-model, any engine (an OpenAI-compatible endpoint or a local checkpoint), or a file of recorded
-verdicts. Engine judges see pairs in both orders and, with ``reference_effect``, items that have a
-reference both with and without it: every call is a ``themis.judging`` call, answered through
-``generation.generate_requests`` and parsed by ``judging.parse_verdict``.
+The benchmarks (``evaluate.benchmark``, or a suite in ``evaluate.benchmarks``): this run's
+validation split, the PandaLM or HHH human-labelled pairs, or a user's file. The judges
+(``evaluate.judges``): this run's trained model, any engine (an OpenAI-compatible endpoint or a
+local checkpoint), or a file of recorded verdicts (in one or both orders). Engine judges see pairs
+in both orders and, with ``reference_effect``, items that have a reference both with and without
+it: every call is a ``themis.judging`` call, answered through ``generation.generate_requests`` and
+parsed by ``judging.parse_verdict``.
 
-Writes, per judge, under ``reports/evaluation/<judge>/``: ``report.json`` (every number, the
-config, data hashes, package versions), ``report.md``, ``predictions.parquet`` (every score or
-winner, or why there is none) and PNG plots. ``themis evaluate compare A B`` sets two reports
-side by side.
+Writes, per judge, under ``reports/evaluation/<judge>/`` (a suite: ``<judge>/<benchmark id>/``):
+``report.json`` (every number, the config, data hashes, package versions, join warnings),
+``report.md``, ``predictions.parquet`` (every score or winner, or why there is none) and PNG plots.
+A suite, or a benchmark split into ``subsets``, adds ``<judge>/suite.json`` and ``suite.md``: each
+benchmark's numbers, the paper's aggregate and the mean over subsets. Unusable benchmark rows go to
+``rejects/evaluate/<benchmark id>.parquet`` and are counted. The console shows each report's
+headline metrics with intervals. ``themis evaluate compare A B`` sets two reports (or suites) side
+by side.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ import pyarrow as pa
 from themis.config import (
     BenchmarkConfig,
     EngineJudge,
+    EvaluateConfig,
     PipelineConfig,
     RecordedJudge,
     TrainedJudge,
@@ -34,13 +41,22 @@ from themis.config import (
 from themis.evaluation import benchmarks, judges, markdown, plots, sources
 from themis.evaluation.benchmarks import Item
 from themis.evaluation.judges import Prediction
+from themis.evaluation.paired import scored_units
 from themis.evaluation.report import Settings, build_report
+from themis.evaluation.suite import benchmark_entry, build_suite_report, split_subsets
 from themis.generation import EnginePass, generate_requests
 from themis.models import ModelSource
+from themis.runner import say
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
 from themis.tables import to_table
+
+# Per scored unit (a pair, or a pointwise item), what a paired comparison resamples (evaluation.paired).
+UNITS_SCHEMA = pa.schema([("item_id", pa.string()), ("family", pa.string()), ("features", pa.list_(pa.float64()))])
+
+# A benchmark row that cannot be used: where it was, why, and the raw record.
+REJECT_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("record", pa.string())])
 
 # One row per judge call: ``score`` for pointwise items, ``winner`` (for the order shown) for pairs,
 # neither when ``error`` says why there is no verdict.
@@ -58,43 +74,107 @@ PREDICTION_SCHEMA = pa.schema(
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
-    """Judge the benchmark with every configured judge; write a report per judge."""
+    """Judge every benchmark with every configured judge; write a report per judge per benchmark,
+    and a suite report per judge when there are several benchmarks or subsets."""
     section = cfg.evaluate
     needs_texts = not all(isinstance(j, RecordedJudge) for j in section.judges)
-    loaded = load_benchmark(section.benchmark, store, needs_texts)
-    items, source, data_dir = loaded.items, loaded.source, section.benchmark.data_dir
-    settings = Settings(
-        section.unparsable,
-        section.agr_p,
-        section.agr_q,
-        section.bootstrap.resamples,
-        section.bootstrap.confidence,
-        cfg.run.seed,
-        section.breakdown,
+    settings = build_settings(section, cfg.run.seed)
+    is_suite = section.benchmarks is not None or any(b.subsets for b in section.suite)
+    done = StageReport(counts={"benchmarks": len(section.suite), "items": 0, "judges": len(section.judges)})
+    rejected: Counter[str] = Counter()
+    entries: dict[str, dict[str, Any]] = {j.name: {} for j in section.judges}
+    for bench in section.suite:
+        loaded = load_benchmark(bench, store, needs_texts)
+        done.inputs[bench.report_id] = loaded.source
+        done.outputs |= write_rejects(store, bench.report_id, loaded.rejects)
+        done.counts["items"] += len(loaded.items)
+        rejected.update(r.reason for r in loaded.rejects)
+        for judge in section.judges:
+            folder = f"{judge.name}/{bench.report_id}" if section.benchmarks is not None else judge.name
+            report, predictions = judge_report(judge, bench, loaded, cfg, store, settings)
+            done.outputs |= write_report(store, folder, report, predictions, section.plots)
+            done.outputs |= write_units(store, folder, scored_units(loaded.items, predictions, settings))
+            done.details[folder] = headline(report)
+            say_report(folder, report)
+            if is_suite:
+                entries[judge.name][bench.report_id] = suite_entry(report, loaded.items, predictions, bench, settings)
+    done.counts["rows_rejected"] = sum(rejected.values())
+    if rejected:
+        done.counts["rejected_by_reason"] = dict(rejected)
+    if is_suite:
+        for judge in section.judges:
+            suite_report = build_suite_report(judge.model_dump(mode="json"), entries[judge.name])
+            done.outputs |= write_suite_report(store, judge.name, suite_report)
+            done.details[f"{judge.name}/suite"] = {"aggregate": suite_report["aggregate"]["value"]}
+            say(f"evaluate: {judge.name}: suite aggregate {markdown.fmt(suite_report['aggregate']['value'])}")
+    return done
+
+
+def build_settings(section: EvaluateConfig, seed: int) -> Settings:
+    """How reports score, from the evaluate section."""
+    return Settings(
+        unparsable=section.unparsable,
+        p=section.agr_p,
+        q=section.agr_q,
+        resamples=section.bootstrap.resamples,
+        confidence=section.bootstrap.confidence,
+        seed=seed,
+        breakdown=section.breakdown,
+        macro_classes=section.macro_classes,
+        decisive_only=section.decisive_only,
     )
-    outputs, details = {}, {}
-    fingerprint = items_hash(items)
-    for judge in section.judges:
-        predictions, unmatched, _warnings = predict(judge, items, cfg, store, data_dir)
-        report = build_report(items, predictions, settings) | {
-            "judge": judge.model_dump(mode="json"),
-            "unmatched_prediction_ids": unmatched[:50],
-            "benchmark": {
-                "name": section.benchmark.name,
-                "source": source,
-                "items": len(items),
-                "sha256": fingerprint,
-            },
-            "predictions_file_sha256": file_hash(str(sources.resolve(judge.path, data_dir)))
-            if isinstance(judge, RecordedJudge)
-            else None,
-            "config": section.model_dump(mode="json"),
-            "versions": package_versions(),
-        }
-        outputs |= write_report(store, judge.name, report, predictions, section.plots)
-        details[judge.name] = headline(report)
-    counts = {"items": len(items), "judges": len(section.judges)}
-    return StageReport(inputs={"benchmark": source}, outputs=outputs, counts=counts, details=details)
+
+
+def judge_report(
+    judge: Any,
+    bench: BenchmarkConfig,
+    loaded: benchmarks.Loaded,
+    cfg: PipelineConfig,
+    store: RunStore,
+    settings: Settings,
+) -> tuple[dict[str, Any], list[Prediction]]:
+    """One judge's report on one benchmark, with what it was computed from, and its predictions."""
+    predictions, unmatched, warnings = predict(judge, loaded.items, cfg, store, bench.data_dir)
+    for warning in warnings:
+        say(f"evaluate: warning: {judge.name} on {bench.report_id}: {warning}")
+    report = build_report(loaded.items, predictions, settings) | {
+        "judge": judge.model_dump(mode="json"),
+        "unmatched_prediction_ids": unmatched[:50],
+        "warnings": warnings,
+        "benchmark": {
+            "id": bench.report_id,
+            "name": bench.name,
+            "source": loaded.source,
+            "items": len(loaded.items),
+            "sha256": items_hash(loaded.items),
+            "rows_rejected": len(loaded.rejects),
+            "rejected_by_reason": dict(Counter(r.reason for r in loaded.rejects)),
+        },
+        "predictions_file_sha256": file_hash(str(sources.resolve(judge.path, bench.data_dir)))
+        if isinstance(judge, RecordedJudge)
+        else None,
+        "config": cfg.evaluate.model_dump(mode="json"),
+        "versions": package_versions(),
+    }
+    return report, predictions
+
+
+def suite_entry(
+    report: dict[str, Any], items: list[Item], predictions: list[Prediction], bench: BenchmarkConfig, s: Settings
+) -> dict[str, Any]:
+    """A benchmark's entry in a suite report; with ``subsets``, a report per subset too."""
+    if not bench.subsets:
+        return benchmark_entry(report)
+    subsets = {}
+    for name, members in split_subsets(items, bench.subsets).items():
+        ids = {i.item_id for i in members}
+        subsets[name] = build_report(members, [p for p in predictions if p.item_id in ids], s)
+    return benchmark_entry(report, subsets)
+
+
+def say_report(folder: str, report: dict[str, Any]) -> None:
+    """A report's headline metrics with their intervals, and its warnings, on the console."""
+    say(f"evaluate: {folder}: {markdown.headline_line(report)}")
 
 
 def load_benchmark(cfg: BenchmarkConfig, store: RunStore, needs_texts: bool) -> benchmarks.Loaded:
@@ -176,6 +256,29 @@ def write_report(
         for plot, png in plots.render_plots(report).items():
             outputs[f"{name}/{plot}"] = store.write_bytes(f"{base}/{plot}.png", png)
     return outputs
+
+
+def write_units(store: RunStore, name: str, units: dict[str, list]) -> dict[str, str]:
+    """units.parquet: the scored units ``themis evaluate compare`` resamples for a paired test."""
+    table = pa.table(units, schema=UNITS_SCHEMA)
+    return {f"{name}/units": store.write_table(f"reports/evaluation/{name}/units.parquet", table)}
+
+
+def write_rejects(store: RunStore, bench_id: str, rejects: list[benchmarks.Reject]) -> dict[str, str]:
+    """The benchmark's unusable rows, with their reasons, under rejects/evaluate/<benchmark id>.parquet."""
+    if not rejects:
+        return {}
+    table = to_table([asdict(r) for r in rejects], REJECT_SCHEMA)
+    return {f"rejects/{bench_id}": store.write_table(f"rejects/evaluate/{bench_id}.parquet", table)}
+
+
+def write_suite_report(store: RunStore, judge: str, report: dict[str, Any]) -> dict[str, str]:
+    """suite.json and suite.md under reports/evaluation/<judge>/."""
+    base = f"reports/evaluation/{judge}"
+    return {
+        f"{judge}/suite_json": store.write_json(f"{base}/suite.json", report),
+        f"{judge}/suite_md": store.write_text(f"{base}/suite.md", markdown.render_suite(report)),
+    }
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
