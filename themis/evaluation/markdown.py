@@ -108,7 +108,8 @@ def headline_line(report: Mapping[str, Any]) -> str:
     parts = []
     for family in ("pointwise", "pairwise"):
         cells = report.get(family, {}).get("metrics", {})
-        parts += [f"{k} {fmt(cells[k]['value'])} {fmt_ci(cells[k]['ci'])}" for k in HEADLINE[family] if k in cells]
+        shown = [k for k in HEADLINE[family] if cells.get(k, {}).get("value") is not None]
+        parts += [f"{k} {fmt(cells[k]['value'])} {fmt_ci(cells[k]['ci'])}" for k in shown]
         if family in report:
             counts = report[family]["counts"]
             parts.append(f"{family} used {counts['used']}/{counts['predictions']}")

@@ -1,14 +1,16 @@
 """PNG plots of a report, with matplotlib's non-interactive backend. Pure: no Ray or torch.
 
-Per judgment family: the confusion matrix (human rows, judge columns), per-group bars of the
-headline metric with their bootstrap intervals, and the judge's verdict distribution beside the
-humans'.
+Per judgment family: the confusion matrix (human rows, judge columns), per-group horizontal bars of
+the headline metric with their bootstrap intervals (sorted, readable at 60 groups), and the judge's
+verdict distribution beside the humans'.
 """
 
 from __future__ import annotations
 
 import io
 from typing import Any
+
+GROUP_PLOT_WIDTH = 7.0  # inches: 700 px at the 100 dpi the PNGs are saved with
 
 
 def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
@@ -46,18 +48,26 @@ def _confusion(confusion: dict[str, Any], family: str) -> bytes:
 
 
 def _groups(groups: dict[str, Any], headline: str, family: str) -> bytes:
+    """Horizontal bars, sorted by value, one row per group: the figure keeps its width and grows
+    down with the groups, so 60 of them stay readable (a vertical strip would be metres wide)."""
     import matplotlib.pyplot as plt
 
-    names = list(groups)
+    names = sorted(groups, key=lambda g: (groups[g][headline] or 0.0, g))
     values = [groups[g][headline] or 0.0 for g in names]
-    low = [v - (groups[g][f"{headline}_ci"] or [v, v])[0] for g, v in zip(names, values)]
-    high = [(groups[g][f"{headline}_ci"] or [v, v])[1] - v for g, v in zip(names, values)]
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
-    ax.bar(range(len(names)), values, yerr=[low, high], capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(f"{headline} (95% CI)")
+    cis = [groups[g][f"{headline}_ci"] or [v, v] for g, v in zip(names, values)]
+    errors = [[v - ci[0] for v, ci in zip(values, cis)], [ci[1] - v for v, ci in zip(values, cis)]]
+    labels = [f"{_short(g)} (n={groups[g]['n']})" for g in names]
+    fig, ax = plt.subplots(figsize=(GROUP_PLOT_WIDTH, 1.3 + 0.25 * len(names)))
+    ax.barh(range(len(names)), values, xerr=errors, capsize=2, color="tab:blue")
+    ax.set_yticks(range(len(names)), labels, fontsize=7)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel(f"{headline} (95% CI)")
     ax.set_title(f"{family}: {headline} per group")
     return _png(fig)
+
+
+def _short(name: str, most: int = 40) -> str:
+    return name if len(name) <= most else name[: most - 1] + "…"
 
 
 def _distribution(section: dict[str, Any], family: str) -> bytes:

@@ -38,7 +38,9 @@ MACRO = {
     "occurring": "macro precision/recall/F1 average over the classes that occur in the gold labels or the verdicts",
     "all": "macro precision/recall/F1 average over all three classes (tie, A, B), used or not",
 }
-DECISIVE = "decisive_accuracy: agreement on the verdicts where both the humans and the judge pick a winner (no tie)"
+DECISIVE_POLICY = (
+    "decisive_accuracy: agreement on the verdicts where both the humans and the judge pick a winner (no tie)"
+)
 # The metrics the normalised overall score averages, per judgment family (the paper uses MAE and Agr).
 KENDALL_RESAMPLES = 200
 AGGREGATED = {"pointwise": ("mae", "agr"), "pairwise": ("accuracy", "f1")}
@@ -72,7 +74,7 @@ def build_report(items: Sequence[Item], predictions: Sequence[Prediction], setti
             "pointwise": SCORE_POLICY,
             "unparsable": settings.unparsable,
             "macro": MACRO[settings.macro_classes],
-            **({"decisive": DECISIVE} if settings.decisive_only else {}),
+            **({"decisive": DECISIVE_POLICY} if settings.decisive_only else {}),
         },
         "settings": settings.__dict__,
         "items_in": len(items),
