@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_DATA
 from themis import cli
 from themis.config import ConfigError, load_config
-from themis.evaluation import markdown, plots
+from themis.evaluation import markdown, plots, sources
 from themis.evaluation.benchmarks import PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import paired_differences, scored_units
@@ -277,3 +278,18 @@ def _header() -> dict:
         "judge": {"name": "j", "kind": "recorded"},
         "benchmark": {"name": "b", "source": "s", "items": 1, "sha256": "0" * 64},
     }
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pandalm").is_dir(), reason=f"no shared data at {SHARED_DATA}")
+def test_shipped_suite_config_runs_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(SHARED_DATA))
+    config = Path(__file__).parents[1] / "jobs" / "configs" / "eval_suite.yaml"
+    overrides = [f"run.storage.root={tmp_path}", "evaluate.bootstrap.resamples=20", "evaluate.plots=false"]
+    assert cli.main(["evaluate", str(config), *overrides]) == 0
+    base = tmp_path / "eval-suite" / "reports" / "evaluation" / "gpt-3.5-turbo"
+    report = json.loads((base / "pandalm" / "report.json").read_text())
+    assert round(report["pairwise"]["metrics"]["accuracy"]["value"] * 100, 2) == 71.07
+    suite = json.loads((base / "suite.json").read_text())
+    entry = suite["benchmarks"]["pandalm"]
+    assert suite["aggregate"]["value"] == pytest.approx(entry["overall"]) and len(entry["subsets"]) > 10
+    assert entry["mean_over_subsets"]["pairwise/accuracy"] != pytest.approx(0.7107, abs=1e-4)
