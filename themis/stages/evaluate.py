@@ -77,37 +77,48 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Judge every benchmark with every configured judge; write a report per judge per benchmark,
     and a suite report per judge when there are several benchmarks or subsets."""
     section = cfg.evaluate
-    needs_texts = not all(isinstance(j, RecordedJudge) for j in section.judges)
-    settings = build_settings(section, cfg.run.seed)
-    is_suite = section.benchmarks is not None or any(b.subsets for b in section.suite)
     done = StageReport(counts={"benchmarks": len(section.suite), "items": 0, "judges": len(section.judges)})
     rejected: Counter[str] = Counter()
     entries: dict[str, dict[str, Any]] = {j.name: {} for j in section.judges}
     for bench in section.suite:
-        loaded = load_benchmark(bench, store, needs_texts)
-        done.inputs[bench.report_id] = loaded.source
-        done.outputs |= write_rejects(store, bench.report_id, loaded.rejects)
-        done.counts["items"] += len(loaded.items)
-        rejected.update(r.reason for r in loaded.rejects)
-        for judge in section.judges:
-            folder = f"{judge.name}/{bench.report_id}" if section.benchmarks is not None else judge.name
-            report, predictions = judge_report(judge, bench, loaded, cfg, store, settings)
-            done.outputs |= write_report(store, folder, report, predictions, section.plots)
-            done.outputs |= write_units(store, folder, scored_units(loaded.items, predictions, settings))
-            done.details[folder] = headline(report)
-            say_report(folder, report)
-            if is_suite:
-                entries[judge.name][bench.report_id] = suite_entry(report, loaded.items, predictions, bench, settings)
+        for judge_name, entry in measure_benchmark(bench, cfg, store, done, rejected).items():
+            entries[judge_name][bench.report_id] = entry
     done.counts["rows_rejected"] = sum(rejected.values())
     if rejected:
         done.counts["rejected_by_reason"] = dict(rejected)
-    if is_suite:
+    if section.benchmarks is not None or any(b.subsets for b in section.suite):
         for judge in section.judges:
             suite_report = build_suite_report(judge.model_dump(mode="json"), entries[judge.name])
             done.outputs |= write_suite_report(store, judge.name, suite_report)
             done.details[f"{judge.name}/suite"] = {"aggregate": suite_report["aggregate"]["value"]}
             say(f"evaluate: {judge.name}: suite aggregate {markdown.fmt(suite_report['aggregate']['value'])}")
     return done
+
+
+def measure_benchmark(
+    bench: BenchmarkConfig, cfg: PipelineConfig, store: RunStore, done: StageReport, rejected: Counter[str]
+) -> dict[str, dict[str, Any]]:
+    """Every judge on one benchmark: reports written (recorded in ``done``), rejects written and
+    counted (in ``rejected``); returns each judge's suite entry for this benchmark."""
+    section = cfg.evaluate
+    needs_texts = not all(isinstance(j, RecordedJudge) for j in section.judges)
+    settings = build_settings(section, cfg.run.seed)
+    loaded = load_benchmark(bench, store, needs_texts)
+    fingerprint = items_hash(loaded.items)  # once per benchmark, not per judge
+    done.inputs[bench.report_id] = loaded.source
+    done.outputs |= write_rejects(store, bench.report_id, loaded.rejects)
+    done.counts["items"] += len(loaded.items)
+    rejected.update(r.reason for r in loaded.rejects)
+    entries = {}
+    for judge in section.judges:
+        folder = f"{judge.name}/{bench.report_id}" if section.benchmarks is not None else judge.name
+        report, predictions = judge_report(judge, bench, loaded, fingerprint, cfg, store, settings)
+        done.outputs |= write_report(store, folder, report, predictions, section.plots)
+        done.outputs |= write_units(store, folder, scored_units(loaded.items, predictions, settings))
+        done.details[folder] = headline(report)
+        say(f"evaluate: {folder}: {markdown.headline_line(report)}")
+        entries[judge.name] = suite_entry(report, loaded.items, predictions, bench, settings)
+    return entries
 
 
 def build_settings(section: EvaluateConfig, seed: int) -> Settings:
@@ -129,6 +140,7 @@ def judge_report(
     judge: Any,
     bench: BenchmarkConfig,
     loaded: benchmarks.Loaded,
+    fingerprint: str,
     cfg: PipelineConfig,
     store: RunStore,
     settings: Settings,
@@ -146,7 +158,7 @@ def judge_report(
             "name": bench.name,
             "source": loaded.source,
             "items": len(loaded.items),
-            "sha256": items_hash(loaded.items),
+            "sha256": fingerprint,
             "rows_rejected": len(loaded.rejects),
             "rejected_by_reason": dict(Counter(r.reason for r in loaded.rejects)),
         },
@@ -162,7 +174,8 @@ def judge_report(
 def suite_entry(
     report: dict[str, Any], items: list[Item], predictions: list[Prediction], bench: BenchmarkConfig, s: Settings
 ) -> dict[str, Any]:
-    """A benchmark's entry in a suite report; with ``subsets``, a report per subset too."""
+    """A benchmark's entry in a suite report; with ``subsets``, a report per subset too (only
+    computed when the benchmark has subsets: otherwise the entry reuses the report)."""
     if not bench.subsets:
         return benchmark_entry(report)
     subsets = {}
@@ -170,11 +183,6 @@ def suite_entry(
         ids = {i.item_id for i in members}
         subsets[name] = build_report(members, [p for p in predictions if p.item_id in ids], s)
     return benchmark_entry(report, subsets)
-
-
-def say_report(folder: str, report: dict[str, Any]) -> None:
-    """A report's headline metrics with their intervals, and its warnings, on the console."""
-    say(f"evaluate: {folder}: {markdown.headline_line(report)}")
 
 
 def load_benchmark(cfg: BenchmarkConfig, store: RunStore, needs_texts: bool) -> benchmarks.Loaded:
