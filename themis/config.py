@@ -79,7 +79,12 @@ class ActorPool(Strict):
         None, ge=0, description="GPUs each actor reserves; None = what the engine needs (its device / TP size)."
     )
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs each actor reserves; None = the engine's need.")
-    batch_size: int | None = Field(None, ge=1, description="Rows per Ray Data batch; None = the engine's own choice.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows handed to an actor at once (a resumed stage re-pays at most this many per actor); "
+        "None = 4 x the engine's batch_size (local models) or 4 x its concurrency (HTTP).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ActorPool:
@@ -164,7 +169,8 @@ class InstructionsConfig(Strict):
     mt_bench_dir: str | None = Field(
         None,
         description="Also take MT-bench's first-turn questions (GPT-4 references where given) from this "
-        "folder, e.g. ../shared/data/mt_bench; their categories map to scenarios.",
+        "folder: shipped:mt_bench (FastChat's pinned files, fetched once) or a local copy; their "
+        "categories map to scenarios.",
     )
     mt_bench_limit: int | None = Field(None, ge=1, description="Use only the first N MT-bench questions.")
 

@@ -190,7 +190,10 @@ def pool_options(cfg: EngineConfig) -> dict[str, Any]:
         cpus = pool.cpus_per_actor or 1
         gpus = cfg.tensor_parallel_size if pool.gpus_per_actor is None else pool.gpus_per_actor
     else:
-        batch = pool.batch_size or cfg.batch_size
+        # A local model decodes a batch in about the time of one row (CPU decoding reads every weight
+        # each step), and it batches rows by sampling settings: hand it several batches' worth at
+        # once, so that rows of different kinds or answer models still fill whole batches.
+        batch = pool.batch_size or 4 * cfg.batch_size
         # A local model gets the cores its torch threads use (Ray also sets OMP_NUM_THREADS from this).
         cpus = pool.cpus_per_actor or cfg.num_threads or 1
         on_gpu = cfg.device.startswith("cuda")

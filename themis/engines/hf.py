@@ -117,8 +117,10 @@ class TransformersEngine:
 
 
 def _sampling_key(r: GenerationRequest) -> tuple:
-    # Requests in one batch must share sampling settings and constraints.
-    return (r.max_tokens, r.temperature, r.top_p, r.seed or 0, r.choices, r.closing)
+    # Requests in one batch must share sampling settings and constraints; a seed matters only
+    # when sampling, so greedy rows with different seeds still share a batch.
+    seed = (r.seed or 0) if r.temperature > 0 else 0
+    return (r.max_tokens, r.temperature, r.top_p, seed, r.choices, r.closing)
 
 
 def _pick_device(device: str) -> str:

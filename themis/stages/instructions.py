@@ -20,6 +20,7 @@ from themis.call_cache import CacheSpec
 from themis.config import InstructionsConfig, PipelineConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
+from themis.evaluation import sources
 from themis.generation import (
     EnginePass,
     check_engine,
@@ -52,7 +53,8 @@ def check(cfg: PipelineConfig) -> None:
     if section.user_file:
         read_user_file(section.user_file)
     load_passages(section.reference_based.passages_dir)
-    if section.mt_bench_dir and not Path(section.mt_bench_dir).is_dir():
+    # shipped:mt_bench is fetched here (once, into the cache), so a failed download stops the stage early.
+    if section.mt_bench_dir and not sources.resolve(section.mt_bench_dir).is_dir():
         raise FileNotFoundError(f"instructions.mt_bench_dir not found: {section.mt_bench_dir}")
     for name in {section.engine, section.classifier_engine}:
         check_engine(EnginePass(name, cfg.engines[name]))
