@@ -88,16 +88,25 @@ def test_recorded_judge_in_both_orders_gives_consistency_and_a_pair_interval() -
     assert pair["metrics"]["correct_both_orders"]["value"] == pytest.approx(0.75)
     assert pair["position"]["judge"]["prefer_first"] == pytest.approx(50 / 80)
     assert pair["counts"]["pairs"] == pair["counts"]["pairs_in_both_orders"] == 40
-    # The same 80 verdicts as 80 independent items: the by-pair interval must be wider, since a
-    # pair's two orders are resampled together (here each flawed pair is half right).
-    split = pair_items(["A"] * 40 + ["B"] * 40)
-    flat = [Prediction(p.item_id, "ab", False, winner=v.winner) for p, v in zip(split, preds)]
-    independent = build_report(split, flat, Settings(resamples=1000))["pairwise"]["metrics"]["accuracy"]
-    assert independent["value"] == pytest.approx(70 / 80)
-    by_pair, by_row = (np.diff(c["ci"])[0] for c in (pair["metrics"]["accuracy"], independent))
-    assert by_pair < by_row  # each flawed pair costs exactly half: less spread than 10 wrong rows alone
     low, high = pair["metrics"]["dual_order_consistency"]["ci"]
     assert low < 0.75 < high and {round(x * 40) / 40 for x in (low, high)} == {low, high}  # steps of one pair
+
+
+def test_both_orders_bootstrap_resamples_pairs_not_orders() -> None:
+    """30 pairs right in both orders, 10 wrong in both: the two orders of a pair move together, so
+    the interval must be as wide as 40 units give (about sqrt(2) wider than 80 independent rows)."""
+    items = pair_items(["A"] * 40)
+    wrong = [Prediction(i.item_id, o, False, winner=w) for i in items[30:] for o, w in (("ab", "B"), ("ba", "A"))]
+    preds = copy_gold(items[:30], ("ab", "ba")) + wrong
+    pair = build_report(items, preds, Settings(resamples=2000))["pairwise"]["metrics"]
+    assert pair["accuracy"]["value"] == 0.75 and pair["dual_order_consistency"]["value"] == 1.0
+    # The same 80 verdicts as 80 one-order items: what a bootstrap over orders would give.
+    rows = pair_items(["A"] * 80)
+    flat = [Prediction(i.item_id, "ab", False, winner="A" if k < 60 else "B") for k, i in enumerate(rows)]
+    independent = build_report(rows, flat, Settings(resamples=2000))["pairwise"]["metrics"]["accuracy"]
+    assert independent["value"] == 0.75
+    by_pair, by_row = (np.diff(c["ci"])[0] for c in (pair["accuracy"], independent))
+    assert by_pair > 1.25 * by_row
 
 
 # --- decisive only --------------------------------------------------------------------------------------
