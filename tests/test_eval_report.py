@@ -252,6 +252,8 @@ def test_suite_stage_writes_each_report_the_aggregate_and_subset_means(tmp_path:
     assert cli.main(["evaluate", "compare", str(base / "perfect"), str(base / "always_a" / "suite.json")]) == 0
     out = capsys.readouterr().out
     assert "(suites)" in out and "| ties | pairwise/accuracy | 1.0000 |" in out
+    assert "| ties | pairwise/accuracy (mean over subsets) | 1.0000 |" in out
+    assert out.count("| paired |") >= 4 and "Tests: `paired`: a paired bootstrap" in out
     assert cli.main(["evaluate", "compare", str(base / "perfect" / "ties"), str(base / "always_a" / "ties")]) == 0
     assert "Test: paired bootstrap over the 30 shared items" in capsys.readouterr().out
     assert cli.main(["evaluate", "compare", str(base / "perfect"), str(base / "always_a" / "ties")]) == 1

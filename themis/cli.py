@@ -97,7 +97,9 @@ def compare_text(a: str, b: str, storage: StorageConfig) -> str:
     if "aggregate" in report_a or "aggregate" in report_b:
         if not ("aggregate" in report_a and "aggregate" in report_b):
             raise ValueError("compare two reports or two suite reports, not one of each")
-        return markdown.compare_suites(report_a, report_b, *names)
+        return markdown.compare_suites(
+            report_a, report_b, *names, paired=_paired_suite(path_a, path_b, report_a, report_b, storage)
+        )
     paired = None
     if report_a["benchmark"]["sha256"] == report_b["benchmark"]["sha256"]:
         paired = _paired(path_a, path_b, report_a, storage)
@@ -130,6 +132,26 @@ def _paired(path_a: str, path_b: str, report_a: dict, storage: StorageConfig) ->
     except StorageError:
         return None
     return paired_differences(*units, Settings(**report_a["settings"]))
+
+
+def _paired_suite(path_a: str, path_b: str, a: dict, b: dict, storage: StorageConfig) -> dict[str, dict]:
+    """Per shared benchmark with the same items in both suites, paired bootstrap differences."""
+    out = {}
+    for bench, entry_a in a["benchmarks"].items():
+        entry_b = b["benchmarks"].get(bench)
+        if entry_b is None or entry_a["benchmark"]["sha256"] != entry_b["benchmark"]["sha256"]:
+            continue
+        reports = [
+            _join(p.rsplit("/", 1)[0], e["folder"]) + "/report.json" for p, e in ((path_a, entry_a), (path_b, entry_b))
+        ]
+        paired = _paired(*reports, {"settings": entry_a["settings"]}, storage)
+        if paired is not None:
+            out[bench] = paired
+    return out
+
+
+def _join(folder: str, sub: str) -> str:
+    return f"{folder}/{sub}" if sub else folder
 
 
 def _read_units(uri: str, storage: StorageConfig) -> dict[str, list]:

@@ -227,48 +227,75 @@ def _test_note(paired: Mapping[str, Mapping[str, Any]] | None) -> str:
     )
 
 
-def compare_suites(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
-    """Two suite reports side by side: each shared benchmark's headline metrics, the aggregates, and
-    the paper's relative gap over every shared benchmark's aggregated metrics."""
+def compare_suites(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    name_a: str = "A",
+    name_b: str = "B",
+    paired: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> str:
+    """Two suite reports side by side: each shared benchmark's headline metrics (and their means
+    over subsets), the aggregates, and the paper's relative gap over every shared benchmark's
+    aggregated metrics. ``paired``: per benchmark id, paired bootstrap differences (benchmarks
+    without them use the non-overlap test); the output says which test each row used."""
     shared = [k for k in a["benchmarks"] if k in b["benchmarks"]]
     if not shared:
         raise ValueError("the two suite reports share no benchmark")
+    paired = paired or {}
     lines = [f"# {name_a} vs {name_b} (suites)", ""]
     only = sorted(set(a["benchmarks"]) ^ set(b["benchmarks"]))
     if only:
         lines += [f"**Warning: benchmarks in only one suite (left out): {', '.join(only)}.**", ""]
     lines += [
-        f"| benchmark | metric | {name_a} | 95% CI | {name_b} | 95% CI | difference |",
-        "|---|---|---|---|---|---|---|",
+        f"| benchmark | metric | {name_a} | 95% CI | {name_b} | 95% CI | difference | test |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ours: dict[str, float] = {}
     base: dict[str, float] = {}
     for bench in shared:
         ea, eb = a["benchmarks"][bench], b["benchmarks"][bench]
         if ea["benchmark"]["sha256"] != eb["benchmark"]["sha256"]:
-            lines.append(f"| {bench} | **different items** | | | | | |")
+            lines.append(f"| {bench} | **different items** | | | | | | |")
         for key, cell_a in _headline_cells(ea["metrics"]):
             cell_b = eb["metrics"].get(key)
             if cell_b is None or cell_b["value"] is None:
                 continue
-            mark = " *" if _separated(cell_a["ci"], cell_b["ci"]) else ""
+            test = paired.get(bench, {}).get(key)
+            if test is not None:
+                mark, how = (" *" if test["ci"] and not test["ci"][0] <= 0 <= test["ci"][1] else ""), "paired"
+            else:
+                mark, how = (" *" if _separated(cell_a["ci"], cell_b["ci"]) else ""), "overlap"
             lines.append(
                 f"| {bench} | {key} | {fmt(cell_a['value'])} | {fmt_ci(cell_a['ci'])} | {fmt(cell_b['value'])} | "
-                f"{fmt_ci(cell_b['ci'])} | {fmt(cell_a['value'] - cell_b['value'])}{mark} |"
+                f"{fmt_ci(cell_b['ci'])} | {fmt(cell_a['value'] - cell_b['value'])}{mark} | {how} |"
             )
             family, metric = key.split("/")
             if metric in AGGREGATED[family]:
                 ours[f"{bench}/{key}"], base[f"{bench}/{key}"] = cell_a["value"], cell_b["value"]
+        lines += _subset_mean_rows(bench, ea, eb)
     lines += [
-        f"| aggregate | normalised | {fmt(a['aggregate']['value'])} | | {fmt(b['aggregate']['value'])} | | |",
+        f"| aggregate | normalised | {fmt(a['aggregate']['value'])} | | {fmt(b['aggregate']['value'])} | | | |",
         "",
     ]
     if ours:
-        lines.append(
-            f"Relative gap of {name_a} over {name_b} (the paper's comparison): {stats.relative_gap(ours, base):+.1%}"
-        )
-    lines.append("Test: " + NON_OVERLAP + " For a paired test, compare two benchmarks' report folders.")
+        gap = stats.relative_gap(ours, base)
+        lines.append(f"Relative gap of {name_a} over {name_b} (the paper's comparison): {gap:+.1%}")
+    lines += [
+        "Tests: `paired`: a paired bootstrap over the benchmark's shared items, `*` where the 95% interval of "
+        "the difference excludes 0; `overlap`: " + NON_OVERLAP.removeprefix("`*`: ")
+    ]
     return "\n".join(lines)
+
+
+def _subset_mean_rows(bench: str, ea: Mapping[str, Any], eb: Mapping[str, Any]) -> list[str]:
+    """Rows of the means over subsets both suites computed for this benchmark."""
+    ma, mb = ea.get("mean_over_subsets", {}), eb.get("mean_over_subsets", {})
+    keys = [k for k in ma if k in mb and ma[k] is not None and mb[k] is not None]
+    return [
+        f"| {bench} | {k} (mean over subsets) | {fmt(ma[k])} | | {fmt(mb[k])} | | {fmt(ma[k] - mb[k])} | |"
+        for k in keys
+        if k == "overall" or k.split("/")[1] in HEADLINE[k.split("/")[0]]
+    ]
 
 
 def _separated(ci_a: list[float] | None, ci_b: list[float] | None) -> bool:

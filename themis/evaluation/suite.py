@@ -46,12 +46,15 @@ def flat_metrics(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def benchmark_entry(
-    report: Mapping[str, Any], subsets: Mapping[str, Mapping[str, Any]] | None = None
+    report: Mapping[str, Any], folder: str, subsets: Mapping[str, Mapping[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """One benchmark's part of a suite report: where it came from, its metrics with intervals, its
-    normalised metrics and overall, and per subset the same with their mean."""
+    """One benchmark's part of a suite report: where it came from, the folder of its report
+    (relative to the suite report's, "" for the same), its metrics with intervals, its normalised
+    metrics and overall, and per subset the same with their mean."""
     entry = {
         "benchmark": report["benchmark"],
+        "folder": folder,
+        "settings": report["settings"],
         "metrics": flat_metrics(report),
         "normalised": report["overall"]["normalised"],
         "overall": report["overall"]["value"],

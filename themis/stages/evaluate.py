@@ -117,7 +117,8 @@ def measure_benchmark(
         done.outputs |= write_units(store, folder, scored_units(loaded.items, predictions, settings))
         done.details[folder] = headline(report)
         say(f"evaluate: {folder}: {markdown.headline_line(report)}")
-        entries[judge.name] = suite_entry(report, loaded.items, predictions, bench, settings)
+        subfolder = bench.report_id if section.benchmarks is not None else ""
+        entries[judge.name] = suite_entry(report, subfolder, loaded.items, predictions, bench, settings)
     return entries
 
 
@@ -172,17 +173,22 @@ def judge_report(
 
 
 def suite_entry(
-    report: dict[str, Any], items: list[Item], predictions: list[Prediction], bench: BenchmarkConfig, s: Settings
+    report: dict[str, Any],
+    folder: str,
+    items: list[Item],
+    predictions: list[Prediction],
+    bench: BenchmarkConfig,
+    s: Settings,
 ) -> dict[str, Any]:
     """A benchmark's entry in a suite report; with ``subsets``, a report per subset too (only
     computed when the benchmark has subsets: otherwise the entry reuses the report)."""
     if not bench.subsets:
-        return benchmark_entry(report)
+        return benchmark_entry(report, folder)
     subsets = {}
     for name, members in split_subsets(items, bench.subsets).items():
         ids = {i.item_id for i in members}
         subsets[name] = build_report(members, [p for p in predictions if p.item_id in ids], s)
-    return benchmark_entry(report, subsets)
+    return benchmark_entry(report, folder, subsets)
 
 
 def load_benchmark(cfg: BenchmarkConfig, store: RunStore, needs_texts: bool) -> benchmarks.Loaded:
