@@ -41,7 +41,8 @@ lint: setup
 	$(BIN)/ruff check themis jobs tests
 	$(BIN)/ruff format --check themis jobs tests
 
-# Speed of meta-evaluation on PandaLM's recorded verdicts (target: under 10 s); prints, never asserts.
+# Speed of meta-evaluation: PandaLM's recorded verdicts and a 27,000-pair report with 1,000 resamples
+# (target: under 10 s); prints, never asserts; ends with RESULT seconds_27k=...
 bench-evaluate: setup
 	$(BIN)/python tests/benchmarks/bench_evaluate.py
 
