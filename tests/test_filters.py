@@ -124,8 +124,9 @@ def test_sft_examples_fit_the_dataset_schema_exactly() -> None:
 
 def test_rejects_are_judgment_rows_with_a_reason() -> None:
     kept, dropped = drop_duplicates([single(1, 3, "same"), single(2, 4, "same")])
-    assert set(kept[0]) == set(JUDGMENTS_SCHEMA.names) and set(dropped[0]) == set(REJECT_SCHEMA.names)
-    assert to_table(dropped, REJECT_SCHEMA).column("reason").to_pylist() == ["duplicate prompt"]
+    assert set(kept[0]) == set(JUDGMENTS_SCHEMA.names) and set(dropped[0]) | {"ifd"} == set(REJECT_SCHEMA.names)
+    table = to_table(map(dataset.as_reject, dropped), REJECT_SCHEMA)  # filters' rejects have no IFD
+    assert table.column("reason").to_pylist() == ["duplicate prompt"] and table.column("ifd").to_pylist() == [None]
 
 
 def test_dataset_stage_reads_typed_judgments_and_writes_typed_splits(tmp_path) -> None:

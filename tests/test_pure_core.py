@@ -10,6 +10,8 @@ PURE = [
     "themis.judging",
     "themis.redact",
     "themis.filters",
+    "themis.ifd",
+    "themis.selection",
     "themis.evaluation.metrics",
     "themis.evaluation.stats",
     "themis.evaluation.benchmarks",

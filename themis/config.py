@@ -199,6 +199,89 @@ class JudgmentsConfig(Strict):
     )
 
 
+class IFDScorerConfig(Strict):
+    """The model that scores IFD, and the Ray Data actor pool it runs in (forward passes only)."""
+
+    model: str | None = Field(
+        None, description="A Hugging Face folder or 'builtin:smollm2-135m-instruct'; None = train.base_model."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass (a record is two: A given Q, A alone).")
+    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU; None = torch's choice.")
+    max_seq_len: int | None = Field(None, ge=32, description="Tokens of Q + A; None = train.max_seq_len.")
+    pool: ActorPool = Field(
+        ActorPool(),
+        description="Actors (min, max), CPUs/GPUs each, records per actor call (default 4 x batch_size; a "
+        "resumed stage re-scores at most this many per actor).",
+    )
+
+
+class SelectionConfig(Strict):
+    """IFD selection of the training split (the paper's data selection)."""
+
+    strategy: Literal["off", "all", "highest_ifd", "stratified", "random"] = Field(
+        "off",
+        description="off: no selection, no IFD. all: drop IFD outliers, keep the rest. highest_ifd: the paper's "
+        "rule, the `target` records of highest IFD. stratified: `target` records spread over (scenario, label) "
+        "in proportion to the pool, highest IFD within each. random: `target` records at random (the baseline).",
+    )
+    target: int | None = Field(
+        None, ge=1, description="Training records to keep; None = all that remain (only with strategy=all)."
+    )
+    outlier_z: float | None = Field(
+        3.0,
+        gt=0,
+        description="Drop records whose IFD lies more than this many standard deviations from their "
+        "scenario's mean (the paper: 3); None = no outlier removal (then random needs no IFD at all).",
+    )
+    scorer: IFDScorerConfig = IFDScorerConfig()
+
+    @model_validator(mode="after")
+    def _target_fits_strategy(self) -> SelectionConfig:
+        if self.strategy in ("highest_ifd", "stratified", "random") and self.target is None:
+            raise ValueError(f"selection.strategy={self.strategy} needs selection.target (records to keep)")
+        if self.strategy in ("off", "all") and self.target is not None:
+            raise ValueError(f"selection.target applies to highest_ifd, stratified and random, not {self.strategy}")
+        return self
+
+    @property
+    def needs_ifd(self) -> bool:
+        """Whether the stage scores IFD: every strategy but off, except random without outlier removal."""
+        if self.strategy == "off":
+            return False
+        return self.strategy != "random" or self.outlier_z is not None
+
+
+class ScenarioMix(Strict):
+    """How much of each scenario the training split keeps, applied after selection."""
+
+    weights: dict[str, float] | None = Field(
+        None,
+        description="Scenario id -> share of the training split (normalised); the split is trimmed to the "
+        "largest size that meets every share. Unlisted scenarios get weight 0 (dropped).",
+    )
+    quotas: dict[str, int] | None = Field(
+        None, description="Scenario id -> most training records of that scenario; unlisted scenarios are not capped."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScenarioMix:
+        if (self.weights is None) == (self.quotas is None):
+            raise ValueError("dataset.mix takes weights or quotas, exactly one")
+        given = self.weights or self.quotas or {}
+        if any(v < 0 for v in given.values()):
+            raise ValueError("dataset.mix: weights and quotas cannot be negative")
+        if self.weights is not None and not any(v > 0 for v in self.weights.values()):
+            raise ValueError("dataset.mix.weights: at least one scenario needs a positive weight")
+        from themis.scenarios import load_scenarios  # pure: the scenarios file
+
+        unknown = sorted(set(given) - set(load_scenarios()))
+        if unknown:
+            raise ValueError(f"dataset.mix: unknown scenario id(s) {unknown}; known: {sorted(load_scenarios())}")
+        return self
+
+
 class DatasetConfig(Strict):
     balance: bool = Field(True, description="Sub-sample so every score / verdict is equally common.")
     balance_floor: int = Field(
@@ -206,6 +289,42 @@ class DatasetConfig(Strict):
     )
     swap_pairs: bool = Field(True, description="Add a copy of every pair with responses swapped.")
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    selection: SelectionConfig = Field(
+        SelectionConfig(), description="IFD selection of the training split (after the split: validation is untouched)."
+    )
+    mix: ScenarioMix | None = Field(None, description="Per-scenario weights or quotas, applied after selection.")
+
+
+class LossConfig(Strict):
+    """The paper's multi-objective loss: cross-entropy on score/format tokens, an embedding-similarity
+    loss on rationale tokens. The default (``rationale: ce``) is plain cross-entropy on every target token."""
+
+    rationale: Literal["ce", "mse", "cosine"] = Field(
+        "ce",
+        description="Loss on rationale tokens: 'ce' (cross-entropy, like score tokens), or 'mse' / 'cosine' between "
+        "the expected output embedding (softmax probabilities x embedding matrix) and the true token's embedding.",
+    )
+    score_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy on score and format tokens.")
+    rationale_weight: float = Field(1.0, ge=0, description="Weight of the rationale part.")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LossConfig:
+        if self.score_weight == 0 and self.rationale_weight == 0:
+            raise ValueError("train.loss: score_weight and rationale_weight cannot both be 0 (nothing to learn)")
+        return self
+
+
+class LoraSettings(Strict):
+    """LoRA adapters through peft; the base weights stay frozen."""
+
+    r: int = Field(16, ge=1, description="Rank of the adapter matrices.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names of the Linear modules that get adapters (Llama/Qwen naming by default).",
+    )
 
 
 class TrainConfig(Strict):

@@ -3,16 +3,28 @@
 Reads the typed judgments table (the judge prompt as a list of messages, the responses as a list,
 the verdict as ``score`` or ``winner``) and writes typed SFT splits. Order of filters: drop
 duplicate prompts; keep pairs whose two orders agree (the ``ba`` judgment becomes the pair's
-swapped-order copy); balance scores and winners; split by instruction into train and validation.
-The filter report counts rows per reason, and they reconcile: rows in = rows kept + rows rejected.
+swapped-order copy); balance scores and winners; split by instruction into train and validation;
+then, on the training split only, IFD selection and the scenario mix (``select_train``).
+
+Selection is part of this stage, after the split, rather than a stage of its own: it must see
+only the training split (validation stays the same items whatever is selected, so two selections
+are compared on the same items), the train stage keeps reading ``dataset/train.parquet``, and one
+report reconciles every record of the run's judgments. It is the only part of the stage that
+needs Ray, and it starts Ray only when it scores IFD.
+
+The filter report counts rows per reason and per step, and they reconcile at every step:
+rows in = rows kept + rows rejected.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pyarrow as pa
 
+from themis import selection
+from themis.call_cache import CacheSpec
 from themis.config import PipelineConfig
 from themis.filters import balance, balance_key, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
 from themis.stages import StageReport
@@ -20,8 +32,9 @@ from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
 from themis.storage import RunStore
 from themis.tables import MESSAGES, STRINGS, to_table, with_columns
 
-# Every judgment this stage drops, as the judgments stage wrote it, with the reason.
-REJECT_SCHEMA = with_columns(JUDGMENTS_SCHEMA, ("reason", pa.string()))
+# Every judgment this stage drops, as the judgments stage wrote it, with the reason and (for
+# records dropped by selection) its IFD.
+REJECT_SCHEMA = with_columns(JUDGMENTS_SCHEMA, ("reason", pa.string()), ("ifd", pa.float64()))
 # One chat per row; ``score`` (single, reference) or ``winner`` (pairwise, for the order shown) is
 # the teacher's verdict, and the prompt's parts let evaluation re-render it.
 SFT_SCHEMA = pa.schema(
@@ -40,38 +53,61 @@ SFT_SCHEMA = pa.schema(
         ("reference", pa.string()),
     ]
 )
+# Every scored training record: its losses, IFD, and whether selection kept it.
+IFD_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("scenario", pa.string()),
+        ("label", pa.string()),
+        ("s_a_given_q", pa.float64()),
+        ("s_a", pa.float64()),
+        ("ifd", pa.float64()),
+        ("answer_tokens", pa.int64()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
+IFD_CACHE = "dataset-ifd"  # <run>/cache/dataset-ifd/: finished scores, reused by a rerun
+
+
+def check(cfg: PipelineConfig) -> None:
+    """The IFD model exists (before any Ray or data work), when selection scores IFD."""
+    if cfg.dataset.selection.needs_ifd:
+        from themis.models import resolve_model
+
+        resolve_model(ifd_model(cfg))
+
+
+def ifd_model(cfg: PipelineConfig) -> str:
+    """The model IFD is scored under: the configured one, else the student's base model."""
+    return cfg.dataset.selection.scorer.model or cfg.train.base_model
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Build train/validation SFT sets from parsed judgments; write them, rejects and a filter report."""
-    section = cfg.dataset
     judgments = store.read_table("judgments/data.parquet").to_pylist()
     if not judgments:
         raise ValueError(f"no parsed judgments in {store.uri('judgments/data.parquet')}: nothing to train on")
-    unique, dupes = drop_duplicates(judgments)
-    singles = [r for r in unique if r["kind"] != "pairwise"]
-    records, copies, inconsistent = pair_consistency([r for r in unique if r["kind"] == "pairwise"], section.swap_pairs)
-    records = singles + records
-    unbalanced = []
-    if section.balance:
-        records, unbalanced = balance(records, section.balance_floor, cfg.run.seed)
-    kept_pairs = {r["pair_id"] for r in records if r["kind"] == "pairwise"}
-    unbalanced += [c | {"reason": "balancing: its pair was dropped"} for c in copies if c["pair_id"] not in kept_pairs]
-    copies = [c for c in copies if c["pair_id"] in kept_pairs]
-    kept = records + copies
-    rejected = dupes + inconsistent + unbalanced
+    kept, rejected = filter_judgments(judgments, cfg)
+    steps = [step("filters", len(judgments), kept, rejected)]
+    train, val = split_by_instruction(kept, cfg.dataset.validation_fraction, cfg.run.seed)
+    train, dropped, selected = select_train(train, cfg, store, steps)
+    rejected += dropped
+    kept = train + val
     if len(kept) + len(rejected) != len(judgments):  # the promise of this stage: nothing is lost
         raise AssertionError(
             f"filter counts do not reconcile: {len(judgments)} in, {len(kept)} kept, {len(rejected)} rejected"
         )
-    train, val = split_by_instruction(kept, section.validation_fraction, cfg.run.seed)
-    report = filter_report(judgments, kept, rejected, train, val)
+    report = filter_report(judgments, kept, rejected, train, val) | {"steps": steps}
+    if selected:
+        report["selection"] = selected.pop("report")
     outputs = {
         "train": store.write_table("dataset/train.parquet", to_table([to_sft_example(r) for r in train], SFT_SCHEMA)),
         "validation": store.write_table(
             "dataset/validation.parquet", to_table([to_sft_example(r) for r in val], SFT_SCHEMA)
         ),
-        "rejects": store.write_table("rejects/dataset.parquet", to_table(rejected, REJECT_SCHEMA)),
+        "rejects": store.write_table("rejects/dataset.parquet", to_table(map(as_reject, rejected), REJECT_SCHEMA)),
+        **selected,
         "report": store.write_json("dataset/filter_report.json", report),
     }
     counts = {
@@ -84,6 +120,34 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     return StageReport(
         inputs={"judgments": store.uri("judgments/data.parquet")}, outputs=outputs, counts=counts, details=report
     )
+
+
+def filter_judgments(judgments: list[dict], cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
+    """Duplicates out, pairs whose orders agree (with their swapped copies), balanced classes."""
+    section = cfg.dataset
+    unique, dupes = drop_duplicates(judgments)
+    singles = [r for r in unique if r["kind"] != "pairwise"]
+    records, copies, inconsistent = pair_consistency([r for r in unique if r["kind"] == "pairwise"], section.swap_pairs)
+    records = singles + records
+    unbalanced = []
+    if section.balance:
+        records, unbalanced = balance(records, section.balance_floor, cfg.run.seed)
+    kept_pairs = {r["pair_id"] for r in records if r["kind"] == "pairwise"}
+    unbalanced += [c | {"reason": "balancing: its pair was dropped"} for c in copies if c["pair_id"] not in kept_pairs]
+    copies = [c for c in copies if c["pair_id"] in kept_pairs]
+    return records + copies, dupes + inconsistent + unbalanced
+
+
+def step(name: str, rows_in: int, kept: list, rejected: list) -> dict[str, Any]:
+    """One step's counts; raises when they do not add up (a row lost or made up on the way)."""
+    if rows_in != len(kept) + len(rejected):
+        raise AssertionError(f"step {name}: {rows_in} in, {len(kept)} kept, {len(rejected)} rejected")
+    return {"step": name, "rows_in": rows_in, "rows_out": len(kept), "rows_rejected": len(rejected)}
+
+
+def as_reject(row: dict[str, Any]) -> dict[str, Any]:
+    """A dropped judgment as a rejects row: its judgment columns, the reason, its IFD if scored."""
+    return {c: row.get(c) for c in REJECT_SCHEMA.names}
 
 
 def filter_report(judgments: list, kept: list, rejected: list, train: list, val: list) -> dict:
@@ -103,3 +167,123 @@ def filter_report(judgments: list, kept: list, rejected: list, train: list, val:
         "train": len(train),
         "validation": len(val),
     }
+
+
+# --- selection of the training split ---------------------------------------------------------------
+
+
+def select_train(
+    train: list[dict], cfg: PipelineConfig, store: RunStore, steps: list[dict]
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """IFD scoring, outlier removal, the selection strategy, then the scenario mix, on the training
+    split: (kept, dropped, outputs with the selection ``report``). Each step is added to ``steps``."""
+    section, mix = cfg.dataset.selection, cfg.dataset.mix
+    if section.strategy == "off" and mix is None:
+        return train, [], {}
+    report: dict[str, Any] = {"strategy": section.strategy, "target": section.target, "outlier_z": section.outlier_z}
+    report["pool_by_scenario_label"] = selection.counts_by_scenario_label(train)
+    units, dropped = selection.group_units(train), []
+    if section.needs_ifd:
+        report["scoring"] = attach_ifd(train, cfg, store)
+        units, dropped = run_step(steps, "ifd_scoring", units, unscored)
+        if section.outlier_z is not None:
+            units, out = run_step(
+                steps, "ifd_outliers", units, lambda us: selection.drop_outliers(us, section.outlier_z)
+            )
+            dropped += out
+    if section.strategy != "off":
+        units, out = run_step(
+            steps, "selection", units, lambda us: selection.select(us, section.strategy, section.target, cfg.run.seed)
+        )
+        dropped += out
+    if mix is not None:
+        units, out = run_step(steps, "scenario_mix", units, lambda us: selection.apply_mix(us, mix, cfg.run.seed))
+        dropped += out
+        report["mix"] = mix.model_dump(exclude_none=True)
+    kept = selection.flatten(units)
+    report["selected_by_scenario_label"] = selection.counts_by_scenario_label(kept)
+    outputs = {"report": report}
+    if section.needs_ifd:
+        outputs |= write_ifd(store, train, kept, dropped, report)
+    return kept, dropped, outputs
+
+
+def run_step(steps: list[dict], name: str, units: list, fn) -> tuple[list, list[dict]]:
+    """Apply one selection step to units, record its counts (which must reconcile)."""
+    rows_in = sum(map(len, units))
+    kept, dropped = fn(units)
+    steps.append(step(name, rows_in, selection.flatten(kept), dropped))
+    return kept, dropped
+
+
+def unscored(units: list) -> tuple[list, list[dict]]:
+    """Units whose records could not be scored (e.g. a target longer than max_seq_len), or whose
+    IFD is undefined, cannot be ranked: dropped with the reason."""
+    failed = {u.key for u in units if any(r["ifd_error"] for r in u.rows)}
+    rows = [
+        r | {"reason": f"ifd: not scored ({r['ifd_error'] or 'its pair was not'})"}
+        for u in units
+        if u.key in failed
+        for r in u.rows
+    ]
+    kept, undefined = selection.drop_undefined([u for u in units if u.key not in failed])
+    return kept, rows + undefined
+
+
+def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[str, Any]:
+    """Score every training record's IFD in the scorer's actor pool and add ``ifd``, its losses
+    and ``ifd_error`` to the rows (in place); returns what the scoring cost."""
+    from themis.runtime import init_ray
+    from themis.scoring import ScorerPass, score_records
+
+    scorer_cfg = cfg.dataset.selection.scorer
+    scorer = ScorerPass(
+        model=ifd_model(cfg),
+        cfg=scorer_cfg,
+        max_seq_len=scorer_cfg.max_seq_len or cfg.train.max_seq_len,
+        cache=CacheSpec(store.storage, store.run_name, IFD_CACHE),
+    )
+    chats = [to_sft_example(r)["messages"] for r in train]
+    keys = [scorer.key(chat) for chat in chats]
+    init_ray(cfg.ray)  # only this part of the stage needs Ray
+    scored = {s["key"]: s for s in score_records(list(zip(keys, chats)), scorer)}
+    for row, key in zip(train, keys):
+        s = scored[key]
+        ok = s["error"] is None
+        ifd = s["s_a_given_q"] / s["s_a"] if ok and s["s_a"] > 0 else None
+        row.update(ifd=ifd, s_a_given_q=s["s_a_given_q"], s_a=s["s_a"], answer_tokens=s["answer_tokens"])
+        row["ifd_error"] = None if ok else s["error"].split(":", 1)[0]
+    return {
+        "model": scorer.model,
+        "max_seq_len": scorer.max_seq_len,
+        "records": len(scored),
+        "reused": sum(bool(s["cached"]) for s in scored.values()),
+        "failed": sum(s["error"] is not None for s in scored.values()),
+        "rows_by_actor": dict(Counter(s["actor"] for s in scored.values())),
+    }
+
+
+def write_ifd(store: RunStore, train: list[dict], kept: list[dict], dropped: list[dict], report: dict) -> dict:
+    """The IFD table and plot, and the distributions per scenario in the report."""
+    reasons = {r["judgment_id"]: r["reason"] for r in dropped}
+    rows = [
+        {
+            "example_id": r["judgment_id"],
+            "scenario": r["scenario"],
+            "label": ":".join(balance_key(r)),
+            "s_a_given_q": r["s_a_given_q"],
+            "s_a": r["s_a"],
+            "ifd": r["ifd"],
+            "answer_tokens": r["answer_tokens"],
+            "kept": r["judgment_id"] not in reasons,
+            "reason": reasons.get(r["judgment_id"]),
+        }
+        for r in train
+    ]
+    every, chosen = selection.ifd_by_scenario(train), selection.ifd_by_scenario(kept)
+    report["ifd_by_scenario"] = {s: selection.distribution(v) for s, v in every.items()}
+    report["ifd_selected_by_scenario"] = {s: selection.distribution(v) for s, v in chosen.items()}
+    outputs = {"ifd": store.write_table("dataset/ifd.parquet", to_table(rows, IFD_SCHEMA))}
+    if every:
+        outputs["ifd_plot"] = store.write_bytes("dataset/ifd_by_scenario.png", selection.render_ifd_plot(every, chosen))
+    return outputs

@@ -1,0 +1,258 @@
+"""IFD scoring in a Ray Data actor pool: batched forward passes of the IFD model, no generation.
+
+Each actor loads the model once and scores the records of a batch: every record is two sequences
+(Q + A, and A alone, built by ``themis.ifd``), sorted by length and cut into ``batch_size``
+forward passes so short sequences are not padded to long ones. Sequences are padded on the left,
+so A's tokens sit at the end of every row and only the last few positions' logits are computed
+(``logits_to_keep``): a 49k-token vocabulary times a 1,000-token prompt would otherwise cost
+gigabytes per batch for logits that are never used.
+
+Finished scores go to ``<run>/cache/<stage>-ifd/``, one file per actor call, keyed by the model
+and what it reads (``ifd.ifd_key``): a rerun of a killed stage re-scores at most the records that
+were in flight, one batch per actor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from themis.call_cache import CacheSpec
+from themis.config import IFDScorerConfig
+from themis.generation import PoolPlan, check_room_for_tasks
+from themis.ifd import IFDScore, build_ifd_examples, ifd_key, score_from_token_losses
+from themis.sft import IGNORE
+from themis.tables import MESSAGES, to_table
+
+log = logging.getLogger(__name__)
+
+INPUT = pa.schema([("key", pa.string()), ("messages", MESSAGES)])
+CACHED = pa.schema(
+    [("key", pa.string()), ("s_a_given_q", pa.float64()), ("s_a", pa.float64()), ("answer_tokens", pa.int64())]
+)
+SCORED = pa.schema(
+    [
+        *CACHED,
+        ("error", pa.string()),
+        ("cached", pa.bool_()),
+        ("node", pa.string()),
+        ("actor", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScorerPass:
+    """The IFD model as a stage uses it: its spec, settings, sequence limit and score cache."""
+
+    model: str
+    cfg: IFDScorerConfig
+    max_seq_len: int
+    cache: CacheSpec | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What decides a score (never the pool or batch size)."""
+        return json.dumps({"model": self.model, "dtype": self.cfg.dtype}, sort_keys=True)
+
+    def key(self, messages: list[dict[str, str]]) -> str:
+        return ifd_key(self.fingerprint, messages, self.max_seq_len)
+
+
+def scorer_plan(cfg: IFDScorerConfig) -> PoolPlan:
+    """The scorer's actor pool: its ``pool`` settings with defaults like a local engine's."""
+    pool = cfg.pool
+    on_gpu = cfg.device.startswith("cuda")
+    gpus = (1 if on_gpu else 0) if pool.gpus_per_actor is None else pool.gpus_per_actor
+    cpus = pool.cpus_per_actor or cfg.num_threads or 1
+    return PoolPlan(pool.min_actors, pool.max_actors, pool.batch_size or 4 * cfg.batch_size, cpus, gpus)
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+class ScoreCache:
+    """One actor's view of a stage's finished scores: all there when it opened, plus its own."""
+
+    def __init__(self, spec: CacheSpec):
+        from themis.storage import RunStore
+
+        self.store = RunStore(spec.storage, spec.run_name)
+        self.rel = spec.rel
+        self.writer_id = uuid.uuid4().hex[:12]
+        self.parts = 0
+        self.entries: dict[str, tuple[float, float, int]] = {}
+        if self.store.exists(self.rel):
+            try:
+                for batch in self.store.scan(self.rel, CACHED.names):
+                    for key, aq, a, n in zip(*(batch.column(i).to_pylist() for i in range(4))):
+                        self.entries[key] = (aq, a, n)
+            except (OSError, pa.ArrowInvalid) as exc:
+                # A damaged cache costs time, not correctness: score again and say so.
+                log.warning("ignoring unreadable IFD cache %s: %s", self.store.uri(self.rel), exc)
+                self.entries.clear()
+
+    def get(self, key: str) -> IFDScore | None:
+        hit = self.entries.get(key)
+        if hit is None:
+            return None
+        aq, a, n = hit
+        return IFDScore(aq, a, aq / a if a > 0 else None, n)
+
+    def put(self, scored: list[tuple[str, IFDScore]]) -> None:
+        """Keep one batch's scores, durably, in one file (atomic: readers see it whole or not)."""
+        if not scored:
+            return
+        rows = [
+            {"key": k, "s_a_given_q": s.s_a_given_q, "s_a": s.s_a, "answer_tokens": s.answer_tokens} for k, s in scored
+        ]
+        self.parts += 1
+        self.store.write_table_atomic(f"{self.rel}/{self.writer_id}-{self.parts:06d}.parquet", to_table(rows, CACHED))
+        for k, s in scored:
+            self.entries[k] = (s.s_a_given_q, s.s_a, s.answer_tokens)
+
+
+# --- the actor ------------------------------------------------------------------------------------
+
+
+class IFDScorer:
+    """A Ray Data actor: the IFD model, loaded once, scoring batches of (key, messages) rows."""
+
+    def __init__(self, scorer: ScorerPass):
+        import ray
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from themis.engines.hf import _pick_device, _pick_dtype
+        from themis.models import resolve_model
+
+        cfg = scorer.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        path = resolve_model(scorer.model)
+        self.device = _pick_device(cfg.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = _pick_dtype(cfg.dtype, self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.scorer = scorer
+        self.cache = ScoreCache(scorer.cache) if scorer.cache else None
+        self.node, self.actor = "", ""
+        if ray.is_initialized():  # a Ray Data actor; tests also build one in-process
+            context = ray.get_runtime_context()
+            self.node, self.actor = context.get_node_id(), context.get_actor_id() or ""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = batch.column("key").to_pylist()
+        messages = batch.column("messages").to_pylist()
+        results: dict[str, IFDScore | str] = {}
+        cached = set()
+        for key in keys:
+            hit = self.cache.get(key) if self.cache else None
+            if hit is not None:
+                results[key] = hit
+                cached.add(key)
+        todo = [(k, m) for k, m in zip(keys, messages) if k not in results]
+        fresh = self.score(todo)
+        results.update(fresh)
+        if self.cache:
+            self.cache.put([(k, s) for k, s in fresh.items() if isinstance(s, IFDScore)])
+        return to_table((self._row(k, results[k], k in cached) for k in keys), SCORED)
+
+    def _row(self, key: str, result: IFDScore | str, cached: bool) -> dict[str, Any]:
+        score = result if isinstance(result, IFDScore) else None
+        return {
+            "key": key,
+            "s_a_given_q": score.s_a_given_q if score else None,
+            "s_a": score.s_a if score else None,
+            "answer_tokens": score.answer_tokens if score else None,
+            "error": None if score else result,
+            "cached": cached,
+            "node": self.node,
+            "actor": self.actor,
+        }
+
+    def score(self, records: list[tuple[str, list[dict[str, str]]]]) -> dict[str, IFDScore | str]:
+        """Scores of the records by key; a record that cannot be scored maps to its error text."""
+        out: dict[str, IFDScore | str] = {}
+        sequences = []  # (record index, 0 = given Q / 1 = alone, example)
+        for i, (key, chat) in enumerate(records):
+            try:
+                pair = build_ifd_examples(self.tokenizer, chat, self.scorer.max_seq_len)
+            except ValueError as exc:  # e.g. a target longer than max_seq_len
+                out[key] = f"{type(exc).__name__}: {exc}"
+                continue
+            sequences += [(i, 0, pair[0]), (i, 1, pair[1])]
+        sequences.sort(key=lambda s: len(s[2]["input_ids"]))
+        losses: dict[tuple[int, int], list[float]] = {}
+        size = self.scorer.cfg.batch_size
+        for start in range(0, len(sequences), size):
+            chunk = sequences[start : start + size]
+            for (i, which, _), values in zip(chunk, self.token_losses([s[2] for s in chunk])):
+                losses[(i, which)] = values
+        for i, (key, _) in enumerate(records):
+            if key not in out:
+                out[key] = score_from_token_losses(losses[(i, 0)], losses[(i, 1)])
+        return out
+
+    def token_losses(self, examples: list[dict[str, list[int]]]) -> list[list[float]]:
+        """Per-token cross-entropy of each example's labelled tokens (one forward pass)."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(len(e["input_ids"]) for e in examples)
+        pads = [width - len(e["input_ids"]) for e in examples]
+        ids = torch.tensor([[self.pad_id] * p + e["input_ids"] for p, e in zip(pads, examples)])
+        labels = torch.tensor([[IGNORE] * p + e["labels"] for p, e in zip(pads, examples)])
+        mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads])
+        # Labelled tokens are the last ones of every row: the logits of the positions before them suffice.
+        keep = max(sum(t != IGNORE for t in e["labels"]) for e in examples) + 1
+        keep = min(keep, width)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift the positions
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=keep,
+            )
+        logits = out.logits[:, :-1].float()
+        targets = labels[:, width - keep + 1 :].to(self.device)
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+        scored = targets != IGNORE
+        return [per_token[r][scored[r]].tolist() for r in range(len(examples))]
+
+
+# --- the pass over a stream of records ------------------------------------------------------------
+
+
+def score_dataset(ds: Any, scorer: ScorerPass) -> Any:
+    """``ds`` of (key, messages) rows scored by an autoscaling pool of ``IFDScorer`` actors (lazy)."""
+    plan = scorer_plan(scorer.cfg)
+    check_room_for_tasks("ifd scorer", plan)
+    if plan.max_actors > 1:
+        # One block goes to one actor: cut the stream into batch-sized blocks so every actor gets work.
+        ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
+    return ds.map_batches(
+        IFDScorer, fn_constructor_kwargs={"scorer": scorer}, batch_format="pyarrow", **plan.map_batches_args()
+    )
+
+
+def score_records(records: list[tuple[str, list[dict[str, str]]]], scorer: ScorerPass) -> list[dict[str, Any]]:
+    """Score (key, messages) records through the actor pool; one ``SCORED`` row per distinct key."""
+    import ray
+
+    unique = dict(records)
+    if not unique:
+        return []
+    table = to_table(({"key": k, "messages": m} for k, m in unique.items()), INPUT)
+    out = score_dataset(ray.data.from_arrow(table), scorer)
+    rows = []
+    for batch in out.iter_batches(batch_format="pyarrow", batch_size=4096):
+        rows += batch.to_pylist()
+    return rows
