@@ -27,6 +27,9 @@ PURE = [
     "themis.engines",
     "themis.engines.base",
     "themis.sft",
+    "themis.train_metrics",
+    "themis.train_data",
+    "themis.lora",
     "themis.judge_api",
     "themis.stages",
 ]

