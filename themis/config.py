@@ -186,6 +186,16 @@ class ResponsesConfig(Strict):
     per_instruction: int = Field(2, ge=1, description="K responses per instruction.")
 
 
+class SelfConsistencyConfig(Strict):
+    """The teacher judges every item k times with sampling; an item is kept only if the k agree."""
+
+    samples: int = Field(1, ge=1, description="Judgments per item (k); 1 = off.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the k judgments (replaces sampling's).")
+    score_tolerance: int = Field(
+        0, ge=0, description="Scores agree when the highest and lowest of the k differ by at most this."
+    )
+
+
 class JudgmentsConfig(Strict):
     engine: str = Field("teacher", description="The teacher engine.")
     sampling: Sampling = Sampling(max_tokens=96)
@@ -196,6 +206,9 @@ class JudgmentsConfig(Strict):
     reference_sampling: Sampling = Sampling(max_tokens=96)
     constrain_format: bool = Field(
         True, description="Force the verdict opening and constrain the score token (local engines)."
+    )
+    self_consistency: SelfConsistencyConfig = Field(
+        SelfConsistencyConfig(), description="Sample k judgments per item and keep the items whose k agree."
     )
 
 

@@ -94,6 +94,41 @@ def balance(rows: list[Row], floor: int, seed: int) -> tuple[list[Row], list[Row
     return kept, reject(dropped, "balancing: over the class quota")
 
 
+# --- self-consistency of the teacher's k samples of one item -------------------------------------
+
+DISAGREE = "self-consistency: samples disagree"
+
+
+def verdict_of(row: Row) -> str | None:
+    """A parsed sample's verdict as text (its score or its winner); None when it did not parse."""
+    if row["reason"] is not None:
+        return None
+    return row["winner"] if row["kind"] == "pairwise" else str(row["score"])
+
+
+def samples_agree(kind: str, verdicts: list[str], tolerance: int) -> bool:
+    """The rule: the same pairwise winner in every sample, or scores within ``tolerance`` of each other."""
+    if kind == "pairwise":
+        return len(set(verdicts)) == 1
+    scores = [int(v) for v in verdicts]
+    return max(scores) - min(scores) <= tolerance
+
+
+def self_consistent(samples: list[Row], tolerance: int) -> Row:
+    """One item from its k samples, each with its ``verdicts``: the first sample with the most
+    common verdict when they agree; else the first sample, rejected (``DISAGREE``). An item with a
+    sample that failed or did not parse cannot be checked: it is rejected with that reason."""
+    samples = sorted(samples, key=lambda r: r["sample"])
+    verdicts = [verdict_of(s) for s in samples]
+    failed = next((s for s in samples if s["reason"] is not None), None)
+    if failed is not None:
+        return failed | {"verdicts": verdicts}
+    if not samples_agree(samples[0]["kind"], verdicts, tolerance):
+        return samples[0] | {"verdicts": verdicts, "reason": DISAGREE}
+    common = max(verdicts, key=lambda v: (verdicts.count(v), -verdicts.index(v)))
+    return samples[verdicts.index(common)] | {"verdicts": verdicts}
+
+
 def split_by_instruction(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
     """Train/validation split by instruction, so no instruction (or pair copy) leaks across."""
     ids = sorted({r["instruction_id"] for r in rows})

@@ -10,11 +10,18 @@ the judge calls, run them through the teacher's actor pool, parse, write. When s
 guided instructions have no reference, a first pass has the teacher write those references (the
 judge prompts need them). A row whose call failed or whose output does not parse goes to
 ``rejects/judgments.parquet`` with the reason; the parse rate per kind is reported.
+
+Self-consistency (``judgments.self_consistency.samples`` = k > 1): every judge call is made k
+times with sampling (distinct seeds), the samples of an item are grouped, and the item is kept
+only if they agree (``filters.self_consistent``): one row per item, so rows still reconcile. The
+report gives the agreement rate per scenario, and a disagreeing item goes to rejects with its k
+verdicts; engine usage counts every sample, the parse rate is over samples.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -24,9 +31,11 @@ from themis.call_cache import CacheSpec
 from themis.config import JudgmentsConfig, PipelineConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
+from themis.filters import DISAGREE, self_consistent
 from themis.generation import (
     LIGHT,
     EnginePass,
+    StageTally,
     check_engine,
     generate,
     generation_fields,
@@ -69,10 +78,14 @@ SCHEMA = pa.schema(
         ("completion_tokens", pa.int64()),
     ]
 )
-REJECT_SCHEMA = with_columns(SCHEMA, ("reason", pa.string()))
+# ``verdicts``: with self-consistency, the k samples' verdicts (a score or winner each; null = unparsed).
+REJECT_SCHEMA = with_columns(SCHEMA, ("reason", pa.string()), ("verdicts", STRINGS))
 _FROM_GENERATION = {"output", "prompt_tokens", "completion_tokens"}
-PLANNED = planned_schema(pa.schema([f for f in SCHEMA if f.name not in _FROM_GENERATION]))
-ROWS = rows_schema(REJECT_SCHEMA)
+# ``sample``: which of an item's k self-consistency samples a row is (0 when k = 1).
+PLANNED = with_columns(
+    planned_schema(pa.schema([f for f in SCHEMA if f.name not in _FROM_GENERATION])), ("sample", pa.int32())
+)
+ROWS = with_columns(rows_schema(REJECT_SCHEMA), ("sample", pa.int32()))
 # A response row, or (is_reference) the teacher's reference answer for its instruction.
 GROUP = rows_schema(
     with_columns(RESPONSES, ("is_reference", pa.bool_()), ("ref_output", pa.string()), ("ref_error", pa.string()))
@@ -109,8 +122,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         .materialize()
     )
     parsed = map_rows(generate(planned, teacher), lambda row: [parse_judgment(row)], ROWS)
-    path = write_rows(parsed, store, "judgments", ROWS)
-    counts = tally(store, path, "kind")
+    path, counts, parse_rate = write_items(parsed, store, section)
     if references is not None:
         for batch in store.scan_path(references, TRACE_COLUMNS):
             counts.add_calls(batch, placed=False)  # the reference calls cost tokens too, but are not rows of this stage
@@ -121,7 +133,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_out": counts.rows_out,
         "rows_rejected": counts.rows_rejected,
         **counts.call_counts(),
-        "parse_rate": {k: round(ok / (ok + bad), 4) for k, (ok, bad) in sorted(counts.per_kind.items()) if ok + bad},
+        "parse_rate": parse_rate,
     }
     details = {
         "usage": counts.usage(cfg.engines),
@@ -129,7 +141,63 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_by_node": dict(counts.rows_by_node),
         "rows_by_actor": dict(counts.rows_by_actor),
     }
+    if section.self_consistency.samples > 1:
+        details["self_consistency"] = agreement_report(store, path, section)
     return StageReport(inputs={"responses": store.uri(INPUT)}, outputs=outputs, counts=report, details=details)
+
+
+def write_items(parsed: Any, store: RunStore, section: JudgmentsConfig) -> tuple[str, StageTally, dict[str, float]]:
+    """Write one row per judgment item; returns its path, the counts, and the parse rate per kind.
+
+    With self-consistency the k samples are written first (their calls are the stage's usage,
+    their parse rate its parse rate), then grouped by item into one agreeing or rejected row each.
+    """
+    if section.self_consistency.samples == 1:
+        path = write_rows(parsed, store, "judgments", ROWS)
+        counts = tally(store, path, "kind")
+        return path, counts, parse_rates(counts)
+    import ray
+
+    samples_path = write_rows(parsed, store, "judgment-samples", ROWS)
+    samples = tally(store, samples_path, "kind")
+    tolerance = section.self_consistency.score_tolerance
+    items = (
+        ray.data.read_parquet(samples_path, filesystem=store.fs, ray_remote_args=LIGHT)
+        .groupby("judgment_id", num_partitions=partitions(store))
+        .map_groups(
+            lambda g: to_table([self_consistent(g.to_pylist(), tolerance)], ROWS), batch_format="pyarrow", **LIGHT
+        )
+    )
+    path = write_rows(items, store, "judgments", ROWS)
+    counts = tally(store, path, "kind", StageTally())
+    # Rows are items; calls, tokens and placement are the samples' (an item row repeats one of them).
+    counts.calls, counts.tokens, counts.first_error = samples.calls, samples.tokens, samples.first_error
+    counts.rows_by_node, counts.rows_by_actor = samples.rows_by_node, samples.rows_by_actor
+    return path, counts, parse_rates(samples)
+
+
+def parse_rates(counts: StageTally) -> dict[str, float]:
+    """Per kind, the share of rows that parsed (``per_kind``: kept, rejected)."""
+    return {k: round(ok / (ok + bad), 4) for k, (ok, bad) in sorted(counts.per_kind.items()) if ok + bad}
+
+
+def agreement_report(store: RunStore, path: str, section: JudgmentsConfig) -> dict[str, Any]:
+    """Self-consistency per scenario: items whose k samples all parsed, and the share that agreed."""
+    checked: Counter = Counter()
+    agreed: Counter = Counter()
+    for batch in store.scan_path(path, ["scenario", "reason"]):
+        for scenario, reason in zip(batch.column("scenario").to_pylist(), batch.column("reason").to_pylist()):
+            if reason is None or reason == DISAGREE:
+                checked[scenario] += 1
+                agreed[scenario] += reason is None
+    return {
+        "samples": section.self_consistency.samples,
+        "temperature": section.self_consistency.temperature,
+        "score_tolerance": section.self_consistency.score_tolerance,
+        "items_checked": sum(checked.values()),
+        "items_agreed": sum(agreed.values()),
+        "agreement_rate": {s: round(agreed[s] / n, 4) for s, n in sorted(checked.items())},
+    }
 
 
 def partitions(store: RunStore) -> int:
@@ -230,9 +298,9 @@ def plan_judgments(
     rows = []
     for r in responses:
         if section.single:
-            rows.append(_task(single_call(scenario, r["instruction"], r["response"]), [r], section, seed))
+            rows += _tasks(single_call(scenario, r["instruction"], r["response"]), [r], section, seed)
         if guided and reference:
-            rows.append(_task(single_call(scenario, r["instruction"], r["response"], reference), [r], section, seed))
+            rows += _tasks(single_call(scenario, r["instruction"], r["response"], reference), [r], section, seed)
         elif guided:
             rows.append(_unplanned("reference", [r], missing))
     if section.pairwise:
@@ -242,21 +310,34 @@ def plan_judgments(
             for call in pairwise_calls(scenario, a["instruction"], a["response"], b["response"], ref):
                 shown = [a, b] if call.order == "ab" else [b, a]
                 pair_id = f"{a['response_id']}~{b['response_id']}"
-                rows.append(_task(call, shown, section, seed) | {"pair_id": pair_id})
+                rows += [task | {"pair_id": pair_id} for task in _tasks(call, shown, section, seed)]
     return rows
 
 
-def _task(call: JudgeCall, shown: list[dict[str, Any]], section: JudgmentsConfig, seed: int) -> dict[str, Any]:
-    request = judge_request(call, section.sampling, constrain=section.constrain_format, seed=seed)
-    return _row(call.kind, call.order, shown, call.reference) | {
-        "messages": request.messages,
-        "engine": section.engine,
-        "request": request_to_row(request),
-    }
+def _tasks(call: JudgeCall, shown: list[dict[str, Any]], section: JudgmentsConfig, seed: int) -> list[dict[str, Any]]:
+    """The planned rows of one judge call: one, or k sampled ones (distinct seeds) with self-consistency."""
+    k = section.self_consistency.samples
+    sampling = section.sampling
+    if k > 1:
+        sampling = sampling.model_copy(update={"temperature": section.self_consistency.temperature})
+    rows = []
+    for sample in range(k):
+        request = judge_request(call, sampling, constrain=section.constrain_format, seed=seed + sample)
+        rows.append(
+            _row(call.kind, call.order, shown, call.reference)
+            | {
+                "messages": request.messages,
+                "engine": section.engine,
+                "request": request_to_row(request),
+                "sample": sample,
+            }
+        )
+    return rows
 
 
 def _unplanned(kind: str, shown: list[dict[str, Any]], reason: str) -> dict[str, Any]:
-    return _row(kind, "", shown, None) | {"messages": [], "engine": None, "request": None, "reason": reason}
+    row = _row(kind, "", shown, None)
+    return row | {"messages": [], "engine": None, "request": None, "reason": reason, "sample": 0}
 
 
 def _row(kind: str, order: str, shown: list[dict[str, Any]], reference: str | None) -> dict[str, Any]:
@@ -283,7 +364,7 @@ def _row(kind: str, order: str, shown: list[dict[str, Any]], reference: str | No
 
 def parse_judgment(row: dict[str, Any]) -> dict[str, Any]:
     """A generated judgment parsed into its score or winner and rationale, or the reason it is not."""
-    out = {c: row.get(c) for c in REJECT_SCHEMA.names} | generation_fields(row)
+    out = {c: row.get(c) for c in REJECT_SCHEMA.names} | generation_fields(row) | {"sample": row["sample"]}
     if row["reason"] is not None:
         return out
     if row["error"]:
