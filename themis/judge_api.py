@@ -14,20 +14,40 @@ Pure: imports no Ray, torch or FastAPI.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from themis.config import Sampling, ServeConfig, TransformersEngineConfig
+from themis.config import Sampling, ServeConfig, ServeLimits, TransformersEngineConfig, VLLMEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.judging import JudgeCall, Kind, parse_classification, parse_verdict
+from themis.judging import JudgeCall, Kind, parse_classification, parse_verdict, winner_in_ab_order
 from themis.parsing import ParseError
 from themis.scenarios import load_scenarios
 
 ScenarioSource = Literal["given", "classified"]
+Winner = Literal["A", "B", "tie"]
+DEFAULT_LIMITS = ServeLimits()
+SNIPPET_CHARS = 80  # the most of a client's own input an error message repeats
+
+
+def snippet(text: object, limit: int = SNIPPET_CHARS) -> str:
+    """A short, printable excerpt of client input for an error message (never the whole of it)."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def _encodable(text: str) -> str:
+    # A lone surrogate ("\udfff") is valid JSON but no tokenizer can take it: refuse it as input.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode (a lone surrogate at position {exc.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class ApiError(Exception):
@@ -53,7 +73,14 @@ class ApiError(Exception):
 
 def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     """A 422 body from pydantic errors: one readable line per problem, plus the raw list."""
-    detail = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors]
+    detail = [
+        {
+            "loc": [snippet(p, 40) if isinstance(p, str) else p for p in e.get("loc", ())],
+            "msg": snippet(e.get("msg"), 200),
+            "type": e.get("type"),
+        }
+        for e in errors
+    ]
     lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail]
     error = {"message": "; ".join(lines), "type": "invalid_request_error", "code": "invalid_body"}
     return {"error": error | {"param": None}, "detail": detail}
@@ -68,13 +95,16 @@ class JudgeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instruction: str = Field(min_length=1, description="The user instruction the responses answer.")
-    response: str | None = Field(None, description="The response to grade (single, reference).")
-    response_a: str | None = Field(None, description="First response of a pair (pairwise).")
-    response_b: str | None = Field(None, description="Second response of a pair (pairwise).")
-    reference: str | None = Field(None, description="Reference answer (needed for reference).")
-    scenario: str | None = Field(None, min_length=1, description="Scenario id; None = classify it.")
+    instruction: Text = Field(min_length=1, description="The user instruction the responses answer.")
+    response: Text | None = Field(None, description="The response to grade (single, reference).")
+    response_a: Text | None = Field(None, description="First response of a pair (pairwise).")
+    response_b: Text | None = Field(None, description="Second response of a pair (pairwise).")
+    reference: Text | None = Field(None, description="Reference answer (needed for reference).")
+    scenario: Text | None = Field(None, min_length=1, max_length=64, description="Scenario id; None = classify it.")
     kind: Kind | None = Field(None, description="single, reference or pairwise; None = infer.")
+    both_orders: bool | None = Field(
+        None, description="Pairs: judge A-B and B-A in one batch and reconcile; None = the server's default."
+    )
 
     @field_validator("instruction")
     @classmethod
@@ -91,11 +121,46 @@ class JudgeResponse(BaseModel):
     scenario: str | None
     scenario_source: ScenarioSource
     score: int | None = Field(None, description="1-5, for single and reference grading.")
-    winner: Literal["A", "B", "tie"] | None = Field(None, description="The better response, for pairwise.")
+    winner: Winner | None = Field(None, description="The better response, for pairwise (reconciled over both orders).")
     rationale: str = ""
     output: str = ""
     parsed: bool = False
     error: str | None = None
+    consistent: bool | None = Field(
+        None, description="both_orders: whether the two orders gave the same winner (a disagreement is a tie)."
+    )
+    orders: list[OrderVerdict] | None = Field(None, description="both_orders: the verdict of each order, A-B first.")
+
+
+class OrderVerdict(BaseModel):
+    """One presentation order of a pair, its winner expressed in the request's A/B labels."""
+
+    order: Literal["ab", "ba"]
+    winner: Winner | None
+    rationale: str = ""
+    output: str = ""
+    parsed: bool = False
+    error: str | None = None
+
+
+class BatchJudgeRequest(BaseModel):
+    """Several judge calls in one request (evaluation traffic); each item succeeds or fails alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[JudgeRequest] = Field(min_length=1, description="The calls, answered in this order.")
+
+
+class BatchItemError(BaseModel):
+    """An item of a batch that was refused; the others are unaffected."""
+
+    index: int
+    status: int
+    error: dict[str, Any]
+
+
+class BatchJudgeResponse(BaseModel):
+    results: list[JudgeResponse | BatchItemError]
 
 
 def infer_kind(req: JudgeRequest) -> Kind:
@@ -115,7 +180,7 @@ def check_judge_request(req: JudgeRequest) -> Kind:
         raise ApiError(400, problem, code="invalid_judge_request")
     if req.scenario is not None and req.scenario not in load_scenarios():
         known = ", ".join(load_scenarios())
-        message = f"unknown scenario {req.scenario!r}; known scenario ids: {known}"
+        message = f"unknown scenario {snippet(req.scenario, 64)!r}; known scenario ids: {known}"
         raise ApiError(400, message, code="unknown_scenario", param="scenario")
     return kind
 
@@ -180,6 +245,37 @@ def judge_response(kind: Kind, scenario: str, source: ScenarioSource, result: Ge
     return out.model_copy(update=fields | {"parsed": True})
 
 
+def both_orders_response(
+    scenario: str, source: ScenarioSource, ab: GenerationResult, ba: GenerationResult
+) -> JudgeResponse:
+    """A pair judged in both orders: the winner where both agree, a tie where they disagree (or
+    where either order has no verdict, with the reason in ``error``), and each order's verdict."""
+    orders = [_order_verdict("ab", ab), _order_verdict("ba", ba)]
+    parsed = all(o.parsed for o in orders)
+    consistent = parsed and orders[0].winner == orders[1].winner
+    failed = next((o for o in orders if not o.parsed), None)
+    return JudgeResponse(
+        kind="pairwise",
+        scenario=scenario,
+        scenario_source=source,
+        winner=(orders[0].winner if consistent else "tie") if parsed else None,
+        rationale=orders[0].rationale,
+        output=orders[0].output,
+        parsed=parsed,
+        error=f"order {failed.order}: {failed.error}" if failed else None,
+        consistent=consistent if parsed else None,
+        orders=orders,
+    )
+
+
+def _order_verdict(order: Literal["ab", "ba"], result: GenerationResult) -> OrderVerdict:
+    one = judge_response("pairwise", "", "given", result)
+    winner = winner_in_ab_order(one.winner, order) if one.winner else None
+    return OrderVerdict(
+        order=order, winner=winner, rationale=one.rationale, output=one.output, parsed=one.parsed, error=one.error
+    )
+
+
 # --- OpenAI-compatible chat ----------------------------------------------------------------------
 
 
@@ -187,7 +283,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -201,7 +297,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63, description="0 <= seed < 2**63 (what torch and vLLM take).")
     n: int | None = None
     stream: bool | None = None
     # vLLM's extensions: continue the final assistant message instead of starting a new one.
@@ -209,9 +305,15 @@ class ChatCompletionRequest(BaseModel):
     add_generation_prompt: bool = True
 
 
-def chat_generation_request(req: ChatCompletionRequest, model_name: str, defaults: Sampling) -> GenerationRequest:
-    """Check a chat request and turn it into a generation; raise ApiError (400/404) if refused."""
+def chat_generation_request(
+    req: ChatCompletionRequest, model_name: str, defaults: Sampling, limits: ServeLimits = DEFAULT_LIMITS
+) -> GenerationRequest:
+    """Check a chat request and turn it into a generation; raise ApiError (400/404/422) if refused."""
     _check_chat(req, model_name)
+    asked = req.max_completion_tokens or req.max_tokens
+    if asked is not None and asked > limits.max_tokens:
+        message = f"max_tokens={snippet(asked, 24)} is above this server's limit of {limits.max_tokens}"
+        raise ApiError(422, message, "invalid_value", param="max_tokens")
     messages = [{"role": m.role, "content": _text(m, i)} for i, m in enumerate(req.messages)]
     prefix = ""
     if _continues(req):
@@ -241,6 +343,9 @@ def _check_chat(req: ChatCompletionRequest, model_name: str) -> None:
         raise ApiError(400, message, "invalid_value", param="add_generation_prompt")
     if req.continue_final_message and req.messages[-1].role != "assistant":
         message = "continue_final_message=true needs the last message to be an assistant message."
+        raise ApiError(400, message, "invalid_value", param="messages")
+    if not any(m.role == "user" for m in req.messages):
+        message = "messages must include at least one user message."
         raise ApiError(400, message, "invalid_value", param="messages")
 
 
@@ -296,8 +401,11 @@ def model_list(model_name: str, created: int) -> dict[str, Any]:
 # --- deployment settings -------------------------------------------------------------------------
 
 
-def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> TransformersEngineConfig:
-    """The engine each replica builds: the served folder, batched, one torch thread per CPU."""
+def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> TransformersEngineConfig | VLLMEngineConfig:
+    """The engine each replica builds: the served folder, batched by ``serve.batch_size``, with one
+    torch thread per reserved CPU (transformers) or the replica's GPUs (vLLM)."""
+    if serve_cfg.engine == "vllm":
+        return VLLMEngineConfig(model=model_path, batch_size=serve_cfg.batch_size)
     return TransformersEngineConfig(
         model=model_path,
         batch_size=serve_cfg.batch_size,
@@ -306,16 +414,21 @@ def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> Transformers
 
 
 def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
-    """``serve.deployment`` options: explicit autoscaling and per-replica resources."""
-    scaling = serve_cfg.autoscaling
+    """``serve.deployment`` options: explicit autoscaling, per-replica resources, a bounded queue
+    (Serve answers 503 with Retry-After beyond it) and a health check that sees a stuck engine."""
+    scaling, limits = serve_cfg.autoscaling, serve_cfg.limits
     return {
         "autoscaling_config": {
             "min_replicas": scaling.min_replicas,
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
         },
-        # Room for a full batch and for the queue the autoscaler measures against its target.
-        "max_ongoing_requests": max(serve_cfg.batch_size, math.ceil(2 * scaling.target_ongoing_requests)),
+        # Room for two full batches (one running, one filling) and the autoscaler's target.
+        "max_ongoing_requests": max(limits.max_ongoing_requests, 2 * serve_cfg.batch_size),
+        "max_queued_requests": limits.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": limits.retry_after_s},
+        "health_check_period_s": 5.0,
+        "health_check_timeout_s": 10.0,
         "ray_actor_options": {
             "num_cpus": serve_cfg.cpus_per_replica,
             "num_gpus": serve_cfg.gpus_per_replica,

@@ -9,6 +9,7 @@ request, one parser and one set of settings. Pure: no Ray, torch or DeepSpeed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -78,13 +79,36 @@ def pairwise_calls(
     return [call, call.swapped()] if both_orders else [call]
 
 
+# What inside the data block could pass for the prompt's own structure: a block or section marker
+# ("[Data End]", "[Response B]"), the *** separator on a line of its own, or a verdict in double
+# brackets ("Overall rating: [[5]]"). Judged text is data, so each is defused before rendering.
+_MARKER = re.compile(
+    r"\[\s*(data|criteria|scale)\s+(begin|end)\s*\]|\[\s*(user instruction|reference answer|response(\s+[ab])?)\s*\]",
+    re.IGNORECASE,
+)
+_SEPARATOR = re.compile(r"^\s*\*{3,}\s*$", re.MULTILINE)
+
+
+def escape_data(text: str) -> str:
+    """``text`` as it may appear inside a judge prompt's data block: markers become ``(Data End)``
+    and the like, a *** line becomes ``* * *``, and ``[[``/``]]`` become ``[ [``/``] ]``, so a response
+    can neither close the block nor show a verdict in the format the parser reads. Other text is
+    unchanged."""
+    text = _MARKER.sub(lambda m: "(" + m.group(0)[1:-1].strip() + ")", text)
+    text = _SEPARATOR.sub("* * *", text)
+    return text.replace("[[", "[ [").replace("]]", "] ]")
+
+
 def render_call(call: JudgeCall) -> JudgePrompt:
-    """The scenario-dependent judge prompt of a call."""
+    """The scenario-dependent judge prompt of a call, with every judged text escaped (``escape_data``)."""
     scenario = get_scenario(call.scenario)
+    instruction = escape_data(call.instruction)
+    reference = escape_data(call.reference) if call.reference else call.reference
+    responses = [escape_data(r) for r in call.responses]
     if call.kind == "pairwise":
-        first, second = call.responses
-        return render_pairwise_prompt(scenario, call.instruction, first, second, call.reference)
-    return render_single_prompt(scenario, call.instruction, call.responses[0], call.reference)
+        first, second = responses
+        return render_pairwise_prompt(scenario, instruction, first, second, reference)
+    return render_single_prompt(scenario, instruction, responses[0], reference)
 
 
 def prompt_request(

@@ -1,0 +1,175 @@
+"""Throughput of the judge endpoint: `make bench-serve` (or `python tests/benchmarks/bench_serve.py`).
+
+For the tiny random model and SmolLM2-135M on CPU, in one run: requests/s and p50/p99 latency of
+``POST /v1/judge`` at 1, 8 and 32 concurrent clients, with batching on (``serve.batch_size``) and
+with batch size 1, on a real local Ray Serve; and the ceiling, the same engine called in-process
+with full batches of the same requests. Clients are asyncio + aiohttp in this process (the cheapest
+client measured on these machines). Ends with one line:
+
+    RESULT endpoint_over_engine=<x> batched_over_unbatched=<x> p99_ms_32=<ms>
+
+for the tiny model at 32 clients (endpoint requests/s over the engine's ceiling; batched over
+unbatched requests/s; batched p99 in ms). Not a pytest test: figures are printed, not asserted.
+``BENCH_MODELS=tiny`` runs the tiny model only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from themis.config import RayConfig, ServeConfig  # noqa: E402
+from themis.judge_api import JudgeRequest, check_judge_request, judge_call  # noqa: E402
+from themis.judging import judge_request  # noqa: E402
+
+CLIENTS = (1, 8, 32)
+BATCH = 8
+CPUS = 2  # the replica's CPUs and torch threads; the in-process ceiling uses as many
+# Requests per run at each client count, per model (SmolLM2 is ~20x slower than the tiny model).
+REQUESTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 3, 8: 16, 32: 32}}
+MAX_TOKENS = {"tiny": 32, "smollm2": 16}
+
+
+def bodies(n: int) -> list[dict]:
+    """Judge calls that differ only in the response, so every batch has the same shape."""
+    return [
+        {"instruction": "What is the capital of France?", "response": f"Paris, answer {i}.", "scenario": "close_qa"}
+        for i in range(n)
+    ]
+
+
+def serve_config(model: str, batch_size: int) -> ServeConfig:
+    return ServeConfig(
+        model=model,
+        model_name="bench",
+        cpus_per_replica=CPUS,
+        batch_size=batch_size,
+        batch_wait_s=0.005,
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+        sampling={"max_tokens": MAX_TOKENS["tiny" if "tiny" in model else "smollm2"]},
+        limits={"generation_deadline_s": 600, "max_ongoing_requests": 64, "max_queued_requests": 256},
+    )
+
+
+def engine_ceiling(model: str, n: int) -> float:
+    """Requests/s of the engine alone, in this process, on full batches of the same requests."""
+    from themis.engines import build_engine
+    from themis.judge_api import serve_engine_config
+
+    cfg = serve_config(model, BATCH)
+    engine = build_engine(serve_engine_config(cfg, model))  # CPUS torch threads, as in the replica
+    requests = [engine_request(b, cfg) for b in bodies(n)]
+    engine.generate(requests[:BATCH])  # warm-up
+    start = time.perf_counter()
+    engine.generate(requests)
+    return n / (time.perf_counter() - start)
+
+
+def engine_request(body: dict, cfg: ServeConfig):
+    req = JudgeRequest.model_validate(body)
+    kind = check_judge_request(req)
+    return judge_request(judge_call(req, kind, req.scenario), cfg.sampling)
+
+
+async def load(url: str, clients: int, n: int) -> tuple[float, float, float, int]:
+    """``n`` requests from ``clients`` concurrent clients: (requests/s, p50 ms, p99 ms, errors)."""
+    import aiohttp
+
+    queue = list(bodies(n))
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while queue:
+            body = queue.pop()
+            start = time.perf_counter()
+            async with session.post(f"{url}/v1/judge", json=body) as reply:
+                await reply.read()
+                errors += reply.status != 200
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return n / seconds, statistics.median(latencies), q[98], errors
+
+
+def bench_endpoint(model: str, name: str, port: int) -> dict[tuple[int, int], tuple]:
+    """Deploy with batching and with batch size 1; load each at every client count."""
+    from ray import serve
+
+    from themis.serving import build_app
+    from themis.stages.serve import wait_until_healthy
+
+    url = f"http://127.0.0.1:{port}"
+    out = {}
+    for batch in (BATCH, 1):
+        serve.run(build_app(serve_config(model, batch), model), name="bench", route_prefix="/", blocking=False)
+        wait_until_healthy(url, timeout_s=300)
+        asyncio.run(load(url, 4, 8))  # warm-up
+        for clients in CLIENTS:
+            out[batch, clients] = result = asyncio.run(load(url, clients, REQUESTS[name][clients]))
+            rps, p50, p99, errors = result
+            print(
+                f"{name:8} batch={batch:<2} clients={clients:<3} {rps:7.2f} req/s  p50={p50:8.0f} ms  "
+                f"p99={p99:8.0f} ms  errors={errors}",
+                flush=True,
+            )
+        serve.delete("bench")
+    return out
+
+
+def models() -> dict[str, str]:
+    from tests.fakes.tiny_model import build_tiny_model
+    from themis.models import resolve_model
+
+    found = {"tiny": str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-"))))}
+    if os.environ.get("BENCH_MODELS", "tiny,smollm2") != "tiny":
+        found["smollm2"] = str(resolve_model("builtin:smollm2-135m-instruct"))
+    return found
+
+
+def main() -> None:
+    from ray import serve
+
+    from themis.runtime import init_ray
+    from themis.stages.serve import free_port
+
+    found = models()
+    ceilings = {name: engine_ceiling(path, 4 * BATCH) for name, path in found.items()}
+    for name, rps in ceilings.items():
+        print(f"{name:8} engine alone, full batches of {BATCH}: {rps:7.2f} req/s", flush=True)
+    init_ray(RayConfig(num_cpus=CPUS, object_store_memory_mb=400))
+    port = free_port("127.0.0.1")
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, grpc_options={"grpc_servicer_functions": []})
+    results = {name: bench_endpoint(path, name, port) for name, path in found.items()}
+    serve.shutdown()
+    for name, res in results.items():
+        print(
+            f"{name:8} at 32 clients: endpoint/engine {res[BATCH, 32][0] / ceilings[name]:.2f}, "
+            f"batched/unbatched {res[BATCH, 32][0] / res[1, 32][0]:.2f}",
+            flush=True,
+        )
+    tiny = results["tiny"]
+    print(
+        f"RESULT endpoint_over_engine={tiny[BATCH, 32][0] / ceilings['tiny']:.2f} "
+        f"batched_over_unbatched={tiny[BATCH, 32][0] / tiny[1, 32][0]:.2f} p99_ms_32={tiny[BATCH, 32][2]:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The promotion gate: a model is served only if its evaluation report exists and meets the serve
+config's thresholds (normalised overall, one named metric, dual-order consistency).
+
+The report is the evaluate stage's ``<run>/reports/evaluation/<judge>/report.json`` (or a path the
+config names). A refusal names the failed threshold and the report's path; ``promotion.force``
+(``--force``) serves anyway and the decision, with what failed, goes into the manifest. Reading a
+report creates nothing in the run root. Pure apart from storage reads: no Ray or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from themis.config import PromotionConfig, StorageConfig
+
+
+class PromotionRefused(ValueError):
+    """The gate refused the model; the message says which threshold and where the report is."""
+
+
+def report_uri(cfg: PromotionConfig, storage: StorageConfig, run_name: str) -> str:
+    """Where the gate looks for the report."""
+    if cfg.report:
+        return cfg.report
+    return posixpath.join(storage.root.rstrip("/"), run_name, "reports", "evaluation", cfg.judge, "report.json")
+
+
+def read_report(uri: str, storage: StorageConfig) -> dict[str, Any] | None:
+    """The report at ``uri``, or None if there is none (a read that creates no folders)."""
+    from themis.storage import StorageError, read_text_at
+
+    try:
+        return json.loads(read_text_at(uri, storage))
+    except StorageError:
+        return None
+
+
+def failed_thresholds(report: dict[str, Any], cfg: PromotionConfig) -> list[str]:
+    """Each threshold the report misses, as ``name value < min`` (an absent value fails too)."""
+    checks = [
+        ("overall", cfg.min_overall, (report.get("overall") or {}).get("value")),
+        (cfg.metric or "", cfg.min_metric, metric_value(report, cfg.metric) if cfg.metric else None),
+        (
+            "pairwise/dual_order_consistency",
+            cfg.min_dual_order_consistency,
+            metric_value(report, "pairwise/dual_order_consistency"),
+        ),
+    ]
+    failed = []
+    for name, minimum, value in checks:
+        if minimum is None:
+            continue
+        if value is None:
+            failed.append(f"{name} is missing from the report (needs >= {minimum})")
+        elif value < minimum:
+            failed.append(f"{name} {value:.4g} < {minimum}")
+    return failed
+
+
+def metric_value(report: dict[str, Any], name: str) -> float | None:
+    """``section/metric`` from a report's metrics, e.g. pairwise/accuracy; None if absent."""
+    section, _, metric = name.partition("/")
+    entry = (report.get(section) or {}).get("metrics", {}).get(metric)
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    return float(value) if isinstance(value, int | float) else None
+
+
+def check_promotion(cfg: PromotionConfig, storage: StorageConfig, run_name: str) -> dict[str, Any]:
+    """Pass, or raise PromotionRefused; with ``force`` never raise. Returns the decision for the
+    manifest: the report path, what failed, and whether the gate was forced."""
+    uri = report_uri(cfg, storage, run_name)
+    report = read_report(uri, storage)
+    failed = ["no evaluation report (run the evaluate stage)"] if report is None else failed_thresholds(report, cfg)
+    decision = {"report": uri, "passed": not failed, "failed": failed, "forced": bool(failed and cfg.force)}
+    if failed and not cfg.force:
+        raise PromotionRefused(
+            f"promotion gate refused the model: {'; '.join(failed)} (report: {uri}); "
+            "fix the model or the thresholds in serve.promotion, or serve anyway with --force "
+            "(serve.promotion.force=true), which the manifest records"
+        )
+    return decision

@@ -1,0 +1,486 @@
+"""The judge on Ray Serve: the deployment (``JudgeServer``) and the application builders.
+
+One FastAPI ingress deployment holds an engine and answers ``POST /v1/judge``, ``POST
+/v1/judge/batch``, the OpenAI-compatible ``GET /v1/models`` and ``POST /v1/chat/completions``, and
+``GET /health``. The API rules live in the pure ``themis.judge_api``, keys and the body limit in
+``themis.serve_guard``, the promotion gate in ``themis.promotion``; this module is the Ray shell.
+
+Engines: ``serve.engine`` picks transformers (CPU or GPU) or vLLM (``themis.engines.vllm`` inside
+this deployment, not ``ray.serve.llm``: the judge routes force the verdict sentence in two passes
+and check each prompt's tokens before it joins a batch, which ray.serve.llm's OpenAI server does not
+do, and one deployment keeps both engines on the same routes, limits and metrics). The engine is
+made by ``engine_factory(serve_cfg, model_source)``, so CPU tests run real Serve on a fake engine.
+
+Isolation: every prompt is counted before it joins a batch (413 beyond the limit); an engine call
+has a deadline (transformers stops at ``max_time``; the request fails with 504 either way) and a
+replica whose engine call overruns it fails its health check, so Serve replaces it; a batch whose
+engine call fails is retried one request at a time, so only the request at fault fails; Serve's
+bounded queue answers 503 with Retry-After; cancelled requests leave their batch before it runs.
+
+Ports: HTTP binds ``serve.host``; Serve's gRPC proxy is not started (no servicers). Each replica's
+inter-deployment gRPC server binds ``[::]:0`` in Ray 2.60 (hard-coded in ray/serve/_private/
+replica.py, no option): on Kubernetes the NetworkPolicy admits only the judge port from outside.
+"""
+
+# No `from __future__ import annotations` here: FastAPI routes inside a `serve.ingress` class need
+# real annotations to see the JSON body, and Serve reads the builder's parameter annotation.
+# Serve pickles the deployment class by value when it is decorated: every module-level name the
+# class uses must be defined above it.
+
+import asyncio
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, load_config
+from themis.engines import Engine, build_engine
+from themis.engines.base import GenerationRequest, GenerationResult
+from themis.judge_api import (
+    ApiError,
+    BatchItemError,
+    BatchJudgeRequest,
+    BatchJudgeResponse,
+    ChatCompletionRequest,
+    JudgeRequest,
+    JudgeResponse,
+    both_orders_response,
+    chat_completion,
+    chat_generation_request,
+    check_judge_request,
+    classified_scenario,
+    deployment_options,
+    infer_kind,
+    judge_call,
+    judge_response,
+    model_list,
+    serve_engine_config,
+    snippet,
+    unclassified_response,
+    validation_error_body,
+)
+from themis.judging import classifier_request, judge_request
+from themis.models import ModelSource, resolve_model
+from themis.parsing import ParseError
+from themis.promotion import check_promotion
+from themis.serve_guard import Guard, GuardSettings, load_key_hashes
+
+APP_NAME = "themis-judge"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EngineFactory = Callable[[ServeConfig, ModelSource], Engine]
+FORCED_TOKENS = 8  # room for a forced verdict choice and its closing after the prompt
+CHARS_PER_TOKEN_CAP = 32  # a prompt this many times longer in characters than allowed is refused uncounted
+logger = logging.getLogger("ray.serve")  # Serve's replica logs carry each request's id
+
+api = FastAPI(title="Themis judge", description="LLM-as-a-judge with an OpenAI-compatible API.")
+api.add_middleware(Guard, settings=lambda: getattr(api.state, "guard", GuardSettings()))
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # OpenAI-style body (its client reads error.message) instead of FastAPI's bare "detail".
+    return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own refusals in the OpenAI shape too. Its only 400 is a body it could not parse (e.g.
+    # JSON nested too deeply for the parser): a malformed body, 422 like any other.
+    status = 422 if exc.status_code == 400 else exc.status_code
+    error = ApiError(status, snippet(exc.detail, 200), code="invalid_body" if status == 422 else f"http_{status}")
+    return JSONResponse(error.body(), status_code=status, headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(RecursionError)
+async def _too_deep(_: Request, __: RecursionError) -> JSONResponse:
+    error = ApiError(422, "request body is nested too deeply", code="invalid_body")
+    return JSONResponse(error.body(), status_code=422)
+
+
+def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
+    """The default engine hook: fetch the model on this node, build the configured engine."""
+    return build_engine(serve_engine_config(serve_cfg, str(model.fetch())))
+
+
+# --- engine facts the limits need --------------------------------------------------------------
+
+
+def context_length(engine: Engine) -> int | None:
+    """The model's context in tokens, where the engine says (vLLM's max_model_len, the HF config)."""
+    if getattr(engine, "max_model_len", None):
+        return int(engine.max_model_len)
+    config = getattr(getattr(engine, "model", None), "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def prompt_token_limit(limits: ServeLimits, context: int | None, max_tokens: int) -> int:
+    """The most prompt tokens a request may have: the configured limit, and never more than the
+    context leaves once the reply and a forced verdict fit."""
+    if context is None:
+        return limits.max_prompt_tokens
+    return max(1, min(limits.max_prompt_tokens, context - max_tokens - FORCED_TOKENS))
+
+
+def counting_tokenizer(engine: Engine) -> Any:
+    """A tokenizer for counting prompts on the event loop: a copy of the engine's, so counting never
+    touches the one the engine's thread is using (fast tokenizers refuse concurrent use)."""
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None or not hasattr(engine, "render_prompt"):
+        return None
+    try:
+        return copy.deepcopy(tokenizer)
+    except Exception:  # a tokenizer that cannot be copied is used as it is
+        return tokenizer
+
+
+def set_generation_deadline(engine: Engine, seconds: float) -> None:
+    """Make a transformers model stop generating after ``seconds`` (its generation config's
+    ``max_time``); vLLM bounds a request by its max_tokens and the prompt checks instead."""
+    generation_config = getattr(getattr(engine, "model", None), "generation_config", None)
+    if generation_config is not None and hasattr(generation_config, "max_time"):
+        generation_config.max_time = seconds
+
+
+class EngineWatch:
+    """When the current engine call started, so a health check can see one that never ends."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s, self.started = limit_s, None
+
+    def stuck(self) -> bool:
+        started = self.started
+        return started is not None and time.monotonic() - started > self.limit_s
+
+
+class JudgeMetrics:
+    """Prometheus metrics through Ray Serve's metrics API (tagged with deployment and replica)."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "themis_judge_requests",
+            description="Requests by route, kind and status.",
+            tag_keys=("route", "kind", "status"),
+        )
+        self.latency = Histogram(
+            "themis_judge_latency_ms",
+            description="Request latency by route and kind.",
+            boundaries=[10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000],
+            tag_keys=("route", "kind"),
+        )
+        self.verdicts = Counter(
+            "themis_judge_verdicts", description="Verdicts by kind and value.", tag_keys=("kind", "verdict")
+        )
+        self.parse_failures = Counter(
+            "themis_judge_parse_failures", description="Outputs without a verdict.", tag_keys=("kind",)
+        )
+        self.disagreements = Counter(
+            "themis_judge_dual_order_disagreements", description="Pairs whose two orders disagree."
+        )
+
+    @contextmanager
+    def observe(self, route: str, kind: str):
+        """Count the request and its latency, with its status (an ApiError's, or 500)."""
+        start, status = time.monotonic(), "200"
+        try:
+            yield
+        except ApiError as exc:
+            status = str(exc.status)
+            raise
+        except Exception:
+            status = "500"
+            raise
+        finally:
+            tags = {"route": route, "kind": kind}
+            self.requests.inc(tags=tags | {"status": status})
+            self.latency.observe((time.monotonic() - start) * 1000, tags=tags)
+
+    def verdict(self, out: JudgeResponse) -> None:
+        if not out.parsed:
+            self.parse_failures.inc(tags={"kind": out.kind})
+            return
+        value = out.winner if out.kind == "pairwise" else str(out.score)
+        self.verdicts.inc(tags={"kind": out.kind, "verdict": str(value)})
+        if out.consistent is False:
+            self.disagreements.inc()
+
+
+def _batch_result(index: int, outcome: JudgeResponse | BaseException) -> JudgeResponse | BatchItemError:
+    if isinstance(outcome, JudgeResponse):
+        return outcome
+    if isinstance(outcome, ApiError):
+        return BatchItemError(index=index, status=outcome.status, error=outcome.body()["error"])
+    logger.warning("batch item %d failed: %s", index, type(outcome).__name__)
+    error = ApiError(500, "judging failed", "judge_failed", type="server_error")
+    return BatchItemError(index=index, status=500, error=error.body()["error"])
+
+
+def _prompt_too_long(tokens: str, limit: int) -> ApiError:
+    message = f"prompt of {tokens} tokens is over this server's limit of {limit} tokens"
+    return ApiError(413, message, "prompt_too_long")
+
+
+@serve.deployment
+@serve.ingress(api)
+class JudgeServer:
+    """One replica: an engine, its batcher and the HTTP routes."""
+
+    def __init__(
+        self,
+        model: ModelSource,
+        serve_cfg: ServeConfig,
+        key_hashes: frozenset = frozenset(),
+        engine_factory: EngineFactory = build_serve_engine,
+    ):
+        self.cfg, self.limits = serve_cfg, serve_cfg.limits
+        self.engine = engine_factory(serve_cfg, model)
+        set_generation_deadline(self.engine, self.limits.generation_deadline_s)
+        self.counter = counting_tokenizer(self.engine)
+        self.context = context_length(self.engine)
+        self.created = int(time.time())
+        self.metrics = JudgeMetrics()
+        self.watch = EngineWatch(self.limits.generation_deadline_s + self.limits.health_grace_s)
+        self._engine_lock = threading.Lock()  # one engine call at a time, even after a timeout
+        # The only place the batch size is set: from serve.batch_size.
+        self._batch = serve.batch(max_batch_size=serve_cfg.batch_size, batch_wait_timeout_s=serve_cfg.batch_wait_s)(
+            self._run_batch
+        )
+        api.state.guard = GuardSettings(frozenset(key_hashes), self.limits.max_body_bytes)
+
+    def check_health(self) -> None:
+        """Serve's health check: an engine call far past its deadline marks the replica dead."""
+        if self.watch.stuck():
+            raise RuntimeError(f"engine call running for over {self.watch.limit_s:.0f}s: replica is stuck")
+
+    # --- the engine ------------------------------------------------------------------------------
+
+    async def _run_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        # The engine blocks; a worker thread keeps the event loop free for new requests and health
+        # checks. The deadline ends the wait; the lock keeps a late call from overlapping the next.
+        deadline = self.limits.generation_deadline_s + 1.0
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._generate_isolated, requests), deadline)
+        except TimeoutError:
+            return [GenerationResult(error="deadline: generation did not finish in time")] * len(requests)
+
+    def _generate_isolated(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        with self._engine_lock:
+            self.watch.started = time.monotonic()
+            try:
+                results = self._try_generate(requests)
+                if len(requests) > 1 and (results is None or all(not r.ok for r in results)):
+                    # One bad request must not fail its batch-mates: retry them one by one.
+                    results = [self._try_generate([r]) or [None] for r in requests]
+                    results = [r[0] or GenerationResult(error="generation failed") for r in results]
+                return results or [GenerationResult(error="generation failed")]
+            finally:
+                self.watch.started = None
+
+    def _try_generate(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
+        try:
+            return self.engine.generate(requests)
+        except Exception as exc:  # the engine's own handling missed it; logged, never sent raw
+            logger.warning("engine call of %d request(s) failed: %s", len(requests), type(exc).__name__)
+            return None
+
+    async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        """One generation through the batcher, once its prompt is known to fit."""
+        self._check_prompt(request)
+        result = await self._batch(request)
+        if result.error and result.error.startswith("deadline"):
+            raise ApiError(504, "generation did not finish within the deadline", "timeout", type="server_error")
+        return result
+
+    def _check_prompt(self, request: GenerationRequest) -> None:
+        """413 for a prompt over ``limits.max_prompt_tokens`` or the model's context (less the reply)."""
+        limit = prompt_token_limit(self.limits, self.context, request.max_tokens)
+        if self.counter is None:
+            return  # an engine without a tokenizer checks its own context
+        text_chars = sum(len(m["content"]) for m in request.messages) + len(request.prefix)
+        if text_chars > limit * CHARS_PER_TOKEN_CAP:
+            raise _prompt_too_long(f"over {limit}", limit)
+        try:
+            n = len(
+                self.counter.encode(
+                    self.engine.render_prompt(request.messages) + request.prefix, add_special_tokens=False
+                )
+            )
+        except Exception as exc:  # a conversation the chat template refuses is the client's mistake
+            raise ApiError(
+                400, f"the messages cannot be rendered as a chat ({type(exc).__name__})", "invalid_messages"
+            ) from None
+        if n > limit:
+            raise _prompt_too_long(str(n), limit)
+
+    # --- routes ----------------------------------------------------------------------------------
+
+    @api.get("/health")
+    def health(self) -> JSONResponse:
+        """Liveness without a key: 200, or 503 while an engine call overruns its deadline."""
+        stuck = self.watch.stuck()
+        return JSONResponse({"status": "stuck" if stuck else "ok"}, status_code=503 if stuck else 200)
+
+    @api.get("/v1/models")
+    def models(self) -> dict[str, Any]:
+        """The one served model, as OpenAI lists models."""
+        return model_list(self.cfg.model_name, self.created)
+
+    @api.post("/v1/judge")
+    async def judge(self, body: JudgeRequest) -> JudgeResponse:
+        """Grade one response (single, reference) or compare two (pairwise; both_orders for a
+        position-fair verdict)."""
+        with self.metrics.observe("judge", infer_kind(body)):
+            return await self._judge_one(body)
+
+    @api.post("/v1/judge/batch")
+    async def judge_batch(self, body: BatchJudgeRequest) -> BatchJudgeResponse:
+        """Several judge calls at once; an item that is refused fails alone, with its status."""
+        if len(body.items) > self.limits.max_batch_items:
+            message = f"{len(body.items)} items is over this server's limit of {self.limits.max_batch_items}"
+            raise ApiError(413, message, "too_many_items", param="items")
+        with self.metrics.observe("judge_batch", "batch"):
+            outcomes = await asyncio.gather(*(self._judge_one(item) for item in body.items), return_exceptions=True)
+        return BatchJudgeResponse(results=[_batch_result(i, o) for i, o in enumerate(outcomes)])
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        """OpenAI chat completion (no streaming, n=1), plus vLLM's continue_final_message."""
+        with self.metrics.observe("chat", "chat"):
+            request = chat_generation_request(body, self.cfg.model_name, self.cfg.sampling, self.limits)
+            result = await self._generate(request)
+            if not result.ok:
+                raise ApiError(500, "generation failed", code="generation_failed", type="server_error")
+            content = result.text.removeprefix(request.prefix)
+            # Counted by the served tokenizer, as a client re-counting the text would.
+            completion = self._count(content)
+            finish = "length" if completion >= request.max_tokens else "stop"
+            prompt = self._count(self.engine.render_prompt(request.messages) + request.prefix)
+            return chat_completion(self.cfg.model_name, content, prompt, completion, finish)
+
+    async def _judge_one(self, body: JudgeRequest) -> JudgeResponse:
+        kind = check_judge_request(body)
+        scenario = body.scenario
+        if scenario is None:
+            classified = await self._generate(classifier_request(body.instruction))
+            try:
+                scenario = classified_scenario(classified)
+            except ParseError as exc:
+                self.metrics.parse_failures.inc(tags={"kind": "classifier"})
+                return unclassified_response(kind, classified, exc)
+        source = "given" if body.scenario else "classified"
+        call = judge_call(body, kind, scenario)
+        both = kind == "pairwise" and (self.cfg.both_orders if body.both_orders is None else body.both_orders)
+        calls = [call, call.swapped()] if both else [call]
+        # Both orders go to the batcher together, so they share one engine call.
+        results = await asyncio.gather(*(self._generate(judge_request(c, self.cfg.sampling)) for c in calls))
+        out = (
+            both_orders_response(scenario, source, *results)
+            if both
+            else judge_response(kind, scenario, source, results[0])
+        )
+        self.metrics.verdict(out)
+        logger.info(
+            "judged kind=%s scenario=%s parsed=%s winner=%s score=%s", kind, scenario, out.parsed, out.winner, out.score
+        )
+        return out
+
+    def _count(self, text: str) -> int:
+        """Tokens by the engine's tokenizer; 0 for an engine without one (usage is then unknown)."""
+        return len(self.counter.encode(text, add_special_tokens=False)) if self.counter and text else 0
+
+
+# --- application builders ----------------------------------------------------------------------
+
+
+def build_app(
+    serve_cfg: ServeConfig,
+    model: ModelSource | str,
+    key_hashes: frozenset = frozenset(),
+    engine_factory: EngineFactory = build_serve_engine,
+) -> Application:
+    """The Serve application for a model (a source, or a folder): one autoscaled deployment."""
+    source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
+    deployment = JudgeServer.options(**deployment_options(serve_cfg))
+    return deployment.bind(source, serve_cfg, frozenset(key_hashes), engine_factory)
+
+
+def served_model_source(serve_cfg: ServeConfig, storage: StorageConfig, run_name: str) -> ModelSource:
+    """What to serve: the run's export ('trained') or the configured model, checked but not
+    downloaded here (each replica fetches its own copy on its own node). Creates no folders."""
+    if serve_cfg.model != "trained":
+        if not serve_cfg.model.startswith("builtin:"):
+            resolve_model(serve_cfg.model)  # a missing folder fails here, clearly
+        return ModelSource(spec=serve_cfg.model)
+    import pyarrow.fs as pafs
+
+    from themis.storage import build_filesystem
+
+    fs, base = build_filesystem(storage)
+    if fs.get_file_info(f"{base}/{run_name}/model/config.json").type == pafs.FileType.NotFound:
+        where = f"{storage.root.rstrip('/')}/{run_name}/model"
+        raise FileNotFoundError(
+            f"no trained model to serve at {where}: run the train stage first, "
+            "or set serve.model to a Hugging Face model folder"
+        )
+    return ModelSource(storage=storage, run_name=run_name)
+
+
+class JudgeAppArgs(BaseModel):
+    """``args`` of the Serve application (serveConfigV2 ``applications[].args``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str = Field(description="A Themis job config, e.g. jobs/configs/cluster.yaml.")
+    storage_root: str | None = Field(None, description="Overrides run.storage.root (the overlay's bucket).")
+    overrides: list[str] = Field(default_factory=list, description="key=value config overrides.")
+    force: bool = Field(False, description="Serve even if the promotion gate refuses (logged).")
+
+
+def build_judge_app(args: JudgeAppArgs) -> Application:
+    """The judge application for a job config (what a RayService imports): the promotion gate,
+    the model's location (nothing fetched here), the API keys' hashes, then the deployment."""
+    args = JudgeAppArgs.model_validate(args)  # `serve run` and direct callers pass a dict
+    cfg = load_judge_config(args)
+    source = served_model_source(cfg.serve, cfg.run.storage, cfg.run.name)
+    decision = check_promotion(cfg.serve.promotion, cfg.run.storage, cfg.run.name)
+    if decision["forced"]:
+        logger.warning("promotion gate forced: %s (report: %s)", "; ".join(decision["failed"]), decision["report"])
+    return build_app(cfg.serve, source, load_key_hashes(cfg.serve.auth, cfg.serve.host))
+
+
+def load_judge_config(args: JudgeAppArgs) -> PipelineConfig:
+    """The job config the args name, with the storage root, overrides and force applied."""
+    overrides = list(args.overrides)
+    if args.storage_root:
+        overrides.insert(0, f"run.storage.root={args.storage_root}")
+    if args.force:
+        overrides.append("serve.promotion.force=true")
+    return load_config(resolve_config_path(args.config), overrides)
+
+
+def resolve_config_path(path: str) -> Path:
+    """``path`` itself if it exists, else the same relative path under the project root (Ray may
+    start the builder in any working directory)."""
+    given = Path(path).expanduser()
+    if given.is_file() or given.is_absolute():
+        return given
+    return PROJECT_ROOT / given if (PROJECT_ROOT / given).is_file() else given
