@@ -95,3 +95,15 @@ def test_api_keys_required_off_loopback(monkeypatch):
         load_key_hashes(ServeAuthConfig(required=True), "127.0.0.1")
     assert load_key_hashes(ServeAuthConfig(required=False), "0.0.0.0") == frozenset()
     assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.1")
+
+
+def test_guard_and_promotion_import_no_heavy_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, themis.serve_guard, themis.promotion, themis.judge_api; "
+        "print([m for m in ('ray', 'torch', 'fastapi', 'vllm') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -713,6 +713,15 @@ class PromotionConfig(Strict):
         return self
 
 
+class ServeVLLMConfig(Strict):
+    """vLLM settings of a serving replica (serve.engine: vllm); the model and batch size come from serve."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica shards the model over.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; None = the model's.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower steps).")
+
+
 class ServeConfig(Strict):
     model: str = Field("trained", description="'trained' (this run's export) or a Hugging Face folder.")
     model_name: str = Field("themis-judge", description="Name shown by GET /v1/models.")
@@ -727,6 +736,7 @@ class ServeConfig(Strict):
     sampling: Sampling = Sampling(max_tokens=96)
     batch_size: int = Field(8, ge=1, description="Requests per engine call (@serve.batch), set once here.")
     batch_wait_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    vllm: ServeVLLMConfig = ServeVLLMConfig()
     both_orders: bool = Field(False, description="Default of /v1/judge's both_orders for pairs.")
     limits: ServeLimits = ServeLimits()
     auth: ServeAuthConfig = ServeAuthConfig()

@@ -405,7 +405,7 @@ def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> Transformers
     """The engine each replica builds: the served folder, batched by ``serve.batch_size``, with one
     torch thread per reserved CPU (transformers) or the replica's GPUs (vLLM)."""
     if serve_cfg.engine == "vllm":
-        return VLLMEngineConfig(model=model_path, batch_size=serve_cfg.batch_size)
+        return VLLMEngineConfig(model=model_path, batch_size=serve_cfg.batch_size, **serve_cfg.vllm.model_dump())
     return TransformersEngineConfig(
         model=model_path,
         batch_size=serve_cfg.batch_size,
