@@ -57,6 +57,12 @@ bench-generation: setup
 bench-serve: setup
 	$(BIN)/python tests/benchmarks/bench_serve.py
 
+# Speed of IFD scoring (the dataset stage's actor pool): records/s on the tiny test model and on
+# SmolLM2 (CPU), 1 actor and 2; prints, never asserts; ends with RESULT smollm2_records_per_s=...
+.PHONY: bench-ifd
+bench-ifd: setup
+	$(BIN)/python tests/benchmarks/bench_ifd.py
+
 clean:
 	rm -rf runs .pytest_cache
 

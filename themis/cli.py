@@ -23,6 +23,8 @@ also:
   themis evaluate compare A B   two evaluation reports (or two suite reports) side by side, with a
                                 paired bootstrap when both were computed on the same items;
                                 see `themis evaluate compare --help`
+  themis ablation CONFIG        arms from the same judgments (e.g. random-N against IFD-N), each
+                                trained and evaluated, then compared; see jobs/configs/ablation_cpu.yaml
 """
 
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["evaluate", "compare"]:
         return compare_main(argv[2:])
+    if argv[:1] == ["ablation"]:
+        from themis.ablation import main as ablation_main
+
+        return ablation_main(argv[1:])
     args = build_parser().parse_args(argv)
     return execute(args.command, args.config, args.overrides)
 
@@ -88,12 +94,13 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
-def compare_text(a: str, b: str, storage: StorageConfig) -> str:
-    """The Markdown comparison of two reports (or two suites) at these paths."""
+def compare_text(a: str, b: str, storage: StorageConfig, names: tuple[str, str] | None = None) -> str:
+    """The Markdown comparison of two reports (or two suites) at these paths; ``names`` label the
+    two sides (default: the judges' names, which an ablation's arms share)."""
     from themis.evaluation import markdown
 
     (path_a, report_a), (path_b, report_b) = (_read_report(p, storage) for p in (a, b))
-    names = report_a["judge"]["name"], report_b["judge"]["name"]
+    names = names or (report_a["judge"]["name"], report_b["judge"]["name"])
     if "aggregate" in report_a or "aggregate" in report_b:
         if not ("aggregate" in report_a and "aggregate" in report_b):
             raise ValueError("compare two reports or two suite reports, not one of each")
