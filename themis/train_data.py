@@ -17,6 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from themis import sft
 from themis.storage import RunStore
@@ -48,6 +50,10 @@ def tokenize_split(store: RunStore, source: str, split: str, model_dir: str, max
         num_cpus=0.5,  # two tokenisers side by side on a 2-core machine
     )
     ds.write_parquet(dest, filesystem=store.fs)
+    if store.fs.get_file_info(dest).type == pafs.FileType.NotFound:
+        # An empty split (no validation set) writes no file: leave an empty table, so readers see 0 rows.
+        store.fs.create_dir(dest, recursive=True)
+        pq.write_table(SCHEMA.empty_table(), f"{dest}/empty.parquet", filesystem=store.fs)
     return dest
 
 

@@ -72,6 +72,8 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     import torch
 
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
+    # Adopts Ray Train's process group; zero.Init needs it before deepspeed.initialize would set it up.
+    deepspeed.init_distributed(dist_backend="nccl" if tcfg.use_gpu else "gloo")
     model = _load_model(tcfg, ds_config)
     if tcfg.lora is not None:
         from themis.lora import apply_lora
