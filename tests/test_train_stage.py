@@ -81,14 +81,22 @@ def _load(folder: Path):
 
 
 @pytest.mark.integration
-def test_zero2_trains_and_exports_a_loadable_model(ray_local, tiny_model_dir, tmp_path):
+def test_zero2_multi_objective_loss_trains_both_parts_and_exports_a_loadable_model(ray_local, tiny_model_dir, tmp_path):
     import torch
 
     store = _store(tmp_path)
-    report = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=2, max_steps=2), store)
-    assert report.counts["steps"] == 2 and report.counts["resumed_from_step"] == 0
-    assert len(report.details["train_loss"]) == 2 and report.details["val_loss"] > 0
+    loss = {"rationale": "cosine", "score_weight": 1.0, "rationale_weight": 1.0}
+    cfg = _cfg(str(tiny_model_dir), zero_stage=2, max_steps=8, checkpoint_every=0, loss=loss, lr=1e-2)
+    report = train_stage.run(cfg, store)
+    assert report.counts["steps"] == 8 and report.counts["resumed_from_step"] == 0
+    assert len(report.details["train_loss"]) == 8 and report.details["val_loss"] > 0
     assert report.details["zero_stage"] == 2 and report.details["world_size"] == 2
+    for part in ("score_loss", "rationale_loss"):  # both parts logged, both fall
+        history = report.details[part]
+        assert sum(history[-2:]) < sum(history[:2]), (part, history)
+    assert store.exists("train", "loss_curve.png") and store.read_path("train", "loss_curve.png")
+    events = [p.name for p in Path(store.read_path("train", "tensorboard")).iterdir()]
+    assert any(name.startswith("events.out.tfevents") for name in events)
     model, tokenizer = _load(store.local_dir("model"))
     ids = tokenizer("Overall rating: [[4]]", return_tensors="pt").input_ids
     with torch.no_grad():
