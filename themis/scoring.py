@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ SCORED = pa.schema(
         ("cached", pa.bool_()),
         ("node", pa.string()),
         ("actor", pa.string()),
+        # When the actor began and ended the batch (seconds since the epoch): throughput without start-up.
+        ("started_at", pa.float64()),
+        ("finished_at", pa.float64()),
     ]
 )
 
@@ -148,6 +152,7 @@ class IFDScorer:
             self.node, self.actor = context.get_node_id(), context.get_actor_id() or ""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started_at = time.time()
         keys = batch.column("key").to_pylist()
         messages = batch.column("messages").to_pylist()
         results: dict[str, IFDScore | str] = {}
@@ -162,7 +167,8 @@ class IFDScorer:
         results.update(fresh)
         if self.cache:
             self.cache.put([(k, s) for k, s in fresh.items() if isinstance(s, IFDScore)])
-        return to_table((self._row(k, results[k], k in cached) for k in keys), SCORED)
+        clock = {"started_at": started_at, "finished_at": time.time()}
+        return to_table((self._row(k, results[k], k in cached) | clock for k in keys), SCORED)
 
     def _row(self, key: str, result: IFDScore | str, cached: bool) -> dict[str, Any]:
         score = result if isinstance(result, IFDScore) else None
