@@ -55,34 +55,40 @@ def test_lora_zero2_merged_and_zero3_adapter_export_load_and_judge(ray_local, ti
         assert isinstance(_judge_once(folder), str)
 
 
-def _kill_a_worker_after(checkpoint_dir: Path, killed: list[int]) -> None:
+def _kill_a_worker_after(checkpoint_dir: Path, outcome: dict) -> None:
     """Wait for a checkpoint folder, then SIGKILL one Ray Train worker of this test's Ray."""
+    import ray
     from ray.util.state import list_actors
 
-    deadline = time.monotonic() + 600
-    while not checkpoint_dir.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
-    if workers:
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # This Ray's address: other Ray instances may run on the machine.
+        address = ray.get_runtime_context().gcs_address
+        filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        workers = list_actors(address=address, filters=filters, detail=True)
         os.kill(workers[-1]["pid"], signal.SIGKILL)
-        killed.append(workers[-1]["pid"])
+        outcome["killed"] = workers[-1]["pid"]
+    except Exception as exc:  # reported by the test, not lost in the thread
+        outcome["error"] = repr(exc)
 
 
 def test_self_heal_worker_killed_mid_run_recovers_in_the_same_call(ray_local, tiny_model_dir, tmp_path):
     store = _store(tmp_path, n_train=16, n_val=0)
-    cfg = _cfg(str(tiny_model_dir), zero_stage=2, epochs=3, checkpoint_every=2, max_failures=2)
-    killed: list[int] = []
+    cfg = _cfg(str(tiny_model_dir), zero_stage=2, epochs=2, checkpoint_every=2, max_failures=2)
+    outcome: dict = {}
     watcher = threading.Thread(
-        target=_kill_a_worker_after, args=(Path(store.path("checkpoints", "train", "step_000004")), killed)
+        target=_kill_a_worker_after, args=(Path(store.path("checkpoints", "train", "step_000004")), outcome)
     )
     watcher.start()
     report = train_stage.run(cfg, store)
     watcher.join()
-    assert killed, "no worker was killed: the run ended before its step-4 checkpoint appeared"
-    planned = 3 * 16 // (2 * 1 * 1)  # epochs x examples / (workers x micro-batch x grad_accum)
+    assert "killed" in outcome, outcome
+    planned = 2 * 16 // (2 * 1 * 1)  # epochs x examples / (workers x micro-batch x grad_accum)
     assert report.counts["steps"] == planned == len(report.details["train_loss"])
     assert 2 <= report.counts["resumed_from_step"] < planned  # from a registered checkpoint, not from 0
-    print(f"killed pid {killed[0]}; resumed from step {report.counts['resumed_from_step']} of {planned}")
+    print(f"killed pid {outcome['killed']}; resumed from step {report.counts['resumed_from_step']} of {planned}")
 
 
 def _bigger_model(folder: Path, tiny: Path) -> Path:
