@@ -36,8 +36,8 @@ LIMITS = {
     "max_prompt_tokens": 20_000,  # bytes, with the fake byte tokenizer; a judge prompt is ~2-3k
     "max_tokens": 256,
     "max_batch_items": 16,
-    "max_ongoing_requests": 24,
-    "max_queued_requests": 24,
+    "max_ongoing_requests": 32,  # with the queue, room for the 51 requests of the poison test
+    "max_queued_requests": 32,
     "retry_after_s": 3,
     "generation_deadline_s": 3.0,
     "health_grace_s": 1.0,
@@ -245,25 +245,29 @@ def test_fuzz_hand_made_chat_bodies(http, fields, status):
 def test_fuzz_openapi_schema(judge_url, http):
     """schemathesis cases from the app's own OpenAPI schema, for every operation: never a 5xx."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
 
     schema = schemathesis.openapi.from_dict(http.get("/openapi.json").json())
     stop_at = time.monotonic() + 90  # the whole fuzz run's time limit
     seen: dict[str, int] = {}
     for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @settings(max_examples=70, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        @given(case=operation.as_strategy())
-        def call(case) -> None:
-            if time.monotonic() > stop_at:
-                return
-            reply = case.call(base_url=judge_url, headers=AUTH, timeout=30)
-            seen[operation.label] = seen.get(operation.label, 0) + 1
-            assert reply.status_code < 500, (case.body, reply.status_code, reply.text[:300])
-
-        call()
+        _fuzz_operation(result.ok(), judge_url, stop_at, seen)
     assert len(seen) >= 5 and sum(seen.values()) >= 200, seen
+
+
+def _fuzz_operation(operation, url: str, stop_at: float, seen: dict[str, int]) -> None:
+    """Up to 70 generated cases of one operation, until ``stop_at``; each must not be a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=70, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy())
+    def call(case) -> None:
+        if time.monotonic() > stop_at:
+            return
+        reply = case.call(base_url=url, headers=AUTH, timeout=30)
+        seen[operation.label] = seen.get(operation.label, 0) + 1
+        assert reply.status_code < 500, (case.body, reply.status_code, reply.text[:300])
+
+    call()
 
 
 # --- jams and load -------------------------------------------------------------------------------
@@ -277,7 +281,9 @@ def _timed_post(url: str, path: str, body: dict) -> tuple[int, float, httpx.Head
 
 @pytest.mark.integration
 def test_jam_huge_max_tokens_then_a_normal_call_answers_in_time(judge_url):
-    status, _, _ = _timed_post(judge_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9})
+    status, _, _ = _timed_post(
+        judge_url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}
+    )
     assert status == 422
     status, seconds, _ = _timed_post(judge_url, "/v1/judge", SINGLE)
     assert status == 200 and seconds < 5
@@ -299,7 +305,9 @@ def test_jam_one_poisoned_request_among_fifty_fails_alone(judge_url):
     bodies = [SINGLE | {"response": f"Paris {i}."} for i in range(50)]
     bodies.insert(25, SINGLE | {"response": "POISON"})
     with ThreadPoolExecutor(51) as pool:
-        replies = list(pool.map(lambda b: httpx.post(f"{judge_url}/v1/judge", json=b, headers=AUTH, timeout=60), bodies))
+        replies = list(
+            pool.map(lambda b: httpx.post(f"{judge_url}/v1/judge", json=b, headers=AUTH, timeout=60), bodies)
+        )
     outcomes = [(r.status_code, r.json().get("parsed")) for r in replies]
     assert outcomes[25][1] is False and "generation failed" in replies[25].json()["error"]
     assert outcomes[:25] + outcomes[26:] == [(200, True)] * 50
@@ -318,10 +326,23 @@ def test_load_200_concurrent_requests_none_lost_503_with_retry_after(judge_url):
         replies = list(pool.map(post, range(200)))
     statuses = [s for s, _ in replies]
     assert all(s == 200 or 400 <= s < 500 or s == 503 for s in statuses), sorted(set(statuses))
-    assert statuses.count(200) >= 24
+    assert statuses.count(200) >= 32  # at least a replica's worth answered; the rest may be shed
     overloaded = [h for s, h in replies if s == 503]
     assert all(h.get("retry-after") == "3" for h in overloaded)
     assert httpx.get(f"{judge_url}/health", timeout=10).status_code == 200  # still up
+
+
+@pytest.mark.integration
+def test_load_overload_gets_503_with_retry_after_never_a_hang(judge_url):
+    """A busy engine (1 s a batch of 8): 32 requests in the replica and 32 queued; the rest of 100
+    are refused at once with 503 and Retry-After instead of waiting."""
+    slow = SINGLE | {"response": "SLOW"}
+    with ThreadPoolExecutor(100) as pool:
+        replies = list(pool.map(lambda _: _timed_post(judge_url, "/v1/judge", slow), range(100)))
+    refused = [(seconds, headers) for status, seconds, headers in replies if status == 503]
+    assert sorted({status for status, _, _ in replies}) == [200, 503]
+    assert len(refused) >= 100 - 64 - 8  # 64 admitted, a few more while the first batch drains
+    assert all(headers["retry-after"] == "3" and seconds < 5 for seconds, headers in refused)
 
 
 @pytest.mark.integration
@@ -340,7 +361,10 @@ def test_metrics_scraped_from_ray_serves_metrics_endpoint(judge_url, http, ray_l
         time.sleep(2)
     missing = [name for name in wanted if name not in text]
     assert not missing, missing
-    assert 'route="judge"' in text and 'kind="pairwise"' in text and 'verdict="tie"' not in text
+    # The both-orders call above: its disagreement counted, its verdict a tie.
+    assert 'route="judge"' in text and 'kind="pairwise"' in text and 'verdict="tie"' in text
+    disagreements = [line for line in text.splitlines() if line.startswith("ray_themis_judge_dual_order_disagreements")]
+    assert disagreements and float(disagreements[0].split()[-1]) >= 1
 
 
 @pytest.mark.integration

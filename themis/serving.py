@@ -33,7 +33,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,7 @@ from themis.models import ModelSource, resolve_model
 from themis.parsing import ParseError
 from themis.promotion import check_promotion
 from themis.serve_guard import Guard, GuardSettings, load_key_hashes
+from themis.serve_metrics import JudgeMetrics
 
 APP_NAME = "themis-judge"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -168,60 +168,6 @@ class EngineWatch:
     def stuck(self) -> bool:
         started = self.started
         return started is not None and time.monotonic() - started > self.limit_s
-
-
-class JudgeMetrics:
-    """Prometheus metrics through Ray Serve's metrics API (tagged with deployment and replica)."""
-
-    def __init__(self) -> None:
-        from ray.serve.metrics import Counter, Histogram
-
-        self.requests = Counter(
-            "themis_judge_requests",
-            description="Requests by route, kind and status.",
-            tag_keys=("route", "kind", "status"),
-        )
-        self.latency = Histogram(
-            "themis_judge_latency_ms",
-            description="Request latency by route and kind.",
-            boundaries=[10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000],
-            tag_keys=("route", "kind"),
-        )
-        self.verdicts = Counter(
-            "themis_judge_verdicts", description="Verdicts by kind and value.", tag_keys=("kind", "verdict")
-        )
-        self.parse_failures = Counter(
-            "themis_judge_parse_failures", description="Outputs without a verdict.", tag_keys=("kind",)
-        )
-        self.disagreements = Counter(
-            "themis_judge_dual_order_disagreements", description="Pairs whose two orders disagree."
-        )
-
-    @contextmanager
-    def observe(self, route: str, kind: str):
-        """Count the request and its latency, with its status (an ApiError's, or 500)."""
-        start, status = time.monotonic(), "200"
-        try:
-            yield
-        except ApiError as exc:
-            status = str(exc.status)
-            raise
-        except Exception:
-            status = "500"
-            raise
-        finally:
-            tags = {"route": route, "kind": kind}
-            self.requests.inc(tags=tags | {"status": status})
-            self.latency.observe((time.monotonic() - start) * 1000, tags=tags)
-
-    def verdict(self, out: JudgeResponse) -> None:
-        if not out.parsed:
-            self.parse_failures.inc(tags={"kind": out.kind})
-            return
-        value = out.winner if out.kind == "pairwise" else str(out.score)
-        self.verdicts.inc(tags={"kind": out.kind, "verdict": str(value)})
-        if out.consistent is False:
-            self.disagreements.inc()
 
 
 def _batch_result(index: int, outcome: JudgeResponse | BaseException) -> JudgeResponse | BatchItemError:

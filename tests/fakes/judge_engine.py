@@ -9,7 +9,8 @@ real parsers read them. Switches, set per engine:
   (order-biased: both orders then disagree).
 * ``seconds_per_batch`` / ``seconds_per_row``: simulated compute, for load and benchmark tests.
 * A message containing ``POISON`` makes the whole engine call raise (as a tokenizer error would),
-  so the deployment must isolate it; ``HANG`` makes it sleep ``hang_s`` (a stuck engine).
+  so the deployment must isolate it; ``HANG`` makes it sleep ``hang_s`` (a stuck engine); ``SLOW``
+  makes it sleep ``slow_s`` (a busy engine, to fill the queue).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class FakeJudgeEngine:
         seconds_per_row: float = 0.0,
         max_model_len: int = 200_000,
         hang_s: float = 30.0,
+        slow_s: float = 1.0,
     ):
-        self.prefer, self.max_model_len, self.hang_s = prefer, max_model_len, hang_s
+        self.prefer, self.max_model_len, self.hang_s, self.slow_s = prefer, max_model_len, hang_s, slow_s
         self.seconds_per_batch, self.seconds_per_row = seconds_per_batch, seconds_per_row
         self.tokenizer = ByteTokenizer()
         self.batch_sizes: list[int] = []
@@ -54,6 +56,8 @@ class FakeJudgeEngine:
             raise TypeError("the fake tokenizer cannot take this text")
         if any("HANG" in t for t in texts):
             time.sleep(self.hang_s)
+        if any("SLOW" in t for t in texts):
+            time.sleep(self.slow_s)
         time.sleep(self.seconds_per_batch + self.seconds_per_row * len(requests))
         return [self._reply(r) for r in requests]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,7 +64,7 @@ def first_key(serve_cfg: ServeConfig) -> str | None:
     """A key for the smoke test, from where the server read its keys (never printed)."""
     keys = split_keys(os.environ.get(serve_cfg.auth.keys_env, ""))
     if not keys and serve_cfg.auth.keys_file and os.path.isfile(serve_cfg.auth.keys_file):
-        keys = split_keys(open(serve_cfg.auth.keys_file).read())
+        keys = split_keys(Path(serve_cfg.auth.keys_file).read_text())
     return keys[0] if keys else None
 
 
