@@ -92,7 +92,7 @@ def test_self_heal_worker_killed_mid_run_recovers_in_the_same_call(ray_local, ti
 
 
 def _bigger_model(folder: Path, tiny: Path) -> Path:
-    """A ~57M-parameter random Llama with the tiny model's tokenizer: big enough that optimizer
+    """A ~29M-parameter random Llama with the tiny model's tokenizer: big enough that optimizer
     state dominates a worker's memory."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -100,9 +100,9 @@ def _bigger_model(folder: Path, tiny: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=768,
-        intermediate_size=2304,
-        num_hidden_layers=8,
+        hidden_size=640,
+        intermediate_size=1920,
+        num_hidden_layers=6,
         num_attention_heads=8,
         num_key_value_heads=4,
         eos_token_id=tokenizer.eos_token_id,
