@@ -134,7 +134,14 @@ def _key(body: dict[str, Any]) -> str:
     return repr(body["messages"])
 
 
-def test_two_actor_pool_sends_rows_to_both_actors(server: FakeOpenAIServer, tmp_path: Path, ray_local) -> None:
+def test_two_actor_pool_sends_rows_to_both_actors(tmp_path: Path, ray_local) -> None:
+    # Slower calls than the other tests: the first actor up must not finish everything before the
+    # second one has started on a busy machine.
+    with FakeOpenAIServer(reply=teacher_reply, delay_s=0.5) as server:
+        _two_actors(server, tmp_path)
+
+
+def _two_actors(server: FakeOpenAIServer, tmp_path: Path) -> None:
     config = write_config(tmp_path, server.base_url, tmp_path / "runs", pool={"min_actors": 2, "max_actors": 2})
     cfg = load(config)
     for stage in ("instructions", "responses"):

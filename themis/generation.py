@@ -203,6 +203,9 @@ class PoolPlan:
             min_size=self.min_actors,
             max_size=self.max_actors,
             max_concurrent_calls_per_actor=self.calls_per_actor if self.calls_per_actor > 1 else None,
+            # No batches queued behind the running ones: an actor that starts first does not claim
+            # the work of actors still starting.
+            max_tasks_in_flight_per_actor=self.calls_per_actor if self.calls_per_actor > 1 else None,
         )
         return {"compute": compute, "batch_size": self.batch_size, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
@@ -235,9 +238,10 @@ def generate(ds: Any, engine: EnginePass) -> Any:
     actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
     plan = pool_plan(engine.cfg)
     check_room_for_tasks(engine.name, plan)
-    if plan.max_actors > 1:
-        # One input file is one block, and a block goes to one actor: cut the stream into
-        # batch-sized blocks (streaming, no shuffle) so that every actor of the pool gets work.
+    if plan.max_actors > 1 or plan.calls_per_actor > 1:
+        # One input file is one block, and a block is one call of one actor: cut the stream into
+        # batch-sized blocks (streaming, no shuffle) so that every actor of the pool, and every
+        # concurrent call of an HTTP actor, gets work, and results leave a batch at a time.
         # Ray runs this step as 1-CPU tasks: a pool must leave a CPU free for it.
         ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
     args = plan.map_batches_args()
