@@ -63,6 +63,18 @@ bench-serve: setup
 bench-ifd: setup
 	$(BIN)/python tests/benchmarks/bench_ifd.py
 
+# Overhead of the train stage (Ray Train + DeepSpeed ZeRO-2, 2 gloo workers, tiny model) against a bare
+# `torchrun --nproc_per_node 2` DeepSpeed loop on the same batches; prints, never asserts. ~5 min.
+# Ends with RESULT ratio=<bare s/step over ours> startup_s=<ours> bare_startup_s=<bare>.
+bench-train: setup
+	$(BIN)/python tests/benchmarks/bench_train.py
+
+# On one GPU, no Ray: a Qwen2-0.5B-shaped random model, bf16, ZeRO-3, the multi-objective loss and
+# LoRA; prints tokens/s and MFU. GPU_CHECK_ARGS="--device cpu --tiny" runs the code path on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(or $(wildcard $(BIN)/python),python3) tests/gpu/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
 

@@ -54,8 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = _restore(engine, world)
     resumed_from = state["step"]
     log = TensorBoardLog(rank == 0, store, resumed_from)
+    timing = {"loop_started_at": time.time()}
     if state["step"] < config["total_steps"]:
-        _train(engine, config, data, state, rank, world, log)
+        _train(engine, config, data, state, rank, world, log, timing)
     peak = _gather_peak_memory(start_rss, engine.device)  # before the export, which gathers the whole model on rank 0
     _export(engine, tcfg, store, rank)
     log.close()
@@ -63,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Not a final ray.train.report: Ray Train V2's Result.metrics are the latest checkpoint's,
         # and metrics reported without a checkpoint never reach the driver.
         summary = {k: state[k] for k in ("step", "val_loss", *HISTORY)}
-        extra = {"resumed_from_step": resumed_from, "loss_kind": tcfg.loss.rationale, **peak}
+        extra = {"resumed_from_step": resumed_from, "loss_kind": tcfg.loss.rationale, **peak, **timing}
         store.write_json(SUMMARY, {**summary, **extra})
 
 
@@ -132,9 +133,17 @@ def _restore(engine: Any, world: int) -> dict[str, Any]:
 
 
 def _train(
-    engine: Any, config: dict[str, Any], data: dict[str, Any], state: dict[str, Any], rank: int, world: int, log: Any
+    engine: Any,
+    config: dict[str, Any],
+    data: dict[str, Any],
+    state: dict[str, Any],
+    rank: int,
+    world: int,
+    log: Any,
+    timing: dict[str, float],
 ) -> None:
-    """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured."""
+    """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured; note
+    when the first step ended in ``timing`` (start-up overhead, for bench-train)."""
     tcfg: TrainConfig = config["train"]
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
     warmup = round(tcfg.warmup_ratio * total)
@@ -148,18 +157,18 @@ def _train(
         )
         rows: dict[int, sft.Example] = {}
         for position in range(state["step"] % per_epoch, per_epoch):
+            began = time.perf_counter()  # the whole iteration counts: reading rows, the step, logging
             if not rows.keys() >= {i for mb in plan[position] for i in mb}:
                 rows = train.take([i for s in plan[position : position + ROWS_PER_READ] for mb in s for i in mb])
-            step = state["step"]
-            lr = tcfg.lr * sft.lr_factor(step, warmup, total)
-            began = time.perf_counter()
+            lr = tcfg.lr * sft.lr_factor(state["step"], warmup, total)
             parts = _optimizer_step(engine, config, [[rows[i] for i in mb] for mb in plan[position]], lr)
-            seconds = time.perf_counter() - began
-            state["step"] = step = step + 1
-            _record(state, parts, seconds)
-            metrics = {"step": step, "epoch": epoch, "train_loss": parts["total"], "lr": lr}
+            state["step"] = step = state["step"] + 1
             if rank == 0:  # progress for the driver's console (Ray forwards worker stdout)
                 print(f"[themis] train: step {step}/{total} loss={parts['total']:.4f} lr={lr:.2e}", flush=True)
+            seconds = time.perf_counter() - began
+            timing.setdefault("first_step_at", time.time())
+            _record(state, parts, seconds)
+            metrics = {"step": step, "epoch": epoch, "train_loss": parts["total"], "lr": lr}
             if step % per_epoch == 0 or step == total:
                 metrics["val_loss"] = _evaluate(engine, config, data["validation"], rank, world)
                 state["val_loss"].append({"epoch": epoch, "step": step, "loss": metrics["val_loss"]})

@@ -1,0 +1,143 @@
+"""Overhead of the train stage against bare DeepSpeed: `make bench-train`
+(or `python tests/benchmarks/bench_train.py [--steps N]`).
+
+Both sides train the tiny random Llama of the tests with DeepSpeed ZeRO-2 on 2 gloo workers, one
+thread each, on the same micro-batches:
+- ours: the train stage (Ray Data tokenisation, Ray Train workers reading shards from the run
+  root, the multi-objective loss code in its default cross-entropy form, TensorBoard logging);
+- bare: `torchrun --nproc_per_node 2 tests/benchmarks/bare_deepspeed_train.py`, the same steps
+  with Hugging Face's loss and no Ray, reading the shards the stage wrote.
+
+Steady state is the mean seconds per optimizer step after the first WARMUP steps (whole loop
+iterations: reading rows, the step, logging; not evaluation or checkpoints). Start-up is the time
+from launch (ours: before Ray starts) to the end of the first step; printed, not counted.
+Ends with `RESULT ratio=<bare s/step over ours> startup_s=<ours> bare_startup_s=<bare>`.
+Prints, never asserts: on a shared 2-core machine the figures move with the neighbours' load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+WARMUP = 5
+LOCAL = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "OMP_NUM_THREADS": "1",
+    "DS_ACCELERATOR": "cpu",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps on each side")
+    args = parser.parse_args()
+    os.environ.update(LOCAL)
+    work = Path(tempfile.mkdtemp(prefix="themis-bench-train-"))
+    from tests.fakes.tiny_model import build_tiny_model
+
+    model = build_tiny_model(work / "model")
+    cfg, store = _setup(work, model, args.steps)
+    ours = _run_ours(cfg, store)
+    bare = _run_bare(work, cfg, store, args.steps)
+    ratio = bare["s_per_step"] / ours["s_per_step"]
+    for name, r in (("ours (Ray Train)", ours), ("bare torchrun", bare)):
+        steady, startup, loss = r["s_per_step"] * 1000, r["startup_s"], r["final_loss"]
+        print(f"{name:18s} steady {steady:.1f} ms/step  start-up {startup:.1f} s  final loss {loss:.4f}")
+    print(f"RESULT ratio={ratio:.3f} startup_s={ours['startup_s']:.1f} bare_startup_s={bare['startup_s']:.1f}")
+
+
+def _setup(work: Path, model: Path, steps: int):
+    from tests.test_train_stage import _rows
+    from themis.config import PipelineConfig, StorageConfig
+    from themis.storage import RunStore
+
+    store = RunStore(StorageConfig(root=str(work / "runs")), "bench")
+    store.write_table("dataset/train.parquet", _rows(steps * 4, "tr"))  # 2 workers x micro-batch 2
+    store.write_table("dataset/validation.parquet", _rows(0, "va"))
+    cfg = PipelineConfig.model_validate(
+        {
+            "engines": {"teacher": {"kind": "transformers", "model": str(model)}},
+            "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "train": {
+                "base_model": str(model),
+                "num_workers": 2,
+                "cpus_per_worker": 1,
+                "zero_stage": 2,
+                "micro_batch_size": 2,
+                "max_seq_len": 128,
+                "lr": 1e-3,
+                "max_failures": 0,
+            },
+        }
+    )
+    return cfg, store
+
+
+def _run_ours(cfg, store) -> dict[str, float]:
+    from themis.runtime import init_ray
+    from themis.stages import train as train_stage
+
+    started = time.time()
+    init_ray(cfg.ray)
+    train_stage.run(cfg, store)
+    summary = store.read_json("train/summary.json")
+    return _figures(summary["step_seconds"], summary["first_step_at"] - started, summary["train_loss"])
+
+
+def _run_bare(work: Path, cfg, store, steps: int) -> dict[str, float]:
+    import ray
+
+    ray.shutdown()  # the bare side gets the machine to itself, as ours did
+    settings = {
+        "train": cfg.train.model_dump(),
+        "shard": store.read_path("train/tokenized/train"),
+        "seed": cfg.run.seed,
+        "steps": steps,
+        "pad_id": _pad_id(cfg.train.base_model),
+    }
+    path = work / "bare.json"
+    path.write_text(json.dumps(settings))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = ROOT / "tests" / "benchmarks" / "bare_deepspeed_train.py"
+    started = time.time()
+    out = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", str(script), str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BARE ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"the bare torchrun run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    result = json.loads(line[5:])
+    return _figures(result["step_seconds"], result["first_step_at"] - started, result["train_loss"])
+
+
+def _figures(step_seconds: list[float], startup_s: float, losses: list[float]) -> dict[str, float]:
+    steady = step_seconds[WARMUP:] or step_seconds
+    return {"s_per_step": statistics.mean(steady), "startup_s": startup_s, "final_loss": losses[-1]}
+
+
+def _pad_id(model: str) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
+if __name__ == "__main__":
+    main()
