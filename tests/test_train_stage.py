@@ -1,7 +1,9 @@
 """The train stage on local Ray: 2 DeepSpeed workers on CPU (gloo); ZeRO-2, ZeRO-3, resume, export.
 
-Each fit costs ~10-17 s of Ray Train overhead, so the tests share fits: the ZeRO-3 test also
-covers resume and the skip-when-done path. The error tests fail before Ray starts.
+Each fit costs ~10-17 s of Ray Train overhead, so the tests share fits: the ZeRO-2 test also
+covers the multi-objective loss, the loss curve and TensorBoard; the ZeRO-3 test covers resume
+and the skip-when-done path. Most error tests fail before Ray starts; the two that need the
+tokenised data run after the Ray Data step.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def test_empty_train_set_is_an_error(tiny_model_dir, tmp_path):
         train_stage.run(_cfg(str(tiny_model_dir)), store)
 
 
-def test_too_few_examples_for_one_step_is_an_error(tiny_model_dir, tmp_path):
+@pytest.mark.integration  # the check follows tokenisation, a Ray Data step
+def test_too_few_examples_for_one_step_is_an_error(ray_local, tiny_model_dir, tmp_path):
     store = _store(tmp_path, n_train=1)
     with pytest.raises(ValueError, match="fewer than one optimizer step"):
         train_stage.run(_cfg(str(tiny_model_dir)), store)
@@ -152,7 +155,8 @@ def test_missing_base_model_is_an_error(tmp_path):
         train_stage.run(_cfg(str(tmp_path / "no-such-model")), store)
 
 
-def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(tiny_model_dir, tmp_path):
+@pytest.mark.integration
+def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(ray_local, tiny_model_dir, tmp_path):
     store = RunStore(StorageConfig(root=str(tmp_path)), "t")
     table = _rows(2, "tr").to_pylist()
     long_reply = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "[[5]] " * 40}]

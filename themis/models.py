@@ -104,6 +104,9 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+# Either file in a run's model/ means there is a trained judge to load: a full folder has
+# config.json, an adapter-only export adapter_config.json (plain_model_folder merges it).
+EXPORT_MARKERS = ("config.json", ADAPTER_CONFIG)
 
 
 def is_adapter_folder(path: Path) -> bool:
