@@ -43,9 +43,11 @@ def _small_serve(**fields) -> dict:
     return base | fields
 
 
-def _pipeline(tiny_model_dir: Path, **serve) -> PipelineConfig:
+def _pipeline(tiny_model_dir: Path, root: Path, **serve) -> PipelineConfig:
+    """A config whose run is ``<root>/r`` (the stage reads the run the config names)."""
     return PipelineConfig.model_validate(
         {
+            "run": {"name": "r", "storage": {"root": str(root)}},
             "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
             "engines": {"teacher": {"kind": "transformers", "model": str(tiny_model_dir)}},
             "responses": {"pool": [{"name": "a", "engine": "teacher"}]},
@@ -59,10 +61,10 @@ def test_run_names_a_missing_model(tmp_path, tiny_model_dir):
 
     store = RunStore(StorageConfig(root=str(tmp_path)), "r")
     with pytest.raises(FileNotFoundError, match="no trained model to serve at .*/r/model"):
-        run(_pipeline(tiny_model_dir), store)
+        run(_pipeline(tiny_model_dir, tmp_path), store)
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        run(_pipeline(tiny_model_dir, model=str(missing)), store)
+        run(_pipeline(tiny_model_dir, tmp_path, model=str(missing)), store)
 
 
 @pytest.mark.integration
@@ -73,9 +75,11 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
     assert not serve_running()
     store = RunStore(StorageConfig(root=str(tmp_path)), "r")
     store.upload_dir(tiny_model_dir, "model")
-    store.write_json("reports/evaluation/trained/report.json", {"overall": {"value": 0.1}})  # the gate's input
+    # The gate's input: below the threshold, so the stage serves only because it is forced.
+    store.write_json("reports/evaluation/trained/report.json", {"overall": {"value": 0.1}})
     port = _free_port()
-    report = run(_pipeline(tiny_model_dir, port=port, smoke_test=True), store)
+    forced = {"min_overall": 0.5, "force": True}
+    report = run(_pipeline(tiny_model_dir, tmp_path, port=port, smoke_test=True, promotion=forced), store)
 
     assert report.outputs == {"url": f"http://127.0.0.1:{port}"}
     assert report.counts == {"smoke_requests": 3}
@@ -85,7 +89,9 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
     assert smoke["chat"]["usage"]["completion_tokens"] > 0
     assert report.details["autoscaling"]["max_replicas"] == 2
     assert report.inputs == {"model": store.uri("model")}
-    assert report.details["promotion"]["passed"] and report.details["api_keys"] == 0
+    # What the runner writes into the manifest: the override and what it overrode.
+    assert report.details["promotion"]["forced"] and report.details["promotion"]["failed"] == ["overall 0.1 < 0.5"]
+    assert report.details["api_keys"] == 0
     assert not serve_running()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
