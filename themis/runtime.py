@@ -43,19 +43,33 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     if address == "local":
-        ray.init(
-            address="local",
-            num_cpus=cfg.num_cpus,
-            object_store_memory=cfg.object_store_memory_mb * 1024**2,
-            include_dashboard=True,
-            runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
-            log_to_driver=True,
-        )
+        _start_local(ray, cfg)
     else:
         # On a cluster the job's own runtime env (ray job submit, a RayJob) sets worker variables;
         # adding this laptop's settings would clash with it, and OMP_NUM_THREADS=1 would throttle the nodes' CPU work.
         ray.init(address=address)
     _quiet_ray_data()
+
+
+def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
+    """A private local Ray. Ray gives its raylet a fixed 30 s to register, which a machine busy
+    with other work can miss: start again before giving up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=cfg.num_cpus,
+                object_store_memory=cfg.object_store_memory_mb * 1024**2,
+                include_dashboard=True,
+                runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
+                log_to_driver=True,
+            )
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
+            print(f"[themis] local Ray did not start in time (attempt {attempt} of {attempts}); starting it again")
 
 
 def _quiet_ray_data() -> None:
