@@ -124,6 +124,8 @@ def test_zero3_exports_real_weights_and_resumes(ray_local, tiny_model_dir, tmp_p
     assert second.counts["resumed_from_step"] == 2 and second.counts["steps"] == 4
     assert len(second.details["train_loss"]) == 4  # history carried over in the checkpoint
     assert second.details["train_loss"][:2] == first.details["train_loss"]
+    events = list(Path(store.read_path("train", "tensorboard")).iterdir())
+    assert len(events) >= 2  # the first run's events carried over beside the resumed run's
 
     done = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=4), store)
     assert done.counts["resumed_from_step"] == 4 and done.counts["steps"] == 4

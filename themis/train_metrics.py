@@ -58,6 +58,18 @@ class TensorBoardLog:
         self.folder = tempfile.mkdtemp(prefix="themis-tb-")
         # purge_step: a resumed run hides the events a dead attempt wrote past its checkpoint.
         self.writer = SummaryWriter(self.folder, purge_step=start_step or None)
+        self._carry_over()
+
+    def _carry_over(self) -> None:
+        """Start from the published run's event files: publishing this attempt replaces the
+        folder, and a resumed run's curves should still begin at step 1."""
+        import pyarrow.fs as pafs
+
+        src, dest = self.store.path(TENSORBOARD), self.store.write_path(TENSORBOARD)
+        fs = self.store.fs
+        if src != dest and fs.get_file_info(src).type == pafs.FileType.Directory:
+            if fs.get_file_info(dest).type == pafs.FileType.NotFound:
+                pafs.copy_files(src, dest, source_filesystem=fs, destination_filesystem=fs)
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
         """Write one step's scalars (None values are skipped)."""
