@@ -1,8 +1,8 @@
 """Throughput of IFD scoring through its Ray Data actor pool: `make bench-ifd`.
 
 Scores judge records (a real single-answer judge prompt from ``themis.judging`` and a judgment of
-about 60 tokens as the answer) with ``themis.scoring.score_dataset``, the dataset stage's path,
-with no score cache, and prints records/s:
+45-80 tokens as the answer: 550-640 tokens in all with SmolLM2's tokenizer) with
+``themis.scoring.score_dataset``, the dataset stage's path, with no score cache, and prints records/s:
 
 - on the tiny random model of the tests (2 layers, hidden 64), 1 actor and 2 actors;
 - on SmolLM2-135M-Instruct (``builtin:smollm2-135m-instruct``, CPU, float32), 1 actor and 2 actors.
