@@ -10,7 +10,8 @@ client measured on these machines). Ends with one line:
 
 for the tiny model at 32 clients (endpoint requests/s over the engine's ceiling; batched over
 unbatched requests/s; batched p99 in ms). Not a pytest test: figures are printed, not asserted.
-``BENCH_MODELS=tiny`` runs the tiny model only.
+``BENCH_MODELS=tiny`` runs the tiny model only; ``BENCH_QUICK=1`` sends a quarter of the requests
+(for a machine other jobs share).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ CPUS = 2  # the replica's CPUs and torch threads; the in-process ceiling uses as
 # Requests per run at each client count, per model (SmolLM2 is ~20x slower than the tiny model).
 REQUESTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 3, 8: 16, 32: 32}}
 MAX_TOKENS = {"tiny": 32, "smollm2": 16}
+if os.environ.get("BENCH_QUICK"):
+    REQUESTS = {name: {c: max(c, n // 4) for c, n in runs.items()} for name, runs in REQUESTS.items()}
 
 
 def bodies(n: int) -> list[dict]:
@@ -150,7 +153,9 @@ def main() -> None:
     from themis.stages.serve import free_port
 
     found = models()
-    ceilings = {name: engine_ceiling(path, 4 * BATCH) for name, path in found.items()}
+    ceilings = {
+        name: engine_ceiling(path, (1 if os.environ.get("BENCH_QUICK") else 4) * BATCH) for name, path in found.items()
+    }
     for name, rps in ceilings.items():
         print(f"{name:8} engine alone, full batches of {BATCH}: {rps:7.2f} req/s", flush=True)
     init_ray(RayConfig(num_cpus=CPUS, object_store_memory_mb=400))
