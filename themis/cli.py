@@ -38,6 +38,12 @@ def build_parser(prog: str = "themis") -> argparse.ArgumentParser:
     parser.add_argument("command", choices=("pipeline", *STAGES), help="the whole pipeline or one stage")
     parser.add_argument("config", help="a YAML job config, e.g. jobs/configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.name=exp1")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="serve or pipeline: deploy a judge that fails the promotion gate (recorded in the manifest); "
+        "the same as serve.promotion.force=true",
+    )
     return parser
 
 
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return ablation_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return execute(args.command, args.config, args.overrides)
+    overrides = [*args.overrides, "serve.promotion.force=true"] if args.force else args.overrides
+    return execute(args.command, args.config, overrides)
 
 
 def compare_main(argv: list[str]) -> int:
