@@ -32,7 +32,7 @@ stage: setup
 # Lint first (seconds), then every test; pytest's exit code 5 ("no tests collected") fails too.
 test: setup
 	$(BIN)/ruff check themis jobs tests
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -q -m "not integration and not smoke"
