@@ -71,7 +71,7 @@ from themis.judge_api import (
     validation_error_body,
 )
 from themis.judging import classifier_request, judge_request
-from themis.models import ModelSource, resolve_model
+from themis.models import EXPORT_MARKERS, ModelSource, resolve_model
 from themis.parsing import ParseError
 from themis.promotion import check_promotion
 from themis.serve_guard import Guard, GuardSettings, load_key_hashes
@@ -381,7 +381,8 @@ def served_model_source(serve_cfg: ServeConfig, storage: StorageConfig, run_name
     from themis.storage import build_filesystem
 
     fs, base = build_filesystem(storage)
-    if fs.get_file_info(f"{base}/{run_name}/model/config.json").type == pafs.FileType.NotFound:
+    markers = [f"{base}/{run_name}/model/{marker}" for marker in EXPORT_MARKERS]  # merged or adapter-only
+    if all(info.type == pafs.FileType.NotFound for info in fs.get_file_info(markers)):
         where = f"{storage.root.rstrip('/')}/{run_name}/model"
         raise FileNotFoundError(
             f"no trained model to serve at {where}: run the train stage first, "

@@ -45,7 +45,7 @@ from themis.evaluation.paired import scored_units
 from themis.evaluation.report import Settings, build_report
 from themis.evaluation.suite import benchmark_entry, build_suite_report, split_subsets
 from themis.generation import EnginePass, generate_requests
-from themis.models import ModelSource
+from themis.models import EXPORT_MARKERS, ModelSource
 from themis.runner import say
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
@@ -238,7 +238,7 @@ def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: 
     """The engine to judge with; for this run's trained judge, where its actors fetch the model."""
     if isinstance(judge, EngineJudge):
         return EnginePass(name=judge.engine, cfg=cfg.engines[judge.engine])
-    if not store.exists("model", "config.json"):
+    if not any(store.exists("model", marker) for marker in EXPORT_MARKERS):  # merged or adapter-only export
         raise FileNotFoundError(f"no trained judge at {store.uri('model')}: run the train stage first")
     engine = judge.engine or TransformersEngineConfig(model="trained")
     return EnginePass(name="trained", cfg=engine, model=ModelSource(storage=store.storage, run_name=cfg.run.name))
