@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from themis.prompts import PAIR_CHOICES, SCENARIO_LETTERS
+from themis.prompts import CRITERIA_HEADER, PAIR_CHOICES, SCENARIO_LETTERS
+from themis.scales import get_scale
 
 
 class ParseError(ValueError):
@@ -31,9 +32,11 @@ _BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]{1,12}?)\s*(?:\]\]|\]|(?=\s|$))")
 _LOOSE_SCORE = re.compile(r"(?:rating|score)\s*(?:is|:|=)?\s*\**\s*([0-9]+(?:\.[0-9]+)?(?:\s*/\s*5)?)", re.I)
 
 
-def parse_score(text: str) -> Verdict:
-    """The overall 1-5 score: the first ``[[N]]`` (or ``Rating: N``), and the text after it."""
+def parse_score(text: str, scale: str | None = None) -> Verdict:
+    """The overall score on ``scale`` (default 1-5): the first ``[[N]]`` (or ``Rating: N``), and the
+    text after it."""
     text = _nonempty(text)
+    s = get_scale(scale)
     match = _BRACKETED.search(text) or _LOOSE_SCORE.search(text)
     if not match:
         raise ParseError("no rating found")
@@ -42,9 +45,37 @@ def parse_score(text: str) -> Verdict:
         value = float(raw)
     except ValueError:
         raise ParseError(f"rating is not a number: {raw!r}") from None
-    if not value.is_integer() or not 1 <= value <= 5:
-        raise ParseError(f"rating out of range 1-5: {raw}")
+    if not s.contains(value):
+        raise ParseError(f"rating out of range {s.low}-{s.high}: {raw}")
     return Verdict(score=int(value), rationale=_rest(text, match.end()))
+
+
+_CRITERION_LINE = re.compile(r"^[\s*\-•\d.]*([^\n:\[\]]{2,80}?)\s*\**\s*:\s*\**\s*\[\[\s*(\d{1,2})\s*\]\]", re.M)
+
+
+def parse_criterion_scores(text: str, criteria: list[str], scale: str | None = None) -> dict[str, int]:
+    """Per-criterion scores from the ``Criteria:`` block: ``{name: n}`` for every line
+    ``<criterion name>: [[n]]`` whose name is one of ``criteria`` (case and spacing ignored) and whose
+    score is on ``scale``. Criteria the judge did not score are absent; lines naming something else
+    are ignored. Raises ``ParseError`` when there is no Criteria block or no criterion in it."""
+    s = get_scale(scale)
+    start = text.find(CRITERIA_HEADER) if text else -1
+    if start < 0:
+        raise ParseError("no per-criterion scores (no Criteria: block)")
+    block = text[start + len(CRITERIA_HEADER) :]
+    known = {_name_key(c): c for c in criteria}
+    scores: dict[str, int] = {}
+    for match in _CRITERION_LINE.finditer(block):
+        name, value = known.get(_name_key(match.group(1))), int(match.group(2))
+        if name and name not in scores and s.contains(value):
+            scores[name] = value
+    if not scores:
+        raise ParseError("no per-criterion scores (no known criterion with a score in the Criteria: block)")
+    return scores
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.lower().replace("*", " ").split())
 
 
 def parse_pairwise(text: str) -> Verdict:

@@ -1,7 +1,7 @@
 """Every prompt Themis sends: instruction writing, scenario classification, answers, judgments.
 
 Judge prompts follow the paper's five blocks: the task with the scenario's ordered criteria, the
-1-5 tier scale, the data, the steps, and the output format (verdict sentence first, reasons after).
+tier scale (1-5 unless ``themis.scales`` names another), the data, the steps, and the output format (verdict sentence first, reasons after).
 Each judge prompt comes with the fixed opening of its verdict sentence (``*_OPENING``) and the
 allowed verdict tokens, so local engines can force the format. Pure: no Ray, torch or DeepSpeed.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from themis.scales import convert_score, get_scale, render_scale
 from themis.scenarios import Scenario, load_scenarios
 
 Messages = list[dict[str, str]]
 
 SCORE_OPENING = "Overall rating: [["
-SCORE_CHOICES = ("1", "2", "3", "4", "5")
+SCORE_CHOICES = get_scale("1-5").choices
 PAIR_OPENING = "Verdict: [["
 PAIR_CHOICES = ("A", "B", "C")  # C = tie, as in MT-bench's "[[C]]"
 SCENARIO_OPENING = "Scenario: [["
@@ -23,26 +24,38 @@ SCENARIO_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 JUDGE_SYSTEM = "You are Themis, a careful and impartial judge of AI assistant responses."
 
-SCALE = """[Scale Begin]
-1 = severe flaws: the response fails the user or is wrong, unsafe or off-topic.
-2 = partly usable: some value, but major problems remain.
-3 = strengths outweigh weaknesses: usable with clear room to improve.
-4 = acceptable with only minor issues.
-5 = excellent: meets every important criterion.
-[Scale End]"""
+CRITERIA_HEADER = "Criteria:"
 
-REFERENCE_SCALE_NOTE = (
-    "A reference answer is given: a response as good as the reference deserves 4, one better "
-    "than the reference 5; judge correctness against the reference."
-)
 
-SINGLE_STEPS = """Steps: (1) recall the criteria; (2) pick those that matter for this instruction \
-and add any that are missing; (3) score the response on each, 1-5; (4) weight them, most important \
-first, into one overall score."""
+def reference_scale_note(scale: str | None = None) -> str:
+    """How a reference answer anchors the scale: as good as it is a 4 on 1-5, better is a 5."""
+    as_good, better = convert_score(4, scale or "1-5"), convert_score(5, scale or "1-5")
+    return (
+        f"A reference answer is given: a response as good as the reference deserves {as_good}, one better "
+        f"than the reference {better}; judge correctness against the reference."
+    )
 
-SINGLE_FORMAT = f"""Output format: first one sentence giving the overall rating, exactly \
-"{SCORE_OPENING}N]]" with N from 1 to 5. Then "Strengths:" and "Shortcomings:", each as short \
-points ending in their own [[score]]."""
+
+def single_steps(scale: str | None = None) -> str:
+    s = get_scale(scale)
+    return (
+        "Steps: (1) recall the criteria; (2) pick those that matter for this instruction and add any "
+        f"that are missing; (3) score the response on each, {s.low}-{s.high}; (4) weight them, most "
+        "important first, into one overall score."
+    )
+
+
+def single_format(scale: str | None = None) -> str:
+    """The output format: the verdict sentence first, then one ``name: [[n]]`` line per criterion
+    scored (``parsing.parse_criterion_scores`` reads them), then strengths and shortcomings."""
+    s = get_scale(scale)
+    return (
+        f'Output format: first one sentence giving the overall rating, exactly "{SCORE_OPENING}N]]" with N '
+        f'from {s.low} to {s.high}. Then "{CRITERIA_HEADER}" and one line per criterion you scored, exactly '
+        f'"<criterion name>: [[n]]". Then "Strengths:" and "Shortcomings:", each as short points ending in '
+        "their own [[score]]."
+    )
+
 
 PAIR_FORMAT = f"""Output format: first one sentence giving the verdict, exactly "{PAIR_OPENING}A]]" \
 if Response A is better, "{PAIR_OPENING}B]]" if Response B is better, or "{PAIR_OPENING}C]]" for a \
@@ -84,20 +97,21 @@ def render_data(instruction: str, responses: list[tuple[str, str]], reference: s
 
 
 def render_single_prompt(
-    scenario: Scenario, instruction: str, response: str, reference: str | None = None
+    scenario: Scenario, instruction: str, response: str, reference: str | None = None, scale: str | None = None
 ) -> JudgePrompt:
-    """Single-answer grading, or reference-guided grading when ``reference`` is given."""
-    scale = SCALE + ("\n" + REFERENCE_SCALE_NOTE if reference else "")
+    """Single-answer grading, or reference-guided grading when ``reference`` is given, on ``scale``
+    (default 1-5; see ``themis.scales``)."""
+    tiers = render_scale(scale) + ("\n" + reference_scale_note(scale) if reference else "")
     body = "\n\n".join(
         [
             render_task(scenario, "Grade one AI response to a user instruction"),
-            scale,
+            tiers,
             render_data(instruction, [("Response", response)], reference),
-            SINGLE_STEPS,
-            SINGLE_FORMAT,
+            single_steps(scale),
+            single_format(scale),
         ]
     )
-    return JudgePrompt(_chat(JUDGE_SYSTEM, body), SCORE_OPENING, SCORE_CHOICES)
+    return JudgePrompt(_chat(JUDGE_SYSTEM, body), SCORE_OPENING, get_scale(scale).choices)
 
 
 def render_pairwise_prompt(

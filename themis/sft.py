@@ -24,7 +24,7 @@ PROMPT, SCORE, RATIONALE = 0, 1, 2  # token kinds: not a target, score/format, r
 # What a judgment's format is made of (themis.prompts asks for these): verdicts in [[ ]] and the
 # section headers. Everything else in the target is rationale.
 FORMAT_SPAN = re.compile(
-    r"\[\[[^\[\]\n]{0,12}\]\]|(?:Overall rating|Verdict|Strengths|Shortcomings|Scenario)\s*:", re.I
+    r"\[\[[^\[\]\n]{0,12}\]\]|(?:Overall rating|Verdict|Criteria|Strengths|Shortcomings|Scenario)\s*:", re.I
 )
 GROUP_STEPS = 16  # length grouping sorts windows of this many optimizer steps (keeps the shuffle's spread)
 
