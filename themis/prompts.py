@@ -1,10 +1,10 @@
 """Every prompt Themis sends: instruction writing, scenario classification, answers, judgments.
 
 Judge prompts follow the paper's five blocks: the task with the scenario's ordered criteria, the
-tier scale (1-5 unless ``themis.scales`` names another), the data, the steps, and the output format (verdict sentence first, reasons after).
-Each judge prompt comes with the fixed opening of its verdict sentence (``*_OPENING``) and the
-allowed verdict tokens, so local engines can force the format. Pure: no Ray, torch or DeepSpeed.
-"""
+tier scale (1-5 unless another from ``themis.scales`` is asked for), the data, the steps, and the
+output format (verdict sentence first, reasons after). Each judge prompt comes with the fixed
+opening of its verdict sentence (``*_OPENING``) and the allowed verdict tokens, so local engines
+can force the format. Pure: no Ray, torch or DeepSpeed."""
 
 from __future__ import annotations
 
