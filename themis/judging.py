@@ -17,7 +17,8 @@ from themis.config import Sampling
 from themis.engines.base import GenerationRequest
 from themis.parsing import Verdict, parse_pairwise, parse_scenario, parse_score  # Verdict: what the parsers return
 from themis.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
-from themis.scenarios import get_scenario, load_scenarios
+from themis.scales import get_scale
+from themis.scenarios import Criterion, get_scenario, load_scenarios
 
 Kind = Literal["single", "reference", "pairwise"]
 Order = Literal["ab", "ba", ""]
@@ -35,6 +36,9 @@ class JudgeCall:
 
     ``responses`` holds one response (single, reference) or two in the order shown (pairwise);
     ``order`` says which order that is for a pair ("ab" as planned, "ba" swapped), "" otherwise.
+    ``scale`` (single and reference grading) is the score scale asked for (``themis.scales``; None
+    is 1-5), and ``criteria``, when given, replace the scenario's own criteria in the prompt:
+    custom-prompt augmentation uses both (paraphrased criteria, criteria subsets, other scales).
     """
 
     kind: Kind
@@ -43,6 +47,8 @@ class JudgeCall:
     responses: tuple[str, ...]
     reference: str | None = None
     order: Order = ""
+    scale: str | None = None
+    criteria: tuple[Criterion, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,6 +62,12 @@ class JudgeCall:
             raise ValueError("a single call shows no reference; use kind 'reference'")
         if (self.kind == "pairwise") != (self.order in ("ab", "ba")):
             raise ValueError(f"order {self.order!r} does not fit kind {self.kind!r} (pairs: 'ab' or 'ba')")
+        if self.scale is not None:
+            get_scale(self.scale)  # a clear error for an unknown scale
+            if self.kind == "pairwise":
+                raise ValueError("a pairwise call has no score scale")
+        if self.criteria is not None and not self.criteria:
+            raise ValueError("criteria, when given, cannot be empty")
 
     def swapped(self) -> JudgeCall:
         """The same pair shown the other way round."""
@@ -102,13 +114,15 @@ def escape_data(text: str) -> str:
 def render_call(call: JudgeCall) -> JudgePrompt:
     """The scenario-dependent judge prompt of a call, with every judged text escaped (``escape_data``)."""
     scenario = get_scenario(call.scenario)
+    if call.criteria is not None:
+        scenario = replace(scenario, criteria=call.criteria)
     instruction = escape_data(call.instruction)
     reference = escape_data(call.reference) if call.reference else call.reference
     responses = [escape_data(r) for r in call.responses]
     if call.kind == "pairwise":
         first, second = responses
         return render_pairwise_prompt(scenario, instruction, first, second, reference)
-    return render_single_prompt(scenario, instruction, responses[0], reference)
+    return render_single_prompt(scenario, instruction, responses[0], reference, call.scale)
 
 
 def prompt_request(
@@ -134,9 +148,10 @@ def judge_request(
     return prompt_request(render_call(call), sampling, constrain=constrain, seed=seed)
 
 
-def parse_verdict(kind: Kind, text: str) -> Verdict:
-    """The verdict in a judge's output; raises ``ParseError`` (its message is the reject reason)."""
-    return parse_pairwise(text) if kind == "pairwise" else parse_score(text)
+def parse_verdict(kind: Kind, text: str, scale: str | None = None) -> Verdict:
+    """The verdict in a judge's output (a score on ``scale``, or a winner); raises ``ParseError``
+    (its message is the reject reason)."""
+    return parse_pairwise(text) if kind == "pairwise" else parse_score(text, scale)
 
 
 def flip_winner(winner: str) -> str:
