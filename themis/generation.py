@@ -295,7 +295,7 @@ def read_rows(store: RunStore, rel: str) -> Any:
     """A stage's input as a lazy Ray dataset, read where the workers are (local folder or S3)."""
     import ray
 
-    return ray.data.read_parquet(store.path(rel), filesystem=store.fs, ray_remote_args=LIGHT)
+    return ray.data.read_parquet(store.path(rel), filesystem=store.fs, **LIGHT)
 
 
 def generate_by_engine(planned: Any, engines: dict[str, EnginePass]) -> Any:

@@ -113,7 +113,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     references = write_references(responses, teacher, section, store, cfg.run.seed)
     groups = responses.map_batches(_as_group_rows, batch_format="pyarrow", **LIGHT)
     if references is not None:
-        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs, ray_remote_args=LIGHT))
+        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs, **LIGHT))
     # Planned before the teacher's pool starts: the shuffle's workers and the engine actors never
     # compete for a small machine's CPUs. The plan waits in the object store, not in the driver.
     planned = (
@@ -162,7 +162,7 @@ def write_items(parsed: Any, store: RunStore, section: JudgmentsConfig) -> tuple
     samples = tally(store, samples_path, "kind")
     tolerance = section.self_consistency.score_tolerance
     items = (
-        ray.data.read_parquet(samples_path, filesystem=store.fs, ray_remote_args=LIGHT)
+        ray.data.read_parquet(samples_path, filesystem=store.fs, **LIGHT)
         .groupby("judgment_id", num_partitions=partitions(store))
         .map_groups(
             lambda g: to_table([self_consistent(g.to_pylist(), tolerance)], ROWS), batch_format="pyarrow", **LIGHT
