@@ -86,57 +86,81 @@ def call_key(fingerprint: str, req: GenerationRequest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class CallCache:
-    """One actor's view of a stage's cache: every entry there when it opened, plus its own."""
+class KeyedParts:
+    """Rows keyed by a string, kept as one small parquet file per batch under ``<run>/<rel>/``.
 
-    def __init__(self, spec: CacheSpec, fingerprint: str):
+    Opening loads every part there (a damaged one empties the store with a warning: it costs a
+    re-run of the work, never correctness); ``add`` writes one part atomically, so a process killed
+    mid-write leaves an ignored ``_tmp-`` file. Used for engine calls here and IFD scores
+    (``themis.scoring``).
+    """
+
+    def __init__(self, spec: CacheSpec, schema: pa.Schema):
         from themis.storage import RunStore
 
+        if schema.names[0] != "key":
+            raise ValueError("a keyed store's first column is 'key'")
         self.store = RunStore(spec.storage, spec.run_name)
         self.rel = spec.rel
-        self.fingerprint = fingerprint
+        self.schema = schema
         self.writer_id = uuid.uuid4().hex[:12]
         self.parts = 0
-        self.entries: dict[str, tuple[str, int, int]] = {}
+        self.entries: dict[str, tuple] = {}
         self._load()
 
     def _load(self) -> None:
         if not self.store.exists(self.rel):
             return
         try:
-            for batch in self.store.scan(self.rel, SCHEMA.names):
-                for key, output, p, c in zip(*(batch.column(i).to_pylist() for i in range(4))):
-                    self.entries[key] = (output, p or 0, c or 0)
+            for batch in self.store.scan(self.rel, self.schema.names):
+                columns = [batch.column(i).to_pylist() for i in range(len(self.schema))]
+                for key, *values in zip(*columns):
+                    self.entries[key] = tuple(values)
         except (OSError, pa.ArrowInvalid) as exc:
-            # A damaged cache costs money, not correctness: start over and say so.
-            log.warning("ignoring unreadable call cache %s: %s", self.store.uri(self.rel), exc)
+            log.warning("ignoring unreadable cache %s: %s", self.store.uri(self.rel), exc)
             self.entries.clear()
+
+    def get(self, key: str) -> tuple | None:
+        return self.entries.get(key)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Keep one batch of rows (each with ``key``), durably, in one file."""
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        self.parts += 1
+        self.store.write_table_atomic(f"{self.rel}/{self.writer_id}-{self.parts:06d}.parquet", table)
+        for row in rows:
+            self.entries[row["key"]] = tuple(row[name] for name in self.schema.names[1:])
+
+
+class CallCache:
+    """One actor's view of a stage's cache: every entry there when it opened, plus its own."""
+
+    def __init__(self, spec: CacheSpec, fingerprint: str):
+        self.parts = KeyedParts(spec, SCHEMA)
+        self.fingerprint = fingerprint
+
+    @property
+    def entries(self) -> dict[str, tuple]:
+        return self.parts.entries
 
     def key(self, req: GenerationRequest) -> str:
         return call_key(self.fingerprint, req)
 
     def get(self, key: str) -> GenerationResult | None:
-        hit = self.entries.get(key)
+        hit = self.parts.get(key)
         if hit is None:
             return None
         output, prompt_tokens, completion_tokens = hit
-        return GenerationResult(text=output, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return GenerationResult(text=output, prompt_tokens=prompt_tokens or 0, completion_tokens=completion_tokens or 0)
 
     def put(self, keyed: list[tuple[str, GenerationResult]]) -> None:
         """Keep the successful results of one batch, durably, in one file."""
-        ok = [(k, r) for k, r in keyed if r.ok]
-        if not ok:
-            return
-        table = pa.table(
-            {
-                "key": [k for k, _ in ok],
-                "output": [r.text for _, r in ok],
-                "prompt_tokens": [r.prompt_tokens for _, r in ok],
-                "completion_tokens": [r.completion_tokens for _, r in ok],
-            },
-            schema=SCHEMA,
+        self.parts.add(
+            [
+                {"key": k, "output": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
+                for k, r in keyed
+                if r.ok
+            ]
         )
-        self.parts += 1
-        self.store.write_table_atomic(f"{self.rel}/{self.writer_id}-{self.parts:06d}.parquet", table)
-        for k, r in ok:
-            self.entries[k] = (r.text, r.prompt_tokens, r.completion_tokens)

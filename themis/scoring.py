@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from themis.call_cache import CacheSpec
+from themis.call_cache import CacheSpec, KeyedParts
 from themis.config import IFDScorerConfig
 from themis.generation import PoolPlan, check_room_for_tasks
 from themis.ifd import IFDScore, build_ifd_examples, ifd_key, score_from_token_losses
@@ -84,25 +83,10 @@ class ScoreCache:
     """One actor's view of a stage's finished scores: all there when it opened, plus its own."""
 
     def __init__(self, spec: CacheSpec):
-        from themis.storage import RunStore
-
-        self.store = RunStore(spec.storage, spec.run_name)
-        self.rel = spec.rel
-        self.writer_id = uuid.uuid4().hex[:12]
-        self.parts = 0
-        self.entries: dict[str, tuple[float, float, int]] = {}
-        if self.store.exists(self.rel):
-            try:
-                for batch in self.store.scan(self.rel, CACHED.names):
-                    for key, aq, a, n in zip(*(batch.column(i).to_pylist() for i in range(4))):
-                        self.entries[key] = (aq, a, n)
-            except (OSError, pa.ArrowInvalid) as exc:
-                # A damaged cache costs time, not correctness: score again and say so.
-                log.warning("ignoring unreadable IFD cache %s: %s", self.store.uri(self.rel), exc)
-                self.entries.clear()
+        self.parts = KeyedParts(spec, CACHED)
 
     def get(self, key: str) -> IFDScore | None:
-        hit = self.entries.get(key)
+        hit = self.parts.get(key)
         if hit is None:
             return None
         aq, a, n = hit
@@ -110,15 +94,12 @@ class ScoreCache:
 
     def put(self, scored: list[tuple[str, IFDScore]]) -> None:
         """Keep one batch's scores, durably, in one file (atomic: readers see it whole or not)."""
-        if not scored:
-            return
-        rows = [
-            {"key": k, "s_a_given_q": s.s_a_given_q, "s_a": s.s_a, "answer_tokens": s.answer_tokens} for k, s in scored
-        ]
-        self.parts += 1
-        self.store.write_table_atomic(f"{self.rel}/{self.writer_id}-{self.parts:06d}.parquet", to_table(rows, CACHED))
-        for k, s in scored:
-            self.entries[k] = (s.s_a_given_q, s.s_a, s.answer_tokens)
+        self.parts.add(
+            [
+                {"key": k, "s_a_given_q": s.s_a_given_q, "s_a": s.s_a, "answer_tokens": s.answer_tokens}
+                for k, s in scored
+            ]
+        )
 
 
 # --- the actor ------------------------------------------------------------------------------------
