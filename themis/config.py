@@ -300,6 +300,73 @@ class ScenarioMix(Strict):
         return self
 
 
+class ParaphraseConfig(Strict):
+    """The teacher rewrites each scenario's criteria (names and descriptions) into ``variants``."""
+
+    enabled: bool = Field(False, description="Paraphrase the criteria (teacher calls, cached in the run).")
+    variants: int = Field(2, ge=1, description="Paraphrases per scenario (one teacher call each).")
+    per_record: int = Field(
+        1, ge=1, description="Paraphrases each training record is re-rendered with (at most `variants`)."
+    )
+    sampling: Sampling = Field(
+        Sampling(max_tokens=768, temperature=0.9),
+        description="The paraphrase calls' sampling; variants differ by seed, so keep a temperature above 0.",
+    )
+
+    @model_validator(mode="after")
+    def _per_record_fits(self) -> ParaphraseConfig:
+        if self.per_record > self.variants:
+            raise ValueError(f"paraphrase.per_record ({self.per_record}) cannot exceed variants ({self.variants})")
+        return self
+
+
+class SubsetsConfig(Strict):
+    """Random subsets of a record's scored criteria, the overall score re-predicted by a regression."""
+
+    enabled: bool = Field(False, description="Add criteria-subset records (single and reference grading).")
+    per_record: int = Field(1, ge=1, description="Distinct subsets drawn per training record.")
+    min_criteria: int = Field(2, ge=1, description="Fewest criteria in a subset.")
+    min_fit_rows: int = Field(
+        5, ge=2, description="Fewest teacher judgments (with every subset criterion scored) to fit a regression on."
+    )
+
+
+class ScalesAugmentConfig(Strict):
+    """Records re-rendered on other score scales, targets converted by ``scales.convert_score``."""
+
+    names: list[str] = Field(
+        default_factory=list, description='Scales to add, e.g. ["0-1", "1-3", "1-10"]; empty = none.'
+    )
+    per_scale: int = Field(8, ge=1, description="Training records (single/reference) drawn for each scale.")
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from themis.scales import SCALES, TEACHER_SCALE  # pure: a table of scales
+
+        unknown = [n for n in names if n not in SCALES]
+        if unknown:
+            raise ValueError(f"unknown scale(s) {unknown}; known: {', '.join(SCALES)}")
+        if TEACHER_SCALE in names:
+            raise ValueError(f"{TEACHER_SCALE} is the teacher's own scale: nothing to convert")
+        if len(set(names)) != len(names):
+            raise ValueError(f"scales listed twice: {names}")
+        return names
+
+
+class AugmentConfig(Strict):
+    """Custom-prompt augmentation of the training split (after selection; validation is never augmented)."""
+
+    paraphrase: ParaphraseConfig = ParaphraseConfig()
+    subsets: SubsetsConfig = SubsetsConfig()
+    scales: ScalesAugmentConfig = ScalesAugmentConfig()
+    seed: int | None = Field(None, description="Seed of every augmentation choice; None = run.seed.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.paraphrase.enabled or self.subsets.enabled or bool(self.scales.names)
+
+
 class DatasetConfig(Strict):
     balance: bool = Field(True, description="Sub-sample so every score / verdict is equally common.")
     balance_floor: int = Field(
@@ -311,6 +378,11 @@ class DatasetConfig(Strict):
         SelectionConfig(), description="IFD selection of the training split (after the split: validation is untouched)."
     )
     mix: ScenarioMix | None = Field(None, description="Per-scenario weights or quotas, applied after selection.")
+    augment: AugmentConfig = Field(
+        AugmentConfig(),
+        description="Custom-prompt augmentation (paraphrased criteria, criteria subsets, other scales) of the "
+        "selected training records; off by default.",
+    )
 
 
 class LossConfig(Strict):

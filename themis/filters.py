@@ -149,8 +149,11 @@ def render_target(row: Row) -> str:
 def to_sft_example(row: Row) -> Row:
     """A chat-format SFT record: the judge prompt plus the target as the assistant's reply.
 
-    ``score`` / ``winner`` are the teacher's verdict (the winner for the order shown); the prompt's
-    parts (instruction, responses, reference) let evaluation re-render it with or without the reference.
+    ``score`` / ``winner`` are the teacher's verdict (the winner for the order shown; a score on
+    ``scale``, 1-5 when null); the prompt's parts (instruction, responses, reference) let evaluation
+    re-render it with or without the reference. ``augmentation`` is "" for a teacher judgment and the
+    kind for an augmented record (``themis.augment``); ``source_example_id`` is the judgment a record
+    comes from (its own id for a teacher judgment).
     """
     messages = [*row["messages"], {"role": "assistant", "content": render_target(row)}]
     return {
@@ -166,4 +169,7 @@ def to_sft_example(row: Row) -> Row:
         "instruction": row["instruction"],
         "responses": list(row["responses"]),
         "reference": row["reference"] or None,
+        "scale": row.get("scale"),
+        "augmentation": row.get("augmentation", ""),
+        "source_example_id": row.get("source_example_id") or row["judgment_id"],
     }

@@ -12,21 +12,35 @@ are compared on the same items), the train stage keeps reading ``dataset/train.p
 report reconciles every record of the run's judgments. It is the only part of the stage that
 needs Ray, and it starts Ray only when it scores IFD.
 
+Custom-prompt augmentation (``dataset.augment``, off by default; ``themis.augment``) comes last,
+on the selected training records only. Validation is never augmented: it stays the teacher's own
+judgments on the 1-5 scale, the same items whether an arm augments or not (so an ablation with
+and without augmentation compares on the same items), and an augmented record, which keeps its
+source's instruction id, can never sit on the other side of the split. Augmenting after selection
+keeps the selection's ``target`` a count of teacher judgments and spends no IFD scoring on
+variants of one judgment. The subset regressions fit on the whole training side before selection
+(more data, and never a validation label).
+
 The filter report counts rows per reason and per step, and they reconcile at every step:
-rows in = rows kept + rows rejected.
+rows in = rows kept + rows rejected; the augmentation step adds rows, so there
+rows in + rows added = rows out + rows rejected (0), and for the stage
+rows_in + rows_augmented = rows_out + rows_rejected. A record that could not be augmented one way
+is counted in ``augmentation.skipped_by_reason``; it is not a reject (it is still trained on).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import pyarrow as pa
 
-from themis import selection
+from themis import augment, selection
 from themis.call_cache import CacheSpec
 from themis.config import PipelineConfig
 from themis.filters import balance, balance_key, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
+from themis.parsing import ParseError
+from themis.scenarios import Criterion, get_scenario
 from themis.stages import StageReport
 from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
 from themis.storage import RunStore
@@ -51,6 +65,11 @@ SFT_SCHEMA = pa.schema(
         ("instruction", pa.string()),
         ("responses", STRINGS),
         ("reference", pa.string()),
+        # The score's scale (null = 1-5), the augmentation kind ("" = a teacher judgment) and the
+        # judgment an augmented record comes from (``themis.augment``).
+        ("scale", pa.string()),
+        ("augmentation", pa.string()),
+        ("source_example_id", pa.string()),
     ]
 )
 # Every scored training record: its losses, IFD, and whether selection kept it.
@@ -68,14 +87,20 @@ IFD_SCHEMA = pa.schema(
     ]
 )
 IFD_CACHE = "dataset-ifd"  # <run>/cache/dataset-ifd/: finished scores, reused by a rerun
+PARAPHRASE_CACHE = "dataset-paraphrase"  # <run>/cache/dataset-paraphrase/: the teacher's paraphrase calls
 
 
 def check(cfg: PipelineConfig) -> None:
-    """The IFD model exists (before any Ray or data work), when selection scores IFD."""
+    """The IFD model exists (before any Ray or data work), when selection scores IFD; the teacher
+    can start, when augmentation paraphrases criteria."""
     if cfg.dataset.selection.needs_ifd:
         from themis.models import resolve_model
 
         resolve_model(ifd_model(cfg))
+    if cfg.dataset.augment.paraphrase.enabled:
+        from themis.generation import check_engine
+
+        check_engine(paraphrase_engine(cfg, store=None))
 
 
 def ifd_model(cfg: PipelineConfig) -> str:
@@ -90,17 +115,21 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         raise ValueError(f"no parsed judgments in {store.uri('judgments/data.parquet')}: nothing to train on")
     kept, rejected = filter_judgments(judgments, cfg)
     steps = [step("filters", len(judgments), kept, rejected)]
-    train, val = split_by_instruction(kept, cfg.dataset.validation_fraction, cfg.run.seed)
-    train, dropped, selected = select_train(train, cfg, store, steps)
+    pool, val = split_by_instruction(kept, cfg.dataset.validation_fraction, cfg.run.seed)
+    train, dropped, selected = select_train(pool, cfg, store, steps)
     rejected += dropped
     kept = train + val
     if len(kept) + len(rejected) != len(judgments):  # the promise of this stage: nothing is lost
         raise AssertionError(
             f"filter counts do not reconcile: {len(judgments)} in, {len(kept)} kept, {len(rejected)} rejected"
         )
+    added, augmented, written = augment_train(train, pool, val, cfg, store, steps)
+    train = train + added
     report = filter_report(judgments, kept, rejected, train, val) | {"steps": steps}
     if selected:
         report["selection"] = selected.pop("report")
+    if augmented:
+        report["augmentation"] = augmented
     outputs = {
         "train": store.write_table("dataset/train.parquet", to_table([to_sft_example(r) for r in train], SFT_SCHEMA)),
         "validation": store.write_table(
@@ -108,15 +137,19 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         ),
         "rejects": store.write_table("rejects/dataset.parquet", to_table(map(as_reject, rejected), REJECT_SCHEMA)),
         **selected,
+        **written,
         "report": store.write_json("dataset/filter_report.json", report),
     }
     counts = {
         "rows_in": len(judgments),
-        "rows_out": len(kept),
+        "rows_augmented": len(added),
+        "rows_out": len(train) + len(val),
         "rows_rejected": len(rejected),
         "train": len(train),
         "validation": len(val),
     }
+    if counts["rows_in"] + counts["rows_augmented"] != counts["rows_out"] + counts["rows_rejected"]:
+        raise AssertionError(f"dataset counts do not reconcile: {counts}")
     return StageReport(
         inputs={"judgments": store.uri("judgments/data.parquet")}, outputs=outputs, counts=counts, details=report
     )
@@ -151,11 +184,13 @@ def as_reject(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def filter_report(judgments: list, kept: list, rejected: list, train: list, val: list) -> dict:
-    """Counts per reason, kind, verdict and scenario, reconciled against the rows that came in.
+    """Counts per reason, kind, verdict and scenario of the judgments kept (``kept``), reconciled against
+    the rows that came in; ``train`` and ``val`` are the splits as written (augmented records included).
     Pairs are counted by their winner in the ``ab`` order."""
     return {
         "rows_in": len(judgments),
         "rows_kept": len(kept),
+        "rows_augmented": len(train) + len(val) - len(kept),
         "rows_rejected": len(rejected),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
         "kept_by_kind": dict(Counter(r["kind"] for r in kept)),
@@ -287,3 +322,91 @@ def write_ifd(store: RunStore, train: list[dict], kept: list[dict], dropped: lis
     if every:
         outputs["ifd_plot"] = store.write_bytes("dataset/ifd_by_scenario.png", selection.render_ifd_plot(every, chosen))
     return outputs
+
+
+# --- custom-prompt augmentation of the training split ---------------------------------------------
+
+
+def augment_train(
+    train: list[dict], pool: list[dict], val: list[dict], cfg: PipelineConfig, store: RunStore, steps: list[dict]
+) -> tuple[list[dict], dict[str, Any], dict[str, str]]:
+    """The augmented records of the selected training records (``themis.augment``), the report's
+    ``augmentation`` section and the files written; adds the ``augmentation`` step. Subset
+    regressions fit on ``pool``, the training side before selection."""
+    section = cfg.dataset.augment
+    if not section.enabled:
+        return [], {}, {}
+    seed = cfg.run.seed if section.seed is None else section.seed
+    report: dict[str, Any] = {"seed": seed}
+    variants: dict[str, list[tuple[Criterion, ...]]] = {}
+    written = {}
+    if section.paraphrase.enabled:
+        variants, report["paraphrase"], rows = teacher_paraphrases(sorted({r["scenario"] for r in train}), cfg, store)
+        written["paraphrases"] = store.write_json("dataset/paraphrases.json", rows)
+    result = augment.augment_records(train, section, seed, variants, pool)
+    augment.check_sides(result.rows, train, val)
+    added = len(result.rows)
+    steps.append(
+        {"step": "augmentation", "rows_in": len(train), "rows_added": added, "rows_out": len(train) + added}
+        | {"rows_rejected": 0}
+    )
+    report |= {
+        "rows_added": added,
+        "by_kind": result.by_kind(),
+        "by_split": {"train": added, "validation": 0},  # validation is never augmented (module doc)
+        "skipped_by_reason": dict(sorted(result.skipped.items())),
+    }
+    return result.rows, report, written
+
+
+def paraphrase_engine(cfg: PipelineConfig, store: RunStore | None) -> Any:
+    """The teacher as the judgments stage configures it, with this stage's paraphrase cache."""
+    from themis.generation import EnginePass
+
+    name = cfg.judgments.engine
+    if name not in cfg.engines:
+        known = ", ".join(sorted(cfg.engines)) or "none"
+        raise ValueError(
+            f"dataset.augment.paraphrase asks the teacher (judgments.engine={name!r}), not in engines ({known})"
+        )
+    cache = CacheSpec(store.storage, store.run_name, PARAPHRASE_CACHE) if store else None
+    return EnginePass(name, cfg.engines[name], cache=cache)
+
+
+def teacher_paraphrases(
+    scenarios: list[str], cfg: PipelineConfig, store: RunStore
+) -> tuple[dict[str, list[tuple[Criterion, ...]]], dict[str, Any], list[dict[str, Any]]]:
+    """``variants`` paraphrases of each scenario's criteria by the teacher (one small Ray Data pass,
+    cached: a rerun re-pays nothing). Returns the valid ones per scenario, their counts, and one row
+    per call for ``dataset/paraphrases.json`` (the criteria, or why the reply was refused)."""
+    from themis.generation import generate_requests
+    from themis.runtime import init_ray
+
+    section, augment_cfg = cfg.dataset.augment.paraphrase, cfg.dataset.augment
+    seed = cfg.run.seed if augment_cfg.seed is None else augment_cfg.seed
+    planned = [(s, v) for s in scenarios for v in range(section.variants)]
+    requests = [augment.paraphrase_request(get_scenario(s), v, section.sampling, seed) for s, v in planned]
+    init_ray(cfg.ray)  # this part of the stage needs Ray
+    results = generate_requests(requests, paraphrase_engine(cfg, store))
+    variants: dict[str, list[tuple[Criterion, ...]]] = defaultdict(list)
+    rows, reasons = [], Counter()
+    for (scenario, v), result in zip(planned, results):
+        row: dict[str, Any] = {"scenario": scenario, "variant": v, "output": result.text, "criteria": None}
+        try:
+            if not result.ok:
+                raise ParseError(f"engine error: {result.error}")
+            criteria = augment.parse_paraphrase(result.text, get_scenario(scenario))
+            if criteria in variants[scenario]:
+                raise ParseError("paraphrase: the same as another variant")
+        except ParseError as exc:
+            reasons[str(exc)] += 1
+            rows.append(row | {"reason": str(exc)})
+            continue
+        variants[scenario].append(criteria)
+        rows.append(row | {"criteria": [vars(c) for c in criteria], "reason": None})
+    report = {
+        "requested": len(planned),
+        "accepted": sum(map(len, variants.values())),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+    }
+    return dict(variants), report, rows
