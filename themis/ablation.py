@@ -7,6 +7,11 @@ is the same config with its overrides (e.g. ``dataset.selection.strategy=random`
 stages run. The dataset stage splits before it selects, so every arm's validation split holds the
 same items, and ``themis evaluate compare`` pairs them (a paired bootstrap). The comparison lands
 in ``<run.name>/ablation/``: ``report.md`` (every arm against the baseline), ``summary.json``.
+
+An arm runs with or without custom-prompt augmentation by its overrides (``dataset.augment.*``,
+e.g. ``dataset.augment.subsets.enabled=true``). Augmentation only adds training records after
+selection, so augmented and plain arms still share their validation items, and the selection's
+``target`` still counts teacher judgments; the table shows the records augmentation added.
 """
 
 from __future__ import annotations
@@ -124,19 +129,25 @@ def arm_summary(arm: PipelineConfig, judges: list[str]) -> dict[str, Any]:
     dataset = stages.get("dataset", {})
     evaluate = stages.get("evaluate", {}).get("details", {})
     selection = dataset.get("details", {}).get("selection", {})
+    augmentation = dataset.get("details", {}).get("augmentation", {})
     return {
         "run": arm.run.name,
         "train_records": dataset.get("counts", {}).get("train"),
         "validation_records": dataset.get("counts", {}).get("validation"),
         "selection": {k: selection.get(k) for k in ("strategy", "target", "outlier_z")},
         "selected_by_scenario_label": selection.get("selected_by_scenario_label"),
+        # Records augmentation added to the training split (0 without it), per kind.
+        "augmentation": {"rows_added": augmentation.get("rows_added", 0), "by_kind": augmentation.get("by_kind", {})},
         "judges": {j: evaluate.get(j) for j in judges},
     }
 
 
 def arm_table(summary: dict[str, Any]) -> str:
-    """One line per arm: its selection, its training set, and each judge's overall score."""
-    lines = ["| arm | strategy | target | train records | judge | overall |", "|---|---|---|---|---|---|"]
+    """One line per arm: its selection, its training set (of which augmented), and each judge's overall score."""
+    lines = [
+        "| arm | strategy | target | train records | augmented | judge | overall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, arm in summary["arms"].items():
         for judge, headline in arm["judges"].items():
             overall = (headline or {}).get("overall")
@@ -144,7 +155,7 @@ def arm_table(summary: dict[str, Any]) -> str:
             sel = arm["selection"]
             lines.append(
                 f"| {name} | {sel['strategy'] or 'off'} | {sel['target'] or ''} | {arm['train_records']} "
-                f"| {judge} | {shown} |"
+                f"| {arm['augmentation']['rows_added']} | {judge} | {shown} |"
             )
     return "\n".join(lines)
 

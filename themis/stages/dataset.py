@@ -386,7 +386,8 @@ def teacher_paraphrases(
     seed = cfg.run.seed if augment_cfg.seed is None else augment_cfg.seed
     planned = [(s, v) for s in scenarios for v in range(section.variants)]
     requests = [augment.paraphrase_request(get_scenario(s), v, section.sampling, seed) for s, v in planned]
-    init_ray(cfg.ray)  # this part of the stage needs Ray
+    if requests:
+        init_ray(cfg.ray)  # this part of the stage needs Ray
     results = generate_requests(requests, paraphrase_engine(cfg, store))
     variants: dict[str, list[tuple[Criterion, ...]]] = defaultdict(list)
     rows, reasons = [], Counter()
