@@ -1,8 +1,9 @@
 """A local engine on Hugging Face transformers: batched generation on CPU or GPU.
 
-It can force a reply's opening and constrain the token right after it to a few choices (the
-score digit, the verdict letter). A 135M model follows formats poorly; forcing the verdict
-sentence this way makes every output parseable without changing what the model would rate.
+It can force a reply's opening and constrain what comes right after it to a few choices (the
+score, the verdict letter), token by token, so a choice may span tokens ("10" after "1"). A 135M
+model follows formats poorly; forcing the verdict sentence this way makes every output parseable
+without changing what the model would rate.
 """
 
 from __future__ import annotations
@@ -63,10 +64,9 @@ class TransformersEngine:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         prompt_tokens = mask.sum(dim=1).tolist()
-        chosen = [""] * len(batch)
+        chosen, forced = [""] * len(batch), [0] * len(batch)
         if first.choices:
-            ids, mask, chosen = self._force_choice(ids, mask, first)
-            ids, mask = self._append_text(ids, mask, first.closing)
+            ids, mask, chosen, forced = self._force_verdict(ids, mask, first)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -79,41 +79,91 @@ class TransformersEngine:
         )
         generated = out[:, ids.shape[1] :]
         new = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        forced = ids.shape[1] - enc["input_ids"].shape[1]  # the chosen token and the closing
-        completion_tokens = ((generated != self.tokenizer.pad_token_id).sum(dim=1) + forced).tolist()
+        free = (generated != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        completion_tokens = [n + f for n, f in zip(free, forced)]
         closing = first.closing if first.choices else ""
         return [
             GenerationResult(text=r.prefix + c + closing + t, prompt_tokens=p, completion_tokens=n)
             for r, c, t, p, n in zip(batch, chosen, new, prompt_tokens, completion_tokens)
         ]
 
-    def _force_choice(self, ids: torch.Tensor, mask: torch.Tensor, req: GenerationRequest):
-        """Pick the next token among the choices' first tokens (greedy or sampled) and append it."""
-        choice_ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in req.choices]
-        if len(set(choice_ids)) != len(choice_ids):
-            raise ValueError(f"choices {req.choices} do not start with distinct tokens")
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :]
-        scores = logits[:, choice_ids].float()
-        if req.temperature > 0:
-            picks = torch.multinomial(torch.softmax(scores / req.temperature, dim=-1), 1).squeeze(1)
-        else:
-            picks = scores.argmax(dim=-1)
-        picked = torch.tensor(choice_ids, device=ids.device)[picks].unsqueeze(1)
-        ids = torch.cat([ids, picked], dim=1)
-        mask = torch.cat([mask, torch.ones_like(picked)], dim=1)
-        return ids, mask, [req.choices[int(p)] for p in picks]
+    def _force_verdict(self, ids: torch.Tensor, mask: torch.Tensor, req: GenerationRequest):
+        """Append one of the choices (greedy or sampled, token by token) and the closing to every row.
 
-    def _append_text(self, ids: torch.Tensor, mask: torch.Tensor, text: str):
-        """Append the same forced text (e.g. the closing "]]") to every row."""
-        if not text:
-            return ids, mask
-        extra = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=ids.device)
-        extra = extra.unsqueeze(0).expand(ids.shape[0], -1)
-        return torch.cat([ids, extra], dim=1), torch.cat([mask, torch.ones_like(extra)], dim=1)
+        A choice may take several tokens, and one may be a prefix of another ("1" and "10" where
+        digits are single tokens). Each step allows only the tokens that continue some choice from
+        what the row has so far; where a choice is already complete, the closing's first token
+        stands for "stop here" (the model's own odds of closing the verdict now; the end of text
+        when there is no closing). Returns left-padded ids and mask, the chosen strings and the
+        number of forced tokens per row.
+        """
+        closing = self.tokenizer.encode(req.closing, add_special_tokens=False) if req.closing else []
+        stop = closing[0] if closing else self.tokenizer.eos_token_id
+        seqs = _choice_tokens(self.tokenizer, req.choices, stop)
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        picked: list[tuple[int, ...]] = [() for _ in rows]
+        active = list(range(len(rows)))
+        while active:
+            options = [_next_tokens(seqs, picked[r]) for r in active]
+            batch = self._pad([rows[r] + list(picked[r]) for r in active], ids.device)
+            ks = self._pick(*batch, [[stop if t is None else t for t in o] for o in options], req)
+            ended = set()
+            for r, o, k in zip(active, options, ks):
+                if o[k] is None:
+                    ended.add(r)
+                else:
+                    picked[r] += (o[k],)
+            active = [r for r in active if r not in ended and _next_tokens(seqs, picked[r]) != [None]]
+        ids, mask = self._pad([rows[r] + list(picked[r]) + closing for r in range(len(rows))], ids.device)
+        forced = [len(p) + len(closing) for p in picked]
+        return ids, mask, [seqs[p] for p in picked], forced
+
+    def _pick(self, ids: torch.Tensor, mask: torch.Tensor, options: list[list[int]], req: GenerationRequest):
+        """For each row, the index of the option token it takes next (greedy, or sampled at the
+        request's temperature among the options only)."""
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]
+        width = max(len(o) for o in options)
+        scores = torch.full((len(options), width), float("-inf"), device=ids.device)
+        for i, o in enumerate(options):
+            scores[i, : len(o)] = logits[i, o].float()
+        if req.temperature > 0:
+            return torch.multinomial(torch.softmax(scores / req.temperature, dim=-1), 1).squeeze(1).tolist()
+        return scores.argmax(dim=-1).tolist()
+
+    def _pad(self, rows: list[list[int]], device: torch.device | str):
+        """Token rows of different lengths as a left-padded batch and its attention mask."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(device), mask.to(device)
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied, ready for the assistant's reply."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _choice_tokens(tokenizer, choices: Sequence[str], stop: int) -> dict[tuple[int, ...], str]:
+    """Each choice's token sequence (as encoded on its own), checked to tell the choices apart."""
+    seqs = {tuple(tokenizer.encode(c, add_special_tokens=False)): c for c in choices}
+    if len(seqs) != len(choices) or () in seqs:
+        raise ValueError(f"choices {tuple(choices)} do not encode to distinct, non-empty token sequences")
+    for seq in seqs:
+        if any(seq[:i] in seqs and seq[i] == stop for i in range(1, len(seq))):
+            raise ValueError(f"choice {seqs[seq]!r} continues another choice with the closing's first token")
+    return seqs
+
+
+def _next_tokens(seqs: dict[tuple[int, ...], str], picked: tuple[int, ...]) -> list[int | None]:
+    """The tokens that continue some choice after ``picked``, and None when ``picked`` is a whole
+    choice (stopping is allowed); ``[None]`` means nothing is left to choose."""
+    n = len(picked)
+    nxt = sorted({s[n] for s in seqs if len(s) > n and s[:n] == picked})
+    return [*nxt, None] if picked in seqs else list(nxt)
 
 
 def _sampling_key(r: GenerationRequest) -> tuple:

