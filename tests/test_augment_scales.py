@@ -195,3 +195,143 @@ def test_scale_choices_that_cannot_be_told_apart_fail_the_rows_with_a_reason(hf_
     req = replace(_requests("1-5", n=1)[0], choices=("1", "1"))
     (res,) = hf_engine.generate([req])
     assert not res.ok and "distinct" in res.error
+
+
+# --- evaluation: items on their own scale, aggregates normalised ----------------------------------
+
+# (scale, human, judge): gaps 1 (of 4), 0, 1 (of 1), 2 (of 9)
+MIXED = [("1-5", 4, 5), ("1-10", 10, 10), ("0-1", 1, 0), ("1-10", 2, 4)]
+
+
+def _scored(rows: list[tuple[str, int, int]]) -> tuple[list, list]:
+    from themis.evaluation.benchmarks import PointwiseItem
+    from themis.evaluation.judges import Prediction
+
+    items = [
+        PointwiseItem(f"i{k}", "q", "r", "open_qa", (human,), scale=None if scale == "1-5" else scale)
+        for k, (scale, human, _) in enumerate(rows)
+    ]
+    preds = [Prediction(i.item_id, "", False, score=judge) for i, (_, _, judge) in zip(items, rows)]
+    return items, preds
+
+
+def _settings():
+    from themis.evaluation.report import Settings
+
+    return Settings(resamples=40)
+
+
+def test_scale_mixed_report_has_normalised_mae_and_agr_on_each_items_scale() -> None:
+    from themis.evaluation.report import build_report
+
+    items, preds = _scored(MIXED * 3)
+    section = build_report(items, preds, _settings())["pointwise"]
+    values = {k: cell["value"] for k, cell in section["metrics"].items()}
+    assert values["mae"] == pytest.approx((0.25 + 0 + 1 + 2 / 9) / 4)
+    assert values["agr"] == pytest.approx((0.25 + 1 + 0.25 + 0) / 4)
+    assert values["exact"] == pytest.approx(0.25) and "qwk" not in values
+    assert section["scales"] == {"1-5": 3, "1-10": 6, "0-1": 3}
+    assert "normalised scores (0-1)" in section["across_scales"]
+    by_scale = section["by_scale"]
+    assert list(by_scale) == ["1-5", "0-1", "1-10"]
+    assert by_scale["1-10"]["n"] == 6 and by_scale["1-10"]["metrics"]["mae"] == pytest.approx(1.0)  # own units
+    assert by_scale["1-10"]["confusion"]["labels"] == list(range(1, 11))
+    assert by_scale["0-1"]["distribution"] == {"judge": {"0": 3, "1": 0}, "human": {"0": 0, "1": 3}}
+    assert section["normalised"]["mae"] is not None and section["chance"]["mae"] <= 1
+
+
+def test_scale_single_other_scale_reports_on_its_own_units() -> None:
+    from themis.evaluation.report import build_report
+
+    items, preds = _scored([("1-10", 2, 4), ("1-10", 9, 9), ("1-10", 5, 6), ("1-10", 1, 1)])
+    section = build_report(items, preds, _settings())["pointwise"]
+    assert section["metrics"]["mae"]["value"] == pytest.approx(0.75)  # (2 + 0 + 1 + 0) / 4, not normalised
+    assert section["metrics"]["agr"]["value"] == pytest.approx((0 + 1 + 0.25 + 1) / 4)
+    assert section["confusion"]["labels"] == list(range(1, 11)) and "by_scale" not in section
+    assert section["scales"] == {"1-10": 4} and section["metrics"]["qwk"]["value"] is not None
+
+
+def test_scale_default_data_is_reported_as_before() -> None:
+    from themis.evaluation import metrics as m
+    from themis.evaluation.report import build_report
+
+    rows = [("1-5", h, j) for h, j in [(1, 2), (3, 3), (5, 4), (2, 2), (4, 1)]]
+    items, preds = _scored(rows)
+    section = build_report(items, preds, _settings())["pointwise"]
+    expected = m.score_metrics([j for *_, j in rows], [h for _, h, _ in rows])
+    assert (
+        section["metrics"]["mae"]["value"] == expected["mae"] and section["metrics"]["qwk"]["value"] == expected["qwk"]
+    )
+    assert section["scales"] == {"1-5": 5} and "by_scale" not in section and "across_scales" not in section
+    assert section["confusion"]["labels"] == [1, 2, 3, 4, 5]
+
+
+def test_scale_mixed_report_renders_and_plots_per_scale() -> None:
+    from themis.evaluation import markdown, plots
+    from themis.evaluation.report import build_report
+
+    items, preds = _scored(MIXED * 2)
+    report = build_report(items, preds, _settings())
+    lines = markdown._family("pointwise", report["pointwise"])
+    assert any(line.startswith("scales: 1-5 (2 items), 1-10 (4 items), 0-1 (2 items)") for line in lines)
+    assert any(line.startswith("| 1-10 | 4 |") for line in lines)
+    pngs = plots.render_plots(report)
+    assert {"pointwise_1-10_confusion", "pointwise_0-1_distribution", "pointwise_groups"} <= set(pngs)
+
+
+def test_scale_paired_comparison_over_mixed_scales() -> None:
+    from themis.evaluation.paired import paired_differences, scored_units
+
+    items, good = _scored(MIXED * 3)
+    _, bad = _scored([(s, h, h) for s, h, _ in MIXED] * 3)  # the perfect judge
+    units_a, units_b = scored_units(items, good, _settings()), scored_units(items, bad, _settings())
+    assert units_a["features"][1] == [10.0, 10.0, 1.0, 10.0] and units_a["features"][0] == [5.0, 4.0]
+    diff = paired_differences(units_a, units_b, _settings())
+    assert diff["pointwise/mae"]["difference"] == pytest.approx((0.25 + 0 + 1 + 2 / 9) / 4)
+    assert diff["pointwise/agr"]["difference"] == pytest.approx(0.375 - 1)
+
+
+def test_scale_column_in_a_labelled_file(tmp_path: Path) -> None:
+    import json
+
+    from themis.evaluation import benchmarks
+
+    rows = [
+        {"instruction": "q", "response": "r", "scenario": "open_qa", "human": 10, "scale": "1-10"},
+        {"instruction": "q", "response": "r", "scenario": "open_qa", "human": 0, "scale": "0-1"},
+        {"instruction": "q", "response": "r", "scenario": "open_qa", "human": 4, "scale": "1-5"},
+        {"instruction": "q", "response": "r", "scenario": "open_qa", "human": 4},
+        {"instruction": "q", "response": "r", "scenario": "open_qa", "human": 4, "scale": "1-7"},
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    loaded = benchmarks.load_file(path, "pointwise")
+    assert [(i.scale, i.human_score) for i in loaded.items] == [("1-10", 10), ("0-1", 0), (None, 4), (None, 4)]
+    assert len(loaded.rejects) == 1 and "unknown scale '1-7'" in loaded.rejects[0].reason
+    path.write_text(json.dumps(rows[0] | {"human": 11}))
+    with pytest.raises(benchmarks.BenchmarkError, match="integer 1-10"):
+        benchmarks.load_file(path, "pointwise")
+    with pytest.raises(benchmarks.BenchmarkError, match="no score scale"):
+        benchmarks.load_file(path, "pairwise", columns={"scale": "scale"})
+
+
+def test_scale_engine_judge_asks_for_and_parses_the_items_scale() -> None:
+    from themis.engines.base import GenerationResult
+    from themis.evaluation.judges import item_calls, parse_call
+
+    items, _ = _scored([("1-10", 7, 0), ("1-5", 3, 0)])
+    calls = item_calls(items, both_orders=True, reference_modes=(True,))
+    assert [c.call.scale for c in calls] == ["1-10", None]
+    assert "with N from 1 to 10" in render_call(calls[0].call).messages[-1]["content"]
+    ten = parse_call(calls[0], GenerationResult(text=f"{SCORE_OPENING}10]] fine"))
+    assert ten.score == 10 and ten.error is None
+    off = parse_call(calls[1], GenerationResult(text=f"{SCORE_OPENING}10]] fine"))
+    assert off.score is None and "out of range 1-5" in off.error
+
+
+def test_scale_recorded_score_off_the_items_scale_is_an_error() -> None:
+    from themis.evaluation.judges import _recorded
+
+    items, _ = _scored([("0-1", 1, 0), ("1-10", 7, 0)])
+    assert _recorded(items[0], "", "3", {"3": "3"}).error == "recorded score '3' is off the item's scale 0-1"
+    assert _recorded(items[1], "", "9", {"9": "9"}).score == 9

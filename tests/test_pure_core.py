@@ -28,6 +28,7 @@ PURE = [
     "themis.ifd",
     "themis.selection",
     "themis.scenarios",
+    "themis.scales",
     "themis.engines",
     "themis.engines.base",
     "themis.sft",

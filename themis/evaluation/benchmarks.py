@@ -1,7 +1,8 @@
 """Labelled sets a judge is measured on, in one canonical format. Pure: no Ray or torch.
 
 - ``PointwiseItem``: instruction, response, optional reference, scenario, and one human score
-  (1-5) per annotator in ``human``; ``human_score`` is the gold score.
+  per annotator in ``human``; ``human_score`` is the gold score. Scores are on the item's ``scale``
+  (``themis.scales``: 1-5 unless the item says 0-1, 1-3 or 1-10), the judge's verdict too.
 - ``PairwiseItem``: instruction, responses A and B, optional reference, scenario, and one human
   winner ("A", "B" or "tie") per annotator in ``human``; ``human_winner`` is the gold winner.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from themis.evaluation import sources
 from themis.evaluation.records import BenchmarkError, Record, read_records
+from themis.scales import DEFAULT_SCALE, Scale, get_scale
 
 # How human labels are read when a benchmark gives no ``values`` mapping: A/B/tie, and PandaLM's
 # convention (1 = the first response is better, 2 = the second, 0 = tie). Any other convention
@@ -53,7 +55,13 @@ class PointwiseItem:
     human: tuple[int, ...]
     reference: str | None = None
     category: str = ""
+    scale: str | None = None  # None is 1-5, so items without a scale stay as they were
     kind = "pointwise"
+
+    @property
+    def score_scale(self) -> Scale:
+        """The scale the human scores and the judge's verdict are on."""
+        return get_scale(self.scale)
 
     @property
     def human_score(self) -> int:
@@ -187,6 +195,7 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
         responses = r["responses"]
         reference = r["reference"] or None
         if r["kind"] != "pairwise":
+            scale = r.get("scale") if r.get("scale") != DEFAULT_SCALE else None
             items.append(
                 PointwiseItem(
                     r["example_id"],
@@ -196,6 +205,7 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
                     (int(r["score"]),),
                     reference,
                     r["kind"],
+                    scale or None,
                 )
             )
         elif r["order"] == "ab":
@@ -218,7 +228,7 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
 
 POINTWISE_FIELDS = ("instruction", "response", "scenario", "human")
 PAIRWISE_FIELDS = ("instruction", "response_a", "response_b", "scenario", "human")
-OPTIONAL_FIELDS = ("item_id", "reference", "category")
+OPTIONAL_FIELDS = ("item_id", "reference", "category", "scale")  # scale: pointwise only
 # Judges that read texts (engines, the trained judge) need these; recorded verdicts do not.
 TEXT_FIELDS = ("instruction", "response", "response_a", "response_b", "scenario")
 
@@ -261,7 +271,9 @@ def load_file(
     columns; ``{"const": v}`` sets the field to ``v`` on every row); unmapped fields use their
     canonical names. ``values`` maps each raw human label to A/B/tie (pairs) or "1".."5" (scores);
     a label outside it is an error naming the file, line and value. Without ``values`` labels are
-    read by ``WINNER_ALIASES`` (a/b/tie and PandaLM's 1/2/0) or as integer scores.
+    read by ``WINNER_ALIASES`` (a/b/tie and PandaLM's 1/2/0) or as integer scores. A pointwise row's
+    ``scale`` (a column, or a constant) puts its scores on 0-1, 1-3 or 1-10 instead of 1-5; an
+    unknown scale rejects the row.
 
     Rows that cannot be used (a missing or blank text when ``needs_texts``, no human label) become
     ``Reject``s with their reason; a file where every row is rejected is an error.
@@ -294,6 +306,8 @@ def _check_mapping(mapping: Mapping[str, Column], kind: str) -> None:
     unknown = set(mapping) - set(required) - set(OPTIONAL_FIELDS)
     if unknown:
         raise BenchmarkError(f"unknown canonical field(s) in the column mapping: {sorted(unknown)}")
+    if kind == "pairwise" and "scale" in mapping:
+        raise BenchmarkError("a pairwise benchmark has no score scale: drop 'scale' from the column mapping")
 
 
 def _nothing_usable(path: Path, records: Sequence[Record], rejects: Sequence[Reject]) -> str:
@@ -329,8 +343,19 @@ def _file_item(
     if kind == "pairwise":
         winners = tuple(parse_human_winner(_mapped(v, labels)) for v in votes)
         return PairwiseItem(response_a=text("response_a"), response_b=text("response_b"), human=winners, **common)
-    scores = tuple(parse_human_score(_mapped(v, labels)) for v in votes)
-    return PointwiseItem(response=text("response"), human=scores, **common)
+    scale = _item_scale(_field(record.data, mapping, "scale", False))
+    scores = tuple(parse_human_score(_mapped(v, labels), scale) for v in votes)
+    return PointwiseItem(response=text("response"), human=scores, scale=scale, **common)
+
+
+def _item_scale(value: Any) -> str | None:
+    """A row's scale: blank or 1-5 is the default (None); an unknown one makes the row unusable."""
+    if _blank(value) or label_key(value) == DEFAULT_SCALE:
+        return None
+    try:
+        return get_scale(label_key(value)).name
+    except ValueError as exc:
+        raise _Unusable(str(exc)) from None
 
 
 _ABSENT = object()
@@ -383,9 +408,12 @@ def parse_human_winner(value: Any) -> str:
     return winner
 
 
-def parse_human_score(value: Any) -> int:
-    """A human's score: an integer 1-5 (given as a number or a string)."""
+def parse_human_score(value: Any, scale: str | None = None) -> int:
+    """A human's score: an integer on ``scale`` (default 1-5), given as a number or a string."""
+    s = get_scale(scale)
     key = label_key(value).removesuffix(".0")
-    if key not in {"1", "2", "3", "4", "5"}:
-        raise ValueError(f"a human score must be an integer 1-5, got {value!r} (map others with benchmark.values)")
+    if key not in s.choices:
+        raise ValueError(
+            f"a human score must be an integer {s.low}-{s.high}, got {value!r} (map others with benchmark.values)"
+        )
     return int(key)

@@ -1,9 +1,9 @@
 """Judges under test and what they predict. Pure: no Ray or torch.
 
 A prediction is one verdict of one judge on one item, in one order (pairs: ``ab`` or ``ba``, the
-winner always for the order shown) and with or without the reference answer: a ``score`` (1-5)
-for a pointwise item, a ``winner`` ("A", "B" or "tie") for a pair, or neither with ``error``
-saying why there is none.
+winner always for the order shown) and with or without the reference answer: a ``score`` (on
+the item's scale, 1-5 by default) for a pointwise item, a ``winner`` ("A", "B" or "tie") for a
+pair, or neither with ``error`` saying why there is none.
 
 Three kinds of judge:
 - recorded: a file of verdicts someone else produced (PandaLM's gpt-3.5-turbo and PandaLM-7B
@@ -18,7 +18,7 @@ Three kinds of judge:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,10 @@ def _recorded(item: Item, order: str, raw: Any, labels: Mapping[str, str]) -> Pr
         return Prediction(item.item_id, order, False, output=text, error=f"unrecognised recorded verdict {text!r}")
     if isinstance(item, PairwiseItem):
         return Prediction(item.item_id, order, False, winner=value, output=text)
+    scale = item.score_scale
+    if not scale.contains(float(value)):
+        error = f"recorded score {value!r} is off the item's scale {scale.name}"
+        return Prediction(item.item_id, order, False, output=text, error=error)
     return Prediction(item.item_id, order, False, score=int(value), output=text)
 
 
@@ -178,7 +182,8 @@ class ItemCall:
 
 def item_calls(items: Iterable[Item], both_orders: bool, reference_modes: Sequence[bool]) -> list[ItemCall]:
     """Every call an engine judge must answer: pairs in one or both orders; items that have a
-    reference once per mode in ``reference_modes`` (True = shown, False = hidden)."""
+    reference once per mode in ``reference_modes`` (True = shown, False = hidden). A pointwise
+    item's call carries its scale, so the prompt asks for it and the parser reads it."""
     calls = []
     for item in items:
         modes = reference_modes if item.reference else (False,)
@@ -189,7 +194,8 @@ def item_calls(items: Iterable[Item], both_orders: bool, reference_modes: Sequen
                     item.scenario, item.instruction, item.response_a, item.response_b, reference, both_orders
                 )
             else:
-                shown = [single_call(item.scenario, item.instruction, item.response, reference)]
+                call = single_call(item.scenario, item.instruction, item.response, reference)
+                shown = [replace(call, scale=item.scale)]
             calls += [ItemCall(item.item_id, with_ref, call) for call in shown]
     return calls
 
@@ -205,7 +211,7 @@ def parse_call(call: ItemCall, result: GenerationResult) -> Prediction:
     if not result.ok:
         return Prediction(*where, output=result.text, error=f"engine error: {result.error}")
     try:
-        verdict = parse_verdict(call.call.kind, result.text)
+        verdict = parse_verdict(call.call.kind, result.text, call.call.scale)
     except ParseError as exc:
         return Prediction(*where, output=result.text, error=str(exc))
     return Prediction(*where, score=verdict.score, winner=verdict.winner, output=result.text)

@@ -73,6 +73,7 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
     if counts["unparsable_by_reason"]:
         summary += "; not parsed: " + ", ".join(f"{k} ({v})" for k, v in counts["unparsable_by_reason"].items())
     lines = [f"## {family}", "", summary]
+    lines += _scales(section)
     lines += ["", "| metric | value | 95% CI | normalised |", "|---|---|---|---|"]
     for name, cell in section.get("metrics", {}).items():
         lines.append(
@@ -97,6 +98,26 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
             + ", ".join(f"{k} {fmt(v)}" for k, v in ceiling.items() if k not in ("annotators", "items")),
         ]
     return lines + [""]
+
+
+def _scales(section: dict[str, Any]) -> list[str]:
+    """Which score scales the items were on, when any is not 1-5, and each scale's own figures."""
+    scales = section.get("scales") or {}
+    if set(scales) <= {"1-5"}:
+        return []
+    lines = ["", "scales: " + ", ".join(f"{k} ({n} items)" for k, n in scales.items())]
+    if "across_scales" in section:
+        lines += [
+            "",
+            f"{section['across_scales']}.",
+            "",
+            "| scale | n | mae | agr | exact | qwk |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, part in section.get("by_scale", {}).items():
+            cells = " | ".join(fmt(part["metrics"].get(k)) for k in ("mae", "agr", "exact", "qwk"))
+            lines.append(f"| {name} | {part['n']} | {cells} |")
+    return lines
 
 
 def _reasons(bench: Mapping[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Agreement between a judge and human labels, on scipy and scikit-learn. Pure: no Ray or torch.
 
-Scores (1-5): MAE, the paper's Agr(p, q), Pearson, Spearman, Kendall and quadratic-weighted kappa.
-Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where the gap is below p, else 0; Agr(2, 2)
-gives 1 for an exact match and 0.25 for off by one.
+Scores (1-5, or another scale of ``themis.scales``): MAE, the paper's Agr(p, q), Pearson, Spearman,
+Kendall and quadratic-weighted kappa. Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where
+the gap is below p, else 0; Agr(2, 2) gives 1 for an exact match and 0.25 for off by one. Items on
+different scales (``mixed_score_metrics``): Agr and exact agreement from each item's gap on its own
+scale, MAE and the correlations on normalised scores (0-1), and no kappa (it needs one scale).
 
 Pairs (winners "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1, Cohen's
 kappa, and the position-bias figures that need both orders (dual-order
@@ -61,8 +63,10 @@ def weighted_kappa(pred: Sequence[int], gold: Sequence[int], labels: Sequence[in
     return _kappa(pred, gold, list(labels), "quadratic")
 
 
-def score_metrics(pred: Sequence[int], gold: Sequence[int], p: float = 2, q: float = 2) -> dict[str, float | None]:
-    """Every score metric for one set of (judge, human) scores."""
+def score_metrics(
+    pred: Sequence[int], gold: Sequence[int], p: float = 2, q: float = 2, labels: Sequence[int] = SCORES
+) -> dict[str, float | None]:
+    """Every score metric for one set of (judge, human) scores on one scale (``labels``: its values)."""
     return {
         "mae": mae(pred, gold),
         f"agr_{_num(p)}_{_num(q)}": agreement(pred, gold, p, q),
@@ -70,8 +74,31 @@ def score_metrics(pred: Sequence[int], gold: Sequence[int], p: float = 2, q: flo
         "pearson": correlation(pred, gold, "pearson"),
         "spearman": correlation(pred, gold, "spearman"),
         "kendall": correlation(pred, gold, "kendall"),
-        "qwk": weighted_kappa(pred, gold),
+        "qwk": weighted_kappa(pred, gold, labels),
     }
+
+
+def mixed_score_metrics(
+    pred: Sequence[int], gold: Sequence[int], low: Sequence[int], high: Sequence[int], p: float = 2, q: float = 2
+) -> dict[str, float | None]:
+    """Score metrics over items on different scales (item k's scale is ``low[k]``-``high[k]``): MAE
+    on 0-1, Agr and exact agreement on each item's own scale, correlations on normalised scores."""
+    _check(pred, gold)
+    pred_n, gold_n = normalised(pred, low, high), normalised(gold, low, high)
+    return {
+        "mae": mae(pred_n, gold_n),
+        f"agr_{_num(p)}_{_num(q)}": agreement(pred, gold, p, q),
+        "exact": agreement(pred, gold, 1, 0),
+        **{k: correlation(pred_n.tolist(), gold_n.tolist(), k) for k in ("pearson", "spearman", "kendall")},
+    }
+
+
+def normalised(
+    values: Sequence[float] | np.ndarray, low: Sequence[float] | np.ndarray, high: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """Scores on 0-1 (each scale's low -> 0, high -> 1), as ``themis.scales.Scale.normalise``."""
+    low = np.asarray(low, float)
+    return (np.asarray(values, float) - low) / (np.asarray(high, float) - low)
 
 
 def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
@@ -139,9 +166,10 @@ def correct_both_orders(ab: Sequence[str], ba: Sequence[str], gold_ab: Sequence[
     return float(np.mean([x == g and y == flip_winner(g) for x, y, g in zip(ab, ba, gold_ab)]))
 
 
-def annotator_agreement(votes: Sequence[Sequence], kind: str) -> dict[str, float | None]:
+def annotator_agreement(votes: Sequence[Sequence], kind: str, labels: Sequence = SCORES) -> dict[str, float | None]:
     """Human-human agreement, the ceiling: every annotator pair's Cohen's kappa (quadratic-weighted
-    for scores) and their mean. ``votes`` has one row per item, one column per annotator."""
+    for scores on the scale whose values are ``labels``) and their mean. ``votes`` has one row per
+    item, one column per annotator."""
     columns = list(zip(*votes))
     out: dict[str, float | None] = {}
     for i in range(len(columns)):
@@ -149,7 +177,7 @@ def annotator_agreement(votes: Sequence[Sequence], kind: str) -> dict[str, float
             if kind == "pairwise":
                 out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(WINNERS), None)
             else:
-                out[f"qwk_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(SCORES), "quadratic")
+                out[f"qwk_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(labels), "quadratic")
     values = [v for v in out.values() if v is not None]
     out["mean"] = float(np.mean(values)) if values else None
     return out
@@ -215,24 +243,42 @@ def winner_confusions(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.bincount(cells.ravel(), minlength=12 * pred.shape[0]).reshape(pred.shape[0], 3, 4)
 
 
-def batched_score_metrics(pred: np.ndarray, gold: np.ndarray, p: float, q: float) -> dict[str, np.ndarray]:
-    """MAE, Agr(p, q), exact agreement, Pearson, Spearman and quadratic-weighted kappa for arrays of
-    shape (..., n) (Kendall has no cheap batched form; it is bootstrapped one resample at a time)."""
+def batched_score_metrics(
+    pred: np.ndarray, gold: np.ndarray, p: float, q: float, labels: Sequence[int] = SCORES
+) -> dict[str, np.ndarray]:
+    """MAE, Agr(p, q), exact agreement, Pearson, Spearman and quadratic-weighted kappa (over the
+    scale's values ``labels``) for arrays of shape (..., n) (Kendall has no cheap batched form; it is
+    bootstrapped one resample at a time)."""
     pred, gold = pred.astype(float), gold.astype(float)
     return {
         **batched_gap_metrics(pred, gold, p, q),
         "pearson": _batched_pearson(pred, gold),
         "spearman": _batched_pearson(stats.rankdata(pred, axis=-1), stats.rankdata(gold, axis=-1)),
-        "qwk": _batched_qwk(pred, gold),
+        "qwk": _batched_qwk(pred, gold, labels),
     }
 
 
-def batched_gap_metrics(pred: np.ndarray, gold: np.ndarray, p: float, q: float) -> dict[str, np.ndarray]:
+def batched_mixed_score_metrics(
+    pred: np.ndarray, gold: np.ndarray, low: np.ndarray, high: np.ndarray, p: float, q: float
+) -> dict[str, np.ndarray]:
+    """``mixed_score_metrics`` for arrays of shape (..., n), ``low`` and ``high`` alike (no Kendall)."""
+    pred_n, gold_n = normalised(pred, low, high), normalised(gold, low, high)
+    return {
+        **batched_gap_metrics(pred, gold, p, q, np.asarray(high, float) - low),
+        "pearson": _batched_pearson(pred_n, gold_n),
+        "spearman": _batched_pearson(stats.rankdata(pred_n, axis=-1), stats.rankdata(gold_n, axis=-1)),
+    }
+
+
+def batched_gap_metrics(
+    pred: np.ndarray, gold: np.ndarray, p: float, q: float, width: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """MAE, Agr(p, q) and exact agreement for arrays of shape (..., n): the cheap part of the score
-    metrics, all a chance level needs."""
+    metrics, all a chance level needs. With ``width`` (each item's scale, high - low), MAE is on
+    0-1 (each gap over its width); Agr and exact agreement always use the gap on the item's scale."""
     gap = np.abs(np.asarray(pred, float) - np.asarray(gold, float))
     return {
-        "mae": gap.mean(-1),
+        "mae": gap.mean(-1) if width is None else (gap / width).mean(-1),
         "agr": np.where(gap < p, 1.0 / (gap + 1.0) ** q, 0.0).mean(-1),
         "exact": (gap == 0).mean(-1),
     }
@@ -245,11 +291,11 @@ def _batched_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(norm > 0, (x * y).sum(-1) / norm, np.nan)
 
 
-def _batched_qwk(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Quadratic-weighted kappa on the 1-5 scale: 1 - sum(w * observed) / sum(w * expected)."""
-    k = len(SCORES)
-    p_hot = pred[..., None] == np.asarray(SCORES, float)
-    g_hot = gold[..., None] == np.asarray(SCORES, float)
+def _batched_qwk(pred: np.ndarray, gold: np.ndarray, labels: Sequence[int] = SCORES) -> np.ndarray:
+    """Quadratic-weighted kappa on one scale (``labels``: its values): 1 - sum(w * observed) / sum(w * expected)."""
+    k = len(labels)
+    p_hot = pred[..., None] == np.asarray(labels, float)
+    g_hot = gold[..., None] == np.asarray(labels, float)
     observed = np.einsum("...ni,...nj->...ij", g_hot.astype(float), p_hot.astype(float))
     n = observed.sum(axis=(-2, -1), keepdims=True)
     expected = observed.sum(-1, keepdims=True) * observed.sum(-2, keepdims=True) / n

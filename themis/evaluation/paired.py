@@ -1,7 +1,8 @@
 """Two judges on the same items: a paired bootstrap of each metric's difference. Pure: no Ray or torch.
 
 A report's scored units (``scored_units``: per pair its summed features, per pointwise item its
-score and the human score) are written beside it. When two reports share their items (equal
+score and the human score, then its scale's low and high when that is not 1-5) are written beside
+it. When two reports share their items (equal
 item hashes), ``paired_differences`` resamples the items once per resample for both judges, so
 the interval of the difference accounts for both judges erring on the same items: a sharper test
 than asking whether two separate intervals overlap. Pairs count from the union of both judges'
@@ -35,7 +36,8 @@ def scored_units(items: Sequence[Item], predictions: Sequence[Prediction], s: Se
         if isinstance(item, PointwiseItem):
             p = primary(item, "", preds)
             if p is not None and p.score is not None:
-                rows.append((item.item_id, "pointwise", [float(p.score), float(item.human_score)]))
+                scale = [] if item.scale is None else [float(item.score_scale.low), float(item.score_scale.high)]
+                rows.append((item.item_id, "pointwise", [float(p.score), float(item.human_score), *scale]))
     return {"item_id": [r[0] for r in rows], "family": [r[1] for r in rows], "features": [r[2] for r in rows]}
 
 
@@ -48,6 +50,8 @@ def paired_differences(a: Mapping[str, list], b: Mapping[str, list], s: Settings
         ids = sorted(fa.keys() | fb.keys()) if family == "pairwise" else sorted(fa.keys() & fb.keys())
         if len(ids) < 2:
             continue
+        if family == "pointwise":  # every row with its scale, 1-5 where the units leave it out
+            fa, fb = ({i: [*f, 1.0, 5.0][:4] for i, f in x.items()} for x in (fa, fb))
         width = len(next(iter(fa.values() or fb.values())))
         xa = np.array([fa.get(i, [0.0] * width) for i in ids])
         xb = np.array([fb.get(i, [0.0] * width) for i in ids])
@@ -76,9 +80,17 @@ def _pair_difference(xa: np.ndarray, xb: np.ndarray, s: Settings) -> Any:
 
 
 def _score_difference(xa: np.ndarray, xb: np.ndarray, s: Settings) -> Any:
+    """Score metrics on the items' one scale, or across scales as the report has them."""
+    bounds = {(lo, hi) for lo, hi in xa[:, 2:4].tolist() + xb[:, 2:4].tolist()}
+
+    def metrics(x: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+        if len(bounds) > 1:
+            return m.batched_mixed_score_metrics(x[idx, 0], x[idx, 1], x[idx, 2], x[idx, 3], s.p, s.q)
+        ((low, high),) = bounds
+        return m.batched_score_metrics(x[idx, 0], x[idx, 1], s.p, s.q, range(int(low), int(high) + 1))
+
     def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
-        ma = m.batched_score_metrics(xa[idx, 0], xa[idx, 1], s.p, s.q)
-        mb = m.batched_score_metrics(xb[idx, 0], xb[idx, 1], s.p, s.q)
+        ma, mb = metrics(xa, idx), metrics(xb, idx)
         return {k: ma[k] - mb[k] for k in ma}
 
     return statistic

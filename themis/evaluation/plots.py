@@ -23,10 +23,16 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
         section = report.get(family)
         if not section or not section.get("metrics"):
             continue
-        out[f"{family}_confusion"] = _confusion(section["confusion"], family)
         out[f"{family}_groups"] = _groups(section["groups"], headline, family)
-        out[f"{family}_distribution"] = _distribution(section, family)
+        # Scores on several scales: a confusion matrix and distributions per scale.
+        for name, part in [(family, section)] if "confusion" in section else _by_scale(section):
+            out[f"{name}_confusion"] = _confusion(part["confusion"], name)
+            out[f"{name}_distribution"] = _distribution(part, family)
     return out
+
+
+def _by_scale(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"pointwise_{scale}", part) for scale, part in section.get("by_scale", {}).items() if part["n"]]
 
 
 def _confusion(confusion: dict[str, Any], family: str) -> bytes:

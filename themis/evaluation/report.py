@@ -27,6 +27,7 @@ from themis.evaluation import stats
 from themis.evaluation.benchmarks import Item, PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
 from themis.judging import flip_winner
+from themis.scales import SCALES, Scale, get_scale
 
 POLICIES = {
     "tie": "an unparsable pairwise verdict counts as a tie",
@@ -43,6 +44,10 @@ DECISIVE_POLICY = (
 )
 # The metrics the normalised overall score averages, per judgment family (the paper uses MAE and Agr).
 KENDALL_RESAMPLES = 200
+ACROSS_SCALES = (
+    "items on several scales: MAE and correlations on normalised scores (0-1), Agr and exact agreement "
+    "on each item's own scale, no kappa; by_scale has each scale's own figures"
+)
 AGGREGATED = {"pointwise": ("mae", "agr"), "pairwise": ("accuracy", "f1")}
 
 
@@ -120,41 +125,110 @@ def group_of(item: Item, breakdown: str) -> str:
 
 
 def pointwise_section(items: Sequence[PointwiseItem], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any]:
+    """Score metrics on the items' scale; over several scales, the aggregates of ``_mixed_metrics``
+    and each scale's own figures in ``by_scale``. ``scales`` counts the items per scale."""
     judged = [(i, primary(i, "", preds)) for i in items]
     used = [(i, p.score) for i, p in judged if p is not None and p.score is not None]
-    out: dict[str, Any] = {"counts": _counts(judged, len(used))}
+    out: dict[str, Any] = {"counts": _counts(judged, len(used)), "scales": dict(Counter(_scale(i) for i in items))}
     if not used:
         return out | {"metrics": {}, "normalised": {}}
+    scales = sorted({_scale(i) for i, _ in used}, key=list(SCALES).index)
+    if len(scales) == 1:
+        out |= _scale_metrics(used, get_scale(scales[0]), s)
+    else:
+        out |= _mixed_metrics(used, s)
+    out["groups"] = _groups([(i, m.agreement([v], [i.human_score], s.p, s.q), 1.0) for i, v in used], s, "agr")
+    if len(scales) == 1:
+        out |= _scale_tables(used, [i for i in items if _scale(i) == scales[0]], get_scale(scales[0]))
+    else:
+        out["by_scale"] = {name: _scale_summary(used, items, get_scale(name), s) for name in scales}
+    return out
+
+
+def _scale(item: PointwiseItem) -> str:
+    return item.score_scale.name
+
+
+def _scale_metrics(used: Sequence[tuple[PointwiseItem, int]], scale: Scale, s: Settings) -> dict[str, Any]:
+    """Every score metric on one scale, with bootstrap intervals, chance levels and normalised values."""
     pred, gold = [v for _, v in used], [i.human_score for i, _ in used]
-    values = _rename_agr(m.score_metrics(pred, gold, s.p, s.q))
+    values = _rename_agr(m.score_metrics(pred, gold, s.p, s.q, scale.values))
     pred_arr, gold_arr = np.asarray(pred), np.asarray(gold)
     cis = stats.bootstrap_cis(
         len(used),
-        lambda idx: m.batched_score_metrics(pred_arr[idx], gold_arr[idx], s.p, s.q),
+        lambda idx: m.batched_score_metrics(pred_arr[idx], gold_arr[idx], s.p, s.q, scale.values),
         s.resamples,
         s.confidence,
         s.seed,
         vectorized=True,
     )
-    # Kendall has no batched form: fewer resamples keep it to about a second.
-    cis |= stats.bootstrap_cis(
+    cis |= _kendall_cis(pred_arr, gold_arr, s)
+    gaps = stats.chance_levels(lambda d: m.batched_gap_metrics(d, gold_arr, s.p, s.q), gold_arr, seed=s.seed)
+    return _with_chance(values, cis, gaps)
+
+
+def _mixed_metrics(used: Sequence[tuple[PointwiseItem, int]], s: Settings) -> dict[str, Any]:
+    """Score metrics over items on several scales (``metrics.mixed_score_metrics``: MAE on 0-1, Agr on
+    each item's own scale); a random judge draws each verdict from the human scores of its scale."""
+    pred, gold = np.asarray([v for _, v in used]), np.asarray([i.human_score for i, _ in used])
+    low = np.asarray([i.score_scale.low for i, _ in used])
+    high = np.asarray([i.score_scale.high for i, _ in used])
+    values = _rename_agr(m.mixed_score_metrics(pred.tolist(), gold.tolist(), low, high, s.p, s.q))
+    cis = stats.bootstrap_cis(
         len(used),
-        lambda idx: {"kendall": m.correlation(pred_arr[idx], gold_arr[idx], "kendall")},
+        lambda idx: m.batched_mixed_score_metrics(pred[idx], gold[idx], low[idx], high[idx], s.p, s.q),
+        s.resamples,
+        s.confidence,
+        s.seed,
+        vectorized=True,
+    )
+    cis |= _kendall_cis(m.normalised(pred, low, high), m.normalised(gold, low, high), s)
+    gaps = stats.chance_levels(
+        lambda d: m.batched_gap_metrics(d, gold, s.p, s.q, high - low), gold, seed=s.seed, strata=low * 100 + high
+    )
+    return _with_chance(values, cis, gaps) | {"across_scales": ACROSS_SCALES}
+
+
+def _kendall_cis(pred: np.ndarray, gold: np.ndarray, s: Settings) -> dict[str, Any]:
+    # Kendall has no batched form: fewer resamples keep it to about a second.
+    return stats.bootstrap_cis(
+        len(pred),
+        lambda idx: {"kendall": m.correlation(pred[idx], gold[idx], "kendall")},
         min(s.resamples, KENDALL_RESAMPLES),
         s.confidence,
         s.seed,
     )
 
-    gaps = stats.chance_levels(lambda d: m.batched_gap_metrics(d, gold_arr, s.p, s.q), gold_arr, seed=s.seed)
+
+def _with_chance(values: dict[str, Any], cis: dict[str, Any], gaps: dict[str, Any]) -> dict[str, Any]:
     chance = {k: gaps[k] for k in AGGREGATED["pointwise"]}
-    out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
-    out["chance"] = chance
-    out["normalised"] = {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]}
-    out["groups"] = _groups([(i, m.agreement([v], [i.human_score], s.p, s.q), 1.0) for i, v in used], s, "agr")
-    out["distribution"] = {"judge": _histogram(pred, m.SCORES), "human": _histogram(gold, m.SCORES)}
-    out["confusion"] = {"labels": list(m.SCORES), "matrix": _confusion(gold, pred, list(m.SCORES), list(m.SCORES))}
-    out["human_human"] = _human_ceiling(items, "pointwise")
-    return out
+    return {
+        "metrics": {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()},
+        "chance": chance,
+        "normalised": {k: stats.normalise(k, values[k], chance[k]) for k in AGGREGATED["pointwise"]},
+    }
+
+
+def _scale_tables(used: Sequence[tuple[PointwiseItem, int]], items: Sequence[PointwiseItem], scale: Scale) -> dict:
+    """The verdict distributions, the confusion matrix and the human ceiling on one scale."""
+    pred, gold = [v for _, v in used], [i.human_score for i, _ in used]
+    labels = list(scale.values)
+    return {
+        "distribution": {"judge": _histogram(pred, labels), "human": _histogram(gold, labels)},
+        "confusion": {"labels": labels, "matrix": _confusion(gold, pred, labels, labels)},
+        "human_human": _human_ceiling(items, "pointwise", labels),
+    }
+
+
+def _scale_summary(
+    used: Sequence[tuple[PointwiseItem, int]], items: Sequence[PointwiseItem], scale: Scale, s: Settings
+) -> dict[str, Any]:
+    """One scale's items of a mixed benchmark: their metrics on that scale (no intervals) and tables."""
+    mine = [(i, v) for i, v in used if _scale(i) == scale.name]
+    pred, gold = [v for _, v in mine], [i.human_score for i, _ in mine]
+    metrics = _rename_agr(m.score_metrics(pred, gold, s.p, s.q, scale.values))
+    tables = _scale_tables(mine, [i for i in items if _scale(i) == scale.name], scale)
+    return {"n": len(mine), "metrics": metrics, **tables}
 
 
 def _rename_agr(values: dict[str, float | None]) -> dict[str, float | None]:
@@ -342,13 +416,14 @@ def _confusion(gold: Sequence, pred: Sequence, rows: list, cols: list) -> list[l
     return full[keep].tolist()
 
 
-def _human_ceiling(items: Sequence[Item], kind: str) -> dict[str, Any] | None:
-    """Annotator-vs-annotator agreement on the items with the most annotators (if more than one)."""
+def _human_ceiling(items: Sequence[Item], kind: str, labels: Sequence = m.SCORES) -> dict[str, Any] | None:
+    """Annotator-vs-annotator agreement on the items with the most annotators (if more than one);
+    ``labels``: the score scale's values."""
     most = max(len(i.human) for i in items)
     if most < 2:
         return None
     votes = [i.human for i in items if len(i.human) == most]
-    return {"annotators": most, "items": len(votes), **m.annotator_agreement(votes, kind)}
+    return {"annotators": most, "items": len(votes), **m.annotator_agreement(votes, kind, labels)}
 
 
 # --- reference effect -------------------------------------------------------------------------------

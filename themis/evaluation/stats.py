@@ -103,20 +103,35 @@ def chance_levels(
     draws: int = 500,
     seed: int = 0,
     chunk: int = 100,
+    strata: Sequence | np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """Chance levels of several metrics from one set of random judges (see ``chance_level``).
-    Draws are scored ``chunk`` at a time, so memory stays flat on large benchmarks."""
+    Draws are scored ``chunk`` at a time, so memory stays flat on large benchmarks. With ``strata``
+    (one label per item, e.g. its score scale), each item's verdict is drawn from the gold labels
+    of its own stratum only."""
     rng, gold = np.random.default_rng(seed), np.asarray(gold)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for start in range(0, draws, chunk):
-        sample = rng.choice(gold, size=(min(chunk, draws - start), len(gold)), replace=True)
+        sample = _draw(rng, gold, min(chunk, draws - start), strata)
         for name, values in batched_metrics(sample).items():
             values = np.asarray(values, float)
             values = values[np.isfinite(values)]
             sums[name] = sums.get(name, 0.0) + float(values.sum())
             counts[name] = counts.get(name, 0) + values.size
     return {k: sums[k] / counts[k] if counts[k] else None for k in sums}
+
+
+def _draw(rng: np.random.Generator, gold: np.ndarray, rows: int, strata: Sequence | np.ndarray | None) -> np.ndarray:
+    """(rows, n) random verdicts from the gold labels, within each stratum when given."""
+    if strata is None:
+        return rng.choice(gold, size=(rows, len(gold)), replace=True)
+    strata = np.asarray(strata)
+    sample = np.empty((rows, len(gold)), dtype=gold.dtype)
+    for stratum in np.unique(strata):
+        cols = np.flatnonzero(strata == stratum)
+        sample[:, cols] = rng.choice(gold[cols], size=(rows, len(cols)), replace=True)
+    return sample
 
 
 def unit_sums(features: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
