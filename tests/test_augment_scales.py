@@ -335,3 +335,37 @@ def test_scale_recorded_score_off_the_items_scale_is_an_error() -> None:
     items, _ = _scored([("0-1", 1, 0), ("1-10", 7, 0)])
     assert _recorded(items[0], "", "3", {"3": "3"}).error == "recorded score '3' is off the item's scale 0-1"
     assert _recorded(items[1], "", "9", {"9": "9"}).score == 9
+
+
+# --- the served judge: scale in /v1/judge -------------------------------------------------------
+
+
+def _serve(body: dict) -> dict:
+    """What the deployment does for one /v1/judge body (``serving.JudgeServer._judge_one`` with a
+    given scenario), on the fake judge engine, without Ray."""
+    from tests.fakes.judge_engine import FakeJudgeEngine
+    from themis.judge_api import JudgeRequest, check_judge_request, judge_call, judge_response
+
+    req = JudgeRequest.model_validate(body)
+    kind = check_judge_request(req)
+    call = judge_call(req, kind, req.scenario)
+    (result,) = FakeJudgeEngine().generate([judge_request(call, Sampling(max_tokens=8))])
+    return judge_response(kind, req.scenario, "given", result, call.scale).model_dump()
+
+
+@pytest.mark.parametrize("scale", OTHER_SCALES)
+def test_scale_served_judge_asks_parses_and_echoes_the_scale(scale: str) -> None:
+    out = _serve({"instruction": Q, "response": "Paris.", "scenario": "close_qa", "scale": scale})
+    # the fake engine takes the last allowed choice: the scale's top, "10" on 1-10
+    assert (out["score"], out["scale"], out["parsed"]) == (get_scale(scale).high, scale, True)
+
+
+def test_scale_served_judge_defaults_to_1_5_and_refuses_scales_it_does_not_know() -> None:
+    from pydantic import ValidationError
+
+    out = _serve({"instruction": Q, "response": "Paris.", "reference": "Paris.", "scenario": "close_qa"})
+    assert (out["kind"], out["score"], out["scale"]) == ("reference", 5, "1-5")
+    with pytest.raises(ValidationError, match="'1-5', '0-1', '1-3' or '1-10'"):
+        _serve({"instruction": Q, "response": "Paris.", "scenario": "close_qa", "scale": "1-100"})
+    with pytest.raises(ValidationError, match="no score scale"):
+        _serve({"instruction": Q, "response_a": "a", "response_b": "b", "scenario": "open_qa", "scale": "1-3"})

@@ -66,6 +66,10 @@ def test_importing_the_api_pulls_in_no_ray_torch_or_fastapi():
         {"instruction": Q, "response": "Paris", "kind": "triple"},
         {"instruction": Q, "response": "Paris", "scenario": ""},
         {"instruction": Q, "responce": "Paris"},  # a typo is an unknown field, not ignored
+        {"instruction": Q, "response": "Paris", "scale": "1-7"},  # an unknown scale
+        {"instruction": Q, "response": "Paris", "scale": 10},
+        {"instruction": Q, "response_a": "a", "response_b": "b", "scale": "1-10"},  # pairs have no scale
+        {"instruction": Q, "response": "a", "kind": "pairwise", "scale": "0-1"},
     ],
 )
 def test_schema_errors_are_rejected(body):
@@ -122,6 +126,25 @@ def test_unknown_scenario_names_the_known_ones():
     assert err.body()["error"]["message"] == err.message
 
 
+def test_scale_errors_name_the_known_scales_or_the_kind():
+    with pytest.raises(ValidationError) as info:
+        JudgeRequest.model_validate({"instruction": Q, "response": "Paris", "scale": "1-7"})
+    body = validation_error_body(info.value.errors())
+    assert "'1-5', '0-1', '1-3' or '1-10'" in body["error"]["message"]
+    with pytest.raises(ValidationError, match="a pairwise request has no score scale"):
+        JudgeRequest.model_validate({"instruction": Q, "response_a": "a", "response_b": "b", "scale": "1-5"})
+
+
+def test_scale_names_in_the_schema_are_the_known_scales():
+    from typing import get_args
+
+    from themis.judge_api import ScaleName
+    from themis.scales import SCALES
+
+    assert set(get_args(ScaleName)) == set(SCALES)
+    assert JudgeRequest.model_json_schema()["properties"]["scale"]["anyOf"][0]["enum"] == list(SCALES)
+
+
 def test_valid_requests_pass():
     assert check_judge_request(_judge(response="Paris", scenario="close_qa")) == "single"
     pair = _judge(response_a="a", response_b="b", reference="r")  # pairwise may use a reference
@@ -138,6 +161,17 @@ def test_requests_become_judge_calls():
     assert (ref.kind, ref.reference) == ("reference", "Paris.")
     pair = judge_call(_judge(response_a="Paris.", response_b="Lyon.", reference="Paris."), "pairwise", "open_qa")
     assert (pair.responses, pair.order, pair.reference) == (("Paris.", "Lyon."), "ab", "Paris.")
+
+
+def test_scale_is_passed_into_the_call_and_echoed():
+    call = judge_call(_judge(response="Paris.", scale="1-10"), "single", "close_qa")
+    assert call.scale == "1-10" and render_call(call).choices == tuple(str(v) for v in range(1, 11))
+    out = judge_response("single", "close_qa", "given", GenerationResult(text=f"{SCORE_OPENING}10]]"), call.scale)
+    assert (out.score, out.scale, out.parsed) == (10, "1-10", True)
+    default = judge_response("single", "close_qa", "given", GenerationResult(text=f"{SCORE_OPENING}10]]"))
+    assert (default.parsed, default.scale) == (False, "1-5") and "out of range 1-5" in default.error
+    pair = judge_response("pairwise", "open_qa", "given", GenerationResult(text=f"{PAIR_OPENING}A]]"))
+    assert pair.scale is None
 
 
 def test_single_and_reference_prompts():

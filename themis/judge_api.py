@@ -5,7 +5,8 @@ checks, and the request -> prompt -> verdict logic.
 the API is testable in milliseconds. Two endpoints families:
 
 * ``POST /v1/judge``: Themis' own judging call (single, reference-guided or pairwise), rendered,
-  requested and parsed by ``themis.judging`` like every other judge in the project.
+  requested and parsed by ``themis.judging`` like every other judge in the project. Single and
+  reference grading take a ``scale`` (0-1, 1-3, 1-5 or 1-10; default 1-5), echoed in the answer.
 * ``GET /v1/models`` and ``POST /v1/chat/completions``: enough of OpenAI's protocol for the
   official ``openai`` client, including vLLM's ``continue_final_message`` extension.
 
@@ -18,16 +19,18 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from themis.config import Sampling, ServeConfig, ServeLimits, TransformersEngineConfig, VLLMEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.judging import JudgeCall, Kind, parse_classification, parse_verdict, winner_in_ab_order
 from themis.parsing import ParseError
+from themis.scales import DEFAULT_SCALE
 from themis.scenarios import load_scenarios
 
 ScenarioSource = Literal["given", "classified"]
 Winner = Literal["A", "B", "tie"]
+ScaleName = Literal["1-5", "0-1", "1-3", "1-10"]  # themis.scales.SCALES as the schema's enum (a test checks)
 DEFAULT_LIMITS = ServeLimits()
 SNIPPET_CHARS = 80  # the most of a client's own input an error message repeats
 
@@ -105,6 +108,7 @@ class JudgeRequest(BaseModel):
     both_orders: bool | None = Field(
         None, description="Pairs: judge A-B and B-A in one batch and reconcile; None = the server's default."
     )
+    scale: ScaleName | None = Field(None, description="Single and reference: the score scale; None = 1-5.")
 
     @field_validator("instruction")
     @classmethod
@@ -113,6 +117,12 @@ class JudgeRequest(BaseModel):
             raise ValueError("instruction must not be blank")
         return v
 
+    @model_validator(mode="after")
+    def _scale_fits_kind(self) -> JudgeRequest:
+        if self.scale is not None and infer_kind(self) == "pairwise":
+            raise ValueError("scale is for single and reference grading; a pairwise request has no score scale")
+        return self
+
 
 class JudgeResponse(BaseModel):
     """The verdict. ``parsed`` is False (and ``error`` says why) when the output had no verdict."""
@@ -120,7 +130,8 @@ class JudgeResponse(BaseModel):
     kind: Kind
     scenario: str | None
     scenario_source: ScenarioSource
-    score: int | None = Field(None, description="1-5, for single and reference grading.")
+    score: int | None = Field(None, description="On ``scale``, for single and reference grading.")
+    scale: str | None = Field(None, description="The scale the score is on (single and reference; default 1-5).")
     winner: Winner | None = Field(None, description="The better response, for pairwise (reconciled over both orders).")
     rationale: str = ""
     output: str = ""
@@ -210,12 +221,15 @@ def classified_scenario(result: GenerationResult) -> str:
     return parse_classification(result.text)
 
 
-def unclassified_response(kind: Kind, result: GenerationResult, exc: ParseError) -> JudgeResponse:
+def unclassified_response(
+    kind: Kind, result: GenerationResult, exc: ParseError, scale: str | None = None
+) -> JudgeResponse:
     """The answer when no scenario could be classified: nothing judged, the reason in ``error``."""
     return JudgeResponse(
         kind=kind,
         scenario=None,
         scenario_source="classified",
+        scale=_echoed_scale(kind, scale),
         output=result.text,
         error=f"scenario classification failed: {exc}",
     )
@@ -229,20 +243,29 @@ def judge_call(req: JudgeRequest, kind: Kind, scenario_id: str) -> JudgeCall:
         return JudgeCall(kind, scenario_id, req.instruction, responses, req.reference or None, "ab")
     assert req.response is not None
     reference = req.reference if kind == "reference" else None
-    return JudgeCall(kind, scenario_id, req.instruction, (req.response,), reference)
+    return JudgeCall(kind, scenario_id, req.instruction, (req.response,), reference, scale=req.scale)
 
 
-def judge_response(kind: Kind, scenario: str, source: ScenarioSource, result: GenerationResult) -> JudgeResponse:
-    """Parse a judge output into the response; an unparseable output is reported, not raised."""
-    out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text)
+def judge_response(
+    kind: Kind, scenario: str, source: ScenarioSource, result: GenerationResult, scale: str | None = None
+) -> JudgeResponse:
+    """Parse a judge output (a score on ``scale``, or a winner) into the response; an unparseable
+    output is reported, not raised."""
+    echoed = _echoed_scale(kind, scale)
+    out = JudgeResponse(kind=kind, scenario=scenario, scenario_source=source, output=result.text, scale=echoed)
     if not result.ok:
         return out.model_copy(update={"error": f"generation failed: {result.error}"})
     try:
-        verdict = parse_verdict(kind, result.text)
+        verdict = parse_verdict(kind, result.text, scale)
     except ParseError as exc:
         return out.model_copy(update={"error": f"unparseable output: {exc}"})
     fields = {"score": verdict.score, "winner": verdict.winner, "rationale": verdict.rationale}
     return out.model_copy(update=fields | {"parsed": True})
+
+
+def _echoed_scale(kind: Kind, scale: str | None) -> str | None:
+    """The scale an answer names: the one asked for (1-5 by default) for a score, none for a pair."""
+    return None if kind == "pairwise" else scale or DEFAULT_SCALE
 
 
 def both_orders_response(

@@ -331,7 +331,7 @@ class JudgeServer:
                 scenario = classified_scenario(classified)
             except ParseError as exc:
                 self.metrics.parse_failures.inc(tags={"kind": "classifier"})
-                return unclassified_response(kind, classified, exc)
+                return unclassified_response(kind, classified, exc, body.scale)
         source = "given" if body.scenario else "classified"
         call = judge_call(body, kind, scenario)
         both = kind == "pairwise" and (self.cfg.both_orders if body.both_orders is None else body.both_orders)
@@ -341,7 +341,7 @@ class JudgeServer:
         out = (
             both_orders_response(scenario, source, *results)
             if both
-            else judge_response(kind, scenario, source, results[0])
+            else judge_response(kind, scenario, source, results[0], call.scale)
         )
         self.metrics.verdict(out)
         logger.info(
