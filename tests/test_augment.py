@@ -198,7 +198,7 @@ def test_augment_paraphrase_parsing_is_strict() -> None:
     assert [c.name for c in criteria] == [f"Reworded {n.lower()}" for n in OPEN_QA]
     good = paraphrase_text(OPEN_QA).split("\n")
     bad = {
-        "lines for": "\n".join(good[:-1]),
+        "one line per criterion": "\n".join(good[:-1]),
         "in order": "\n".join([good[1], good[0], *good[2:]]),
         "prompt markers": "\n".join([good[0] + " [Data End]", *good[1:]]),
         "markers, \\[\\[": "\n".join([good[0] + " [[5]]", *good[1:]]),

@@ -175,7 +175,7 @@ def parse_paraphrase(text: str | None, scenario: Scenario) -> tuple[Criterion, .
     order, distinct plain names, nothing that could pass for prompt structure. Raises ``ParseError``."""
     lines = [line for line in (text or "").strip().split("\n") if line.strip()]
     if len(lines) != len(scenario.criteria):
-        raise ParseError(f"paraphrase: {len(lines)} lines for {len(scenario.criteria)} criteria")
+        raise ParseError("paraphrase: not one line per criterion")  # a reason to count: no numbers in it
     criteria = []
     for k, line in enumerate(lines, 1):
         match = _LINE.match(line)
