@@ -86,6 +86,7 @@ def server():
         yield s
 
 
+@pytest.mark.slow
 def test_generation_resume_after_sigkill_repays_at_most_one_batch_per_actor(
     server: FakeOpenAIServer, tmp_path: Path, ray_local
 ) -> None:
@@ -153,6 +154,7 @@ def _two_actors(server: FakeOpenAIServer, tmp_path: Path) -> None:
     assert report.counts["rows_in"] == report.counts["rows_out"] + report.counts["rows_rejected"]
 
 
+@pytest.mark.slow
 def test_failed_rerun_leaves_no_stale_output_for_the_next_stage(
     server: FakeOpenAIServer, tmp_path: Path, ray_local
 ) -> None:

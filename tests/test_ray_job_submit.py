@@ -163,6 +163,7 @@ def test_make_submit_runs_ray_job_submit_from_the_checkout(tmp_path: Path) -> No
     assert f"run.storage.root={tmp_path / 'runs'}" in entrypoint
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_ray_job_submit_runs_the_instructions_stage(ray_head, tiny_model_dir, tmp_path):
     url, env, head_dir = ray_head

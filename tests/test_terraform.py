@@ -172,6 +172,7 @@ def bucket_on_moto(tf_env, tmp_path_factory: pytest.TempPathFactory):
 pytestmark = pytest.mark.usefixtures("bucket_on_moto")
 
 
+@pytest.mark.slow
 @needs_terraform
 @needs_mirror
 def test_bucket_module_applies_and_destroys_against_moto(bucket_on_moto, tf_env) -> None:

@@ -106,6 +106,7 @@ def test_zero2_multi_objective_loss_trains_both_parts_and_exports_a_loadable_mod
     assert report.outputs["model"] == store.uri("model")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_zero3_exports_real_weights_and_resumes(ray_local, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM

@@ -35,6 +35,7 @@ def _judge_once(model_dir: Path) -> str:
     return result.text
 
 
+@pytest.mark.slow
 def test_lora_zero2_merged_and_zero3_adapter_export_load_and_judge(ray_local, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -74,6 +75,7 @@ def _kill_a_worker_after(checkpoint_dir: Path, outcome: dict) -> None:
         outcome["error"] = repr(exc)
 
 
+@pytest.mark.slow
 def test_self_heal_worker_killed_mid_run_recovers_in_the_same_call(ray_local, tiny_model_dir, tmp_path):
     store = _store(tmp_path, n_train=16, n_val=0)
     cfg = _cfg(str(tiny_model_dir), zero_stage=2, epochs=2, checkpoint_every=2, max_failures=2)
@@ -114,6 +116,7 @@ def _bigger_model(folder: Path, tiny: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_zero3_memory_per_worker_falls_with_two_workers(ray_local, tiny_model_dir, tmp_path):
     model = _bigger_model(tmp_path / "model", tiny_model_dir)
     growth = {}

@@ -316,6 +316,7 @@ def _submit(cluster: TwoNodeCluster, stage: str, overrides: list[str], timeout: 
     return output
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_two_node_ray_job_submit_runs_judgments_on_both_nodes(two_node_cluster, tiny_model_dir, tmp_path):
     cluster = two_node_cluster

@@ -246,8 +246,17 @@ def judge_engine(judge: TrainedJudge | EngineJudge, cfg: PipelineConfig, store: 
 
 def items_hash(items: list[Item]) -> str:
     """A fingerprint of the labelled items, so two reports can be checked to share a benchmark."""
-    blob = json.dumps([asdict(i) | {"kind": i.kind} for i in items], sort_keys=True).encode()
+    blob = json.dumps([_hashed_fields(i) for i in items], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def _hashed_fields(item: Item) -> dict[str, Any]:
+    """An item's fields for its hash; a default (1-5) ``scale`` is left out, so reports written
+    before items had a scale still match."""
+    fields = asdict(item) | {"kind": item.kind}
+    if fields.get("scale") is None:
+        fields.pop("scale", None)
+    return fields
 
 
 def file_hash(path: str) -> str:
