@@ -20,6 +20,8 @@ def _shared_dir() -> Path:
 
 SHARED = _shared_dir()
 SHARED_DATA = SHARED / "data"
+# Tests of real human-labelled data; skipped (and listed by -ra) where the shared folder is absent.
+needs_shared = pytest.mark.skipif(not (SHARED_DATA / "pandalm").is_dir(), reason=f"no shared data at {SHARED_DATA}")
 
 
 @pytest.fixture(scope="session")

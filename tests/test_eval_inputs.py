@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared
 from themis import cli
 from themis.config import BenchmarkConfig, EngineJudge, PipelineConfig, RecordedJudge, StorageConfig, TrainedJudge
 from themis.evaluation import benchmarks, judges, sources
@@ -26,7 +26,6 @@ from themis.evaluation.report import Settings, build_report
 from themis.stages.evaluate import load_benchmark
 from themis.storage import RunStore
 
-needs_shared = pytest.mark.skipif(not (SHARED_DATA / "pandalm").is_dir(), reason=f"no shared data at {SHARED_DATA}")
 PAIR = {"instruction": "q", "response_a": "a", "response_b": "b", "scenario": "open_qa", "human": "A"}
 
 

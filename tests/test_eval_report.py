@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared
 from themis import cli
 from themis.config import ConfigError, load_config
 from themis.evaluation import markdown, plots, sources
@@ -291,7 +291,7 @@ def _header() -> dict:
     }
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "pandalm").is_dir(), reason=f"no shared data at {SHARED_DATA}")
+@needs_shared
 def test_shipped_suite_config_runs_offline(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(sources.DATA_DIR_ENV, str(SHARED_DATA))
     config = Path(__file__).parents[1] / "jobs" / "configs" / "eval_suite.yaml"

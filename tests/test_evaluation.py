@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, needs_shared
 from themis import cli
 from themis.config import RecordedJudge, Sampling
 from themis.engines.base import GenerationResult
@@ -23,7 +23,6 @@ ROOT = Path(__file__).parents[1]
 PANDALM = SHARED_DATA / "pandalm"
 GPT = {"1": "A", "2": "B", "Tie": "tie"}
 PANDALM_7B = {"0": "tie", "1": "A", "2": "B"}
-needs_shared = pytest.mark.skipif(not PANDALM.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 
 
 def pct(report: dict, metric: str) -> float:

@@ -29,6 +29,7 @@ PURE = [
     "themis.selection",
     "themis.scenarios",
     "themis.scales",
+    "themis.augment",
     "themis.engines",
     "themis.engines.base",
     "themis.sft",
