@@ -191,6 +191,19 @@ def test_scale_1_10_sampled_verdicts_stop_at_one_or_go_on_to_ten(hf_engine) -> N
     assert set(scores) == {1, 10}
 
 
+@pytest.mark.parametrize("scale", ["1-5", "1-10"])
+def test_scale_forced_verdicts_go_on_from_the_prompt_cache_exactly_as_without_it(hf_engine, monkeypatch, scale) -> None:
+    # generate() continues from the forcing pass's key-value cache (the prompt encoded once); the
+    # text must be what a fresh encoding of prompt + verdict gives, padding included.
+    reqs = [replace(r, max_tokens=8) for r in _requests(scale, n=4)]
+    with_cache = hf_engine.generate(reqs)
+    force = hf_engine._force_verdict
+    monkeypatch.setattr(hf_engine, "_force_verdict", lambda *a: (*force(*a)[:4], None))
+    without = hf_engine.generate(reqs)
+    assert [r.text for r in with_cache] == [r.text for r in without]
+    assert all(r.ok for r in with_cache)
+
+
 def test_scale_choices_that_cannot_be_told_apart_fail_the_rows_with_a_reason(hf_engine) -> None:
     req = replace(_requests("1-5", n=1)[0], choices=("1", "1"))
     (res,) = hf_engine.generate([req])

@@ -64,12 +64,13 @@ class TransformersEngine:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         prompt_tokens = mask.sum(dim=1).tolist()
-        chosen, forced = [""] * len(batch), [0] * len(batch)
+        chosen, forced, cache = [""] * len(batch), [0] * len(batch), None
         if first.choices:
-            ids, mask, chosen, forced = self._force_verdict(ids, mask, first)
+            ids, mask, chosen, forced, cache = self._force_verdict(ids, mask, first)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
+            cache=cache,
             max_new_tokens=first.max_tokens,
             do_sample=first.temperature > 0,
             temperature=first.temperature if first.temperature > 0 else None,
@@ -95,18 +96,22 @@ class TransformersEngine:
         what the row has so far; where a choice is already complete, the closing's first token
         stands for "stop here" (the model's own odds of closing the verdict now; the end of text
         when there is no closing). Returns left-padded ids and mask, the chosen strings and the
-        number of forced tokens per row.
+        number of forced tokens per row, and the prompt's key-value cache when ``generate`` can go on
+        from it (every row forced the same number of tokens, so the padding did not move): the
+        prompt of a judge call is most of its cost on CPU, and is then encoded once, not twice.
         """
         closing = self.tokenizer.encode(req.closing, add_special_tokens=False) if req.closing else []
         stop = closing[0] if closing else self.tokenizer.eos_token_id
         seqs = _choice_tokens(self.tokenizer, req.choices, stop)
         rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
         picked: list[tuple[int, ...]] = [() for _ in rows]
-        active = list(range(len(rows)))
+        active, cache = list(range(len(rows))), None
         while active:
             options = [_next_tokens(seqs, picked[r]) for r in active]
             batch = self._pad([rows[r] + list(picked[r]) for r in active], ids.device)
-            ks = self._pick(*batch, [[stop if t is None else t for t in o] for o in options], req)
+            first_step = cache is None and len(active) == len(rows)
+            ks, step_cache = self._pick(*batch, [[stop if t is None else t for t in o] for o in options], req)
+            cache = step_cache if first_step else cache
             ended = set()
             for r, o, k in zip(active, options, ks):
                 if o[k] is None:
@@ -116,20 +121,25 @@ class TransformersEngine:
             active = [r for r in active if r not in ended and _next_tokens(seqs, picked[r]) != [None]]
         ids, mask = self._pad([rows[r] + list(picked[r]) + closing for r in range(len(rows))], ids.device)
         forced = [len(p) + len(closing) for p in picked]
-        return ids, mask, [seqs[p] for p in picked], forced
+        aligned = len(set(forced)) == 1  # the first pass's padding still lines up with these rows
+        return ids, mask, [seqs[p] for p in picked], forced, cache if aligned else None
 
     def _pick(self, ids: torch.Tensor, mask: torch.Tensor, options: list[list[int]], req: GenerationRequest):
         """For each row, the index of the option token it takes next (greedy, or sampled at the
-        request's temperature among the options only)."""
+        request's temperature among the options only), and the pass's key-value cache."""
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]
+        # Only the last position's logits: a 49k vocabulary over every prompt token costs gigabytes.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]
         width = max(len(o) for o in options)
         scores = torch.full((len(options), width), float("-inf"), device=ids.device)
         for i, o in enumerate(options):
             scores[i, : len(o)] = logits[i, o].float()
         if req.temperature > 0:
-            return torch.multinomial(torch.softmax(scores / req.temperature, dim=-1), 1).squeeze(1).tolist()
-        return scores.argmax(dim=-1).tolist()
+            picks = torch.multinomial(torch.softmax(scores / req.temperature, dim=-1), 1).squeeze(1).tolist()
+        else:
+            picks = scores.argmax(dim=-1).tolist()
+        return picks, out.cache
 
     def _pad(self, rows: list[list[int]], device: torch.device | str):
         """Token rows of different lengths as a left-padded batch and its attention mask."""
