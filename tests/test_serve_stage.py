@@ -190,11 +190,11 @@ def test_judge_single_with_a_given_scenario(http):
     assert reply.status_code == 200, reply.text
     out = reply.json()
     assert set(out) == {
-        "kind", "scenario", "scenario_source", "score", "winner", "rationale", "output", "parsed",
+        "kind", "scenario", "scenario_source", "score", "scale", "winner", "rationale", "output", "parsed",
         "error", "consistent", "orders",
     }  # fmt: skip
     assert (out["kind"], out["scenario"], out["scenario_source"]) == ("single", "close_qa", "given")
-    assert out["parsed"] and out["error"] is None and out["winner"] is None
+    assert out["parsed"] and out["error"] is None and out["winner"] is None and out["scale"] == "1-5"
     assert out["score"] in range(1, 6) and out["output"].startswith(f"{SCORE_OPENING}{out['score']}]]")
 
 
