@@ -139,9 +139,9 @@ output "storage_root" {{
 def bucket_on_moto(tf_env, tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 on a free loopback port, and the bucket module being applied to it.
 
-    The apply runs in a background thread from the first test of this file on: the aws provider
-    waits about a minute for S3 lifecycle rules to read back steadily (it expects eventual
-    consistency), time the other terraform tests use meanwhile.
+    The apply runs in a background thread: the aws provider waits about a minute for S3 lifecycle
+    rules to read back steadily (it expects eventual consistency). Only the slow apply test uses
+    it, so `make test` (which leaves that test out) starts neither moto nor the apply.
     """
     if TERRAFORM is None or not (MIRROR / "registry.terraform.io").is_dir():
         yield None
@@ -166,10 +166,6 @@ def bucket_on_moto(tf_env, tmp_path_factory: pytest.TempPathFactory):
         )  # fmt: skip
         yield {"applied": pool.submit(apply), "work": work, "s3": client}
     server.stop()
-
-
-# Start the apply at this file's first test (see bucket_on_moto).
-pytestmark = pytest.mark.usefixtures("bucket_on_moto")
 
 
 @pytest.mark.slow
