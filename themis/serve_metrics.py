@@ -33,6 +33,14 @@ class JudgeMetrics:
         self.disagreements = Counter(
             "themis_judge_dual_order_disagreements", description="Pairs whose two orders disagree."
         )
+        self.batch_sizes = Histogram(
+            "themis_judge_engine_batch_size",
+            description="Generations per engine call (how full batching keeps the engine).",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+
+    def batch_size(self, size: int) -> None:
+        self.batch_sizes.observe(size)
 
     @contextmanager
     def observe(self, route: str, kind: str):

@@ -16,6 +16,8 @@ has a deadline (transformers stops at ``max_time``; the request fails with 504 e
 replica whose engine call overruns it fails its health check, so Serve replaces it; a batch whose
 engine call fails is retried one request at a time, so only the request at fault fails; Serve's
 bounded queue answers 503 with Retry-After; cancelled requests leave their batch before it runs.
+Batching: ``themis.batcher`` forms each engine batch when the engine is free, so under load every
+call is full.
 
 Ports: HTTP binds ``serve.host``; Serve's gRPC proxy is not started (no servicers). Each replica's
 inter-deployment gRPC server binds ``[::]:0`` in Ray 2.60 (hard-coded in ray/serve/_private/
@@ -44,6 +46,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from themis.batcher import EngineBatcher
 from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, load_config
 from themis.engines import Engine, build_engine
 from themis.engines.base import GenerationRequest, GenerationResult
@@ -206,9 +209,10 @@ class JudgeServer:
         self.metrics = JudgeMetrics()
         self.watch = EngineWatch(self.limits.generation_deadline_s + self.limits.health_grace_s)
         self._engine_lock = threading.Lock()  # one engine call at a time, even after a timeout
-        # The only place the batch size is set: from serve.batch_size.
-        self._batch = serve.batch(max_batch_size=serve_cfg.batch_size, batch_wait_timeout_s=serve_cfg.batch_wait_s)(
-            self._run_batch
+        # The only place the batch size is set: from serve.batch_size. Batches form when the engine
+        # is free (themis.batcher says why not @serve.batch).
+        self._batcher = EngineBatcher(
+            self._run_batch, serve_cfg.batch_size, serve_cfg.batch_wait_s, on_batch=self.metrics.batch_size
         )
         api.state.guard = GuardSettings(frozenset(key_hashes), self.limits.max_body_bytes)
 
@@ -251,7 +255,7 @@ class JudgeServer:
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
         """One generation through the batcher, once its prompt is known to fit."""
         self._check_prompt(request)
-        result = await self._batch(request)
+        result = await self._batcher.submit(request)
         if result.error and result.error.startswith("deadline"):
             raise ApiError(504, "generation did not finish within the deadline", "timeout", type="server_error")
         return result

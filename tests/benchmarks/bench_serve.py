@@ -35,9 +35,13 @@ from themis.judging import judge_request  # noqa: E402
 
 CLIENTS = (1, 8, 32)
 BATCH = 8
-CPUS = 2  # the replica's CPUs and torch threads; the in-process ceiling uses as many
+# The replica's CPUs and torch threads; the in-process ceiling uses as many. One of this machine's two
+# cores: the other serves the HTTP proxy and the load generator, which a replica with two torch
+# threads would fight for (its engine then runs ~1.5x slower than alone). BENCH_CPUS=2 to compare.
+CPUS = int(os.environ.get("BENCH_CPUS", "1"))
 # Requests per run at each client count, per model (SmolLM2 is ~20x slower than the tiny model).
 REQUESTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 3, 8: 16, 32: 32}}
+CEILING_REQUESTS = {"tiny": 64, "smollm2": 32}  # full batches of BATCH, in one engine call
 MAX_TOKENS = {"tiny": 32, "smollm2": 16}
 if os.environ.get("BENCH_QUICK"):
     REQUESTS = {name: {c: max(c, n // 4) for c, n in runs.items()} for name, runs in REQUESTS.items()}
@@ -153,9 +157,8 @@ def main() -> None:
     from themis.stages.serve import free_port
 
     found = models()
-    ceilings = {
-        name: engine_ceiling(path, (1 if os.environ.get("BENCH_QUICK") else 4) * BATCH) for name, path in found.items()
-    }
+    quick = 4 if os.environ.get("BENCH_QUICK") else 1
+    ceilings = {name: engine_ceiling(path, max(BATCH, CEILING_REQUESTS[name] // quick)) for name, path in found.items()}
     for name, rps in ceilings.items():
         print(f"{name:8} engine alone, full batches of {BATCH}: {rps:7.2f} req/s", flush=True)
     init_ray(RayConfig(num_cpus=CPUS, object_store_memory_mb=400))
