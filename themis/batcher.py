@@ -52,10 +52,6 @@ class EngineBatcher(Generic[Item, Result]):
         self._queue.put_nowait((item, future))
         return await future
 
-    def pending(self) -> int:
-        """Requests waiting for a batch (not counting the running one)."""
-        return self._queue.qsize() if self._queue else 0
-
     async def _serve_forever(self) -> None:
         while True:
             batch = await self._next_batch()

@@ -271,8 +271,7 @@ class JudgeServer:
         limit = prompt_token_limit(self.limits, self.context, request.max_tokens)
         if self.counter is None:
             return  # an engine without a tokenizer checks its own context
-        text_chars = sum(len(m["content"]) for m in request.messages) + len(request.prefix)
-        if text_chars > limit * CHARS_PER_TOKEN_CAP:
+        if request.text_chars > limit * CHARS_PER_TOKEN_CAP:
             raise _prompt_too_long(f"over {limit}", limit)
         try:
             n = len(

@@ -31,6 +31,11 @@ class GenerationRequest:
     choices: tuple[str, ...] = field(default_factory=tuple)
     closing: str = ""  # forced right after the chosen choice, e.g. "]]"
 
+    @property
+    def text_chars(self) -> int:
+        """Characters of the messages and the forced prefix (a cheap measure of prompt length)."""
+        return sum(len(m["content"]) for m in self.messages) + len(self.prefix)
+
 
 @dataclass(frozen=True)
 class GenerationResult:

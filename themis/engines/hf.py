@@ -42,7 +42,7 @@ class TransformersEngine:
         results: list[GenerationResult | None] = [None] * len(requests)
         # Rows of similar length share a batch, so short prompts are not padded to long ones (on a
         # CPU the prompt is most of a judge call's cost).
-        order = sorted(range(len(requests)), key=lambda i: (_sampling_key(requests[i]), _prompt_chars(requests[i])))
+        order = sorted(range(len(requests)), key=lambda i: (_sampling_key(requests[i]), requests[i].text_chars))
         for _, group in groupby(order, key=lambda i: _sampling_key(requests[i])):
             idx = list(group)
             for start in range(0, len(idx), self.cfg.batch_size):
@@ -176,10 +176,6 @@ def _next_tokens(seqs: dict[tuple[int, ...], str], picked: tuple[int, ...]) -> l
     n = len(picked)
     nxt = sorted({s[n] for s in seqs if len(s) > n and s[:n] == picked})
     return [*nxt, None] if picked in seqs else list(nxt)
-
-
-def _prompt_chars(r: GenerationRequest) -> int:
-    return sum(len(m["content"]) for m in r.messages) + len(r.prefix)
 
 
 def _sampling_key(r: GenerationRequest) -> tuple:
