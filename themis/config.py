@@ -806,8 +806,13 @@ class ServeConfig(Strict):
     cpus_per_replica: float = Field(1.0, gt=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     sampling: Sampling = Sampling(max_tokens=96)
-    batch_size: int = Field(8, ge=1, description="Requests per engine call (@serve.batch), set once here.")
-    batch_wait_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    batch_size: int = Field(8, ge=1, description="Requests per engine call (themis.batcher), set once here.")
+    batch_wait_s: float = Field(0.01, ge=0, description="How long an idle engine waits for a batch to fill.")
+    engine_process: bool = Field(
+        True,
+        description="Run the transformers engine in a child process of each replica, so Serve's request "
+        "handling never holds its GIL and an overrunning call is killed (vLLM has its own engine process).",
+    )
     vllm: ServeVLLMConfig = ServeVLLMConfig()
     both_orders: bool = Field(False, description="Default of /v1/judge's both_orders for pairs.")
     limits: ServeLimits = ServeLimits()

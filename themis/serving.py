@@ -11,9 +11,11 @@ and check each prompt's tokens before it joins a batch, which ray.serve.llm's Op
 do, and one deployment keeps both engines on the same routes, limits and metrics). The engine is
 made by ``engine_factory(serve_cfg, model_source)``, so CPU tests run real Serve on a fake engine.
 
-Isolation: every prompt is counted before it joins a batch (413 beyond the limit); an engine call
-has a deadline (transformers stops at ``max_time``; the request fails with 504 either way) and a
-replica whose engine call overruns it fails its health check, so Serve replaces it; a batch whose
+Isolation: the transformers engine runs in a child process (``themis.engines.process``), so
+Serve's request handling never holds its GIL, and a call that overruns is killed with its process.
+Every prompt is counted before it joins a batch (413 beyond the limit); an engine call has a
+deadline (transformers stops at ``max_time``; the request fails with 504 either way) and a replica
+whose engine call overruns it anyway fails its health check, so Serve replaces it; a batch whose
 engine call fails is retried one request at a time, so only the request at fault fails; Serve's
 bounded queue answers 503 with Retry-After; cancelled requests leave their batch before it runs.
 Batching: ``themis.batcher`` forms each engine batch when the engine is free, so under load every
@@ -48,9 +50,10 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from themis.batcher import EngineBatcher
-from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, load_config
+from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, TransformersEngineConfig, load_config
 from themis.engines import Engine, build_engine
 from themis.engines.base import GenerationRequest, GenerationResult
+from themis.engines.process import EngineProcess
 from themis.judge_api import (
     ApiError,
     BatchItemError,
@@ -89,6 +92,9 @@ FORCED_TOKENS = 8  # room for a forced verdict choice and its closing after the 
 # thread; at Python's default 5 ms it waited (tiny model on CPU: a batch of 8 took 761 ms in the
 # replica, 657 ms at 0.5 ms; alone, 530 ms).
 GIL_SWITCH_INTERVAL_S = 0.0005
+# A child engine process still busy this long after its deadline is killed (and replaced at the next
+# call), well before the health check's grace runs out.
+ENGINE_KILL_MARGIN_S = 2.0
 CHARS_PER_TOKEN_CAP = 32  # a prompt this many times longer in characters than allowed is refused uncounted
 logger = logging.getLogger("ray.serve")  # Serve's replica logs carry each request's id
 
@@ -124,8 +130,14 @@ async def _too_deep(_: Request, __: RecursionError) -> JSONResponse:
 
 
 def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
-    """The default engine hook: fetch the model on this node, build the configured engine."""
-    return build_engine(serve_engine_config(serve_cfg, str(model.fetch())))
+    """The default engine hook: fetch the model on this node, build the configured engine (a
+    transformers engine in a child process unless ``serve.engine_process`` is off)."""
+    path = str(model.fetch())
+    engine_cfg = serve_engine_config(serve_cfg, path)
+    if isinstance(engine_cfg, TransformersEngineConfig) and serve_cfg.engine_process:
+        deadline = serve_cfg.limits.generation_deadline_s
+        return EngineProcess(engine_cfg, path, call_timeout_s=deadline + ENGINE_KILL_MARGIN_S, deadline_s=deadline)
+    return build_engine(engine_cfg)
 
 
 # --- engine facts the limits need --------------------------------------------------------------
@@ -160,11 +172,11 @@ def counting_tokenizer(engine: Engine) -> Any:
 
 
 def set_generation_deadline(engine: Engine, seconds: float) -> None:
-    """Make a transformers model stop generating after ``seconds`` (its generation config's
-    ``max_time``); vLLM bounds a request by its max_tokens and the prompt checks instead."""
-    generation_config = getattr(getattr(engine, "model", None), "generation_config", None)
-    if generation_config is not None and hasattr(generation_config, "max_time"):
-        generation_config.max_time = seconds
+    """Make an engine that can stop itself stop after ``seconds`` (transformers' ``max_time``); vLLM
+    bounds a request by its max_tokens and the prompt checks instead."""
+    set_deadline = getattr(engine, "set_deadline", None)
+    if set_deadline is not None:
+        set_deadline(seconds)
 
 
 class EngineWatch:

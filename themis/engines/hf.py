@@ -154,6 +154,10 @@ class TransformersEngine:
                 mask[i, width - len(r) :] = 1
         return ids.to(device), mask.to(device)
 
+    def set_deadline(self, seconds: float) -> None:
+        """Stop generating after ``seconds`` (the generation config's ``max_time``)."""
+        self.model.generation_config.max_time = seconds
+
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied, ready for the assistant's reply."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
