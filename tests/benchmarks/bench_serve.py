@@ -4,9 +4,10 @@ For the tiny random model and SmolLM2-135M on CPU, in one run: requests/s and p5
 ``POST /v1/judge`` at 1, 8 and 32 concurrent clients, with batching on (``serve.batch_size``) and
 with batch size 1, on a real local Ray Serve; and the ceiling, the same engine called in-process
 with full batches of the same requests. Clients are asyncio + aiohttp in this process (the cheapest
-client measured on these machines). The batched 32-client run is repeated, each time right after a
-ceiling measurement, because this shared box's speed drifts by up to 1.5x between minutes: each
-pair's ratio compares like with like, and the headline is the median pair. Ends with one line:
+client measured on these machines). The batched 32-client run is repeated between ceiling
+measurements (ceiling, run, ceiling, run, ..., ceiling), because this shared box's speed drifts by
+up to 1.5x between minutes: each run is compared with the mean of the ceilings just before and just
+after it, and the headline is the median of those ratios. Ends with one line:
 
     RESULT endpoint_over_engine=<x> batched_over_unbatched=<x> p99_ms_32=<ms>
 
@@ -44,7 +45,7 @@ CPUS = int(os.environ.get("BENCH_CPUS", "1"))
 # Requests per run at each client count, per model (SmolLM2 is ~20x slower than the tiny model).
 REQUESTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 3, 8: 16, 32: 32}}
 CEILING_REQUESTS = {"tiny": 64, "smollm2": 32}  # full batches of BATCH, in one engine call
-PAIRS = {"tiny": 3, "smollm2": 1}  # (ceiling, endpoint at 32 clients) pairs; the median pair counts
+PAIRS = {"tiny": 5, "smollm2": 1}  # batched 32-client runs, each between two ceilings; the median counts
 MAX_TOKENS = {"tiny": 32, "smollm2": 16}
 if os.environ.get("BENCH_QUICK"):
     REQUESTS = {name: {c: max(c, n // 4) for c, n in runs.items()} for name, runs in REQUESTS.items()}
@@ -123,9 +124,10 @@ async def load(url: str, clients: int, n: int) -> tuple[float, float, float, int
     return n / seconds, statistics.median(latencies), q[98], errors
 
 
-def bench_endpoint(model: str, name: str, port: int, ceiling: Ceiling) -> tuple[dict, list[tuple[float, float]]]:
+def bench_endpoint(model: str, name: str, port: int, ceiling: Ceiling) -> tuple[dict, list[tuple[float, tuple]]]:
     """Deploy with batching and with batch size 1; load each at every client count. Returns the
-    runs (for the batched 32-client run, the median pair's) and the pairs (ceiling requests/s, run)."""
+    runs (for the batched 32-client run, the median pair's) and the pairs (the mean requests/s of
+    the ceilings just before and after a batched 32-client run, that run)."""
     from ray import serve
 
     from themis.serving import build_app
@@ -142,15 +144,22 @@ def bench_endpoint(model: str, name: str, port: int, ceiling: Ceiling) -> tuple[
                 out[batch, clients] = run = asyncio.run(load(url, clients, REQUESTS[name][clients]))
                 _print_run(name, batch, clients, run)
                 continue
+            before = _measure_ceiling(name, ceiling)
             for _ in range(PAIRS[name]):
-                engine_rps = ceiling.measure()
-                print(f"{name:8} engine alone, full batches of {BATCH}: {engine_rps:7.2f} req/s", flush=True)
                 run = asyncio.run(load(url, clients, REQUESTS[name][clients]))
                 _print_run(name, batch, clients, run)
-                pairs.append((engine_rps, run))
+                after = _measure_ceiling(name, ceiling)
+                pairs.append(((before + after) / 2, run))
+                before = after
             out[batch, clients] = median_pair(pairs)[1]
         serve.delete("bench")
     return out, pairs
+
+
+def _measure_ceiling(name: str, ceiling: Ceiling) -> float:
+    rps = ceiling.measure()
+    print(f"{name:8} engine alone, full batches of {BATCH}: {rps:7.2f} req/s", flush=True)
+    return rps
 
 
 def median_pair(pairs: list[tuple[float, tuple]]) -> tuple[float, tuple]:
