@@ -62,20 +62,19 @@ def test_a_killed_child_fails_its_call_and_is_replaced_at_the_next(engine):
     assert engine.restarts == restarts + 1
 
 
-def test_jam_a_call_past_its_timeout_is_killed_with_its_child(tiny_model_dir):
-    process = EngineProcess(_cfg(tiny_model_dir), tiny_model_dir, call_timeout_s=0.001)
+def test_jam_a_call_past_its_timeout_is_killed_with_its_child(engine):
+    pid, restarts, timeout = engine._child.pid, engine.restarts, engine.call_timeout_s
+    engine.call_timeout_s = 0.001
     try:
-        pid = process._child.pid
         started = time.monotonic()
-        results = process.generate([GenerationRequest(messages=[{"role": "user", "content": "x"}], max_tokens=512)])
-        assert time.monotonic() - started < 5
-        assert results[0].error.startswith("deadline")
-        with pytest.raises(ProcessLookupError):  # the child is gone: it no longer uses the CPU
-            os.kill(pid, 0)
-        process.call_timeout_s = 60
-        assert process.generate(REQUESTS[:1])[0].ok and process.restarts == 1
+        results = engine.generate([GenerationRequest(messages=[{"role": "user", "content": "x"}], max_tokens=512)])
     finally:
-        process.close()
+        engine.call_timeout_s = timeout
+    assert time.monotonic() - started < 5
+    assert results[0].error.startswith("deadline")
+    with pytest.raises(ProcessLookupError):  # the child is gone: it no longer uses the CPU
+        os.kill(pid, 0)
+    assert engine.generate(REQUESTS[:1])[0].ok and engine.restarts == restarts + 1
 
 
 def test_a_child_that_cannot_start_says_why(tiny_model_dir, tmp_path):
