@@ -92,9 +92,6 @@ FORCED_TOKENS = 8  # room for a forced verdict choice and its closing after the 
 # thread; at Python's default 5 ms it waited (tiny model on CPU: a batch of 8 took 761 ms in the
 # replica, 657 ms at 0.5 ms; alone, 530 ms).
 GIL_SWITCH_INTERVAL_S = 0.0005
-# A child engine process still busy this long after its deadline is killed (and replaced at the next
-# call), well before the health check's grace runs out.
-ENGINE_KILL_MARGIN_S = 2.0
 CHARS_PER_TOKEN_CAP = 32  # a prompt this many times longer in characters than allowed is refused uncounted
 logger = logging.getLogger("ray.serve")  # Serve's replica logs carry each request's id
 
@@ -135,8 +132,7 @@ def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
     path = str(model.fetch())
     engine_cfg = serve_engine_config(serve_cfg, path)
     if isinstance(engine_cfg, TransformersEngineConfig) and serve_cfg.engine_process:
-        deadline = serve_cfg.limits.generation_deadline_s
-        return EngineProcess(engine_cfg, path, call_timeout_s=deadline + ENGINE_KILL_MARGIN_S, deadline_s=deadline)
+        return EngineProcess(engine_cfg, path)
     return build_engine(engine_cfg)
 
 
@@ -172,8 +168,9 @@ def counting_tokenizer(engine: Engine) -> Any:
 
 
 def set_generation_deadline(engine: Engine, seconds: float) -> None:
-    """Make an engine that can stop itself stop after ``seconds`` (transformers' ``max_time``); vLLM
-    bounds a request by its max_tokens and the prompt checks instead."""
+    """Make an engine that can stop itself stop after ``seconds`` (transformers' ``max_time``; an
+    engine process also kills a call that overruns it); vLLM bounds a request by its max_tokens
+    and the prompt checks instead."""
     set_deadline = getattr(engine, "set_deadline", None)
     if set_deadline is not None:
         set_deadline(seconds)

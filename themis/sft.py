@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from themis.config import TrainConfig
+from themis.engines.base import render_chat_prompt
 
 IGNORE = -100  # the label id Hugging Face's cross-entropy skips
 PROMPT, SCORE, RATIONALE = 0, 1, 2  # token kinds: not a target, score/format, rationale
@@ -41,7 +42,7 @@ def build_example(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: i
     """
     if len(messages) < 2 or messages[-1].get("role") != "assistant":
         raise ValueError("a training chat needs at least one prompt message and a final assistant one")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = render_chat_prompt(tokenizer, messages[:-1])
     content = messages[-1]["content"]
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids, kinds = _target_tokens(tokenizer, content)

@@ -51,6 +51,12 @@ class GenerationResult:
         return self.error is None
 
 
+def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The tokenizer's chat template applied, ready for the assistant's reply: what every local
+    engine generates from, what the endpoint counts, and the prompt the train stage learns from."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class Engine(Protocol):
     """Generates one result per request, in the order given."""
 

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from themis.config import TransformersEngineConfig
-from themis.engines.base import GenerationRequest, GenerationResult
+from themis.engines.base import GenerationRequest, GenerationResult, render_chat_prompt
 from themis.models import resolve_model
 
 
@@ -160,7 +160,7 @@ class TransformersEngine:
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied, ready for the assistant's reply."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat_prompt(self.tokenizer, messages)
 
 
 def _choice_tokens(tokenizer, choices: Sequence[str], stop: int) -> dict[tuple[int, ...], str]:

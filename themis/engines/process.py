@@ -24,12 +24,14 @@ import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from themis.config import TransformersEngineConfig
-from themis.engines.base import GenerationRequest, GenerationResult
+from themis.engines.base import GenerationRequest, GenerationResult, render_chat_prompt
 
 START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
+# A call still running this long after its deadline is killed with the child (generation itself
+# stops at the deadline; this covers a single step that never returns).
+KILL_MARGIN_S = 2.0
 
 
 class EngineProcessError(RuntimeError):
@@ -61,9 +63,14 @@ class EngineProcess:
         self._child: subprocess.Popen | None = None
         self._start()
 
+    def set_deadline(self, seconds: float) -> None:
+        """Stop generating after ``seconds`` (sent to the child's engine with the next call), and
+        kill a call still running ``KILL_MARGIN_S`` later."""
+        self.deadline_s, self.call_timeout_s = seconds, seconds + KILL_MARGIN_S
+
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied, ready for the assistant's reply (as the engine renders it)."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat_prompt(self.tokenizer, messages)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request; a child that dies or overruns fails this call's rows only (and
@@ -73,7 +80,7 @@ class EngineProcess:
                 self.restarts += 1
                 self._start()
             try:
-                self._send.send(list(requests))
+                self._send.send((list(requests), self.deadline_s))
                 if not self._recv.poll(self.call_timeout_s):
                     self._stop()
                     return [GenerationResult(error="deadline: generation did not finish in time")] * len(requests)
@@ -107,7 +114,7 @@ class EngineProcess:
         os.close(from_child_w)
         self._send = Connection(to_child_w, readable=False)
         self._recv = Connection(from_child_r, writable=False)
-        self._send.send((self.cfg, self.model_path, self.deadline_s))
+        self._send.send((self.cfg, self.model_path))
         if not self._recv.poll(START_TIMEOUT_S):
             self._stop()
             raise EngineProcessError(f"the engine process did not start within {START_TIMEOUT_S:.0f}s")
@@ -132,23 +139,25 @@ class EngineProcess:
 
 def _serve(recv: Connection, send: Connection) -> None:
     """The child: build the engine, then answer ``generate`` calls until the parent goes away."""
-    cfg, model_path, deadline_s = recv.recv()
+    cfg, model_path = recv.recv()
     try:
         from themis.engines import build_engine
 
         engine = build_engine(cfg, model_path)
-        if deadline_s is not None:
-            engine.set_deadline(deadline_s)
     except Exception as exc:  # reported to the parent, which raises it where the replica starts
         send.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     send.send(("ready", None))
+    applied_deadline = None
     while True:
         try:
-            requests: Any = recv.recv()
+            requests, deadline_s = recv.recv()
         except EOFError:  # the parent closed the pipe or died: nothing more to do
             return
         try:
+            if deadline_s is not None and deadline_s != applied_deadline:
+                engine.set_deadline(deadline_s)
+                applied_deadline = deadline_s
             send.send(("ok", engine.generate(requests)))
         except Exception as exc:  # the engine's own handling missed it: the parent raises it
             send.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from themis.config import VLLMEngineConfig
-from themis.engines.base import GenerationRequest, GenerationResult
+from themis.engines.base import GenerationRequest, GenerationResult, render_chat_prompt
 from themis.models import resolve_model
 
 
@@ -70,7 +70,7 @@ class VLLMEngine:
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied, ready for the assistant's reply."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat_prompt(self.tokenizer, messages)
 
     def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         jobs = [self._prepare(r) for r in batch]
