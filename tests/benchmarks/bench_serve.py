@@ -45,7 +45,7 @@ CPUS = int(os.environ.get("BENCH_CPUS", "1"))
 # Requests per run at each client count, per model (SmolLM2 is ~20x slower than the tiny model).
 REQUESTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 3, 8: 16, 32: 32}}
 CEILING_REQUESTS = {"tiny": 64, "smollm2": 32}  # full batches of BATCH, in one engine call
-PAIRS = {"tiny": 5, "smollm2": 1}  # batched 32-client runs, each between two ceilings; the median counts
+PAIRS = {"tiny": 7, "smollm2": 1}  # batched 32-client runs, each between two ceilings; the median counts
 MAX_TOKENS = {"tiny": 32, "smollm2": 16}
 if os.environ.get("BENCH_QUICK"):
     REQUESTS = {name: {c: max(c, n // 4) for c, n in runs.items()} for name, runs in REQUESTS.items()}
