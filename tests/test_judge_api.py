@@ -417,7 +417,13 @@ def test_deployment_options_are_explicit():
         "max_replicas": 3,
         "target_ongoing_requests": 2,
     }
-    assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
+    assert opts["ray_actor_options"] == {
+        "num_cpus": 2,
+        "num_gpus": 0.5,
+        "runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}},  # request logs to files only
+    }
+    console = deployment_options(cfg.model_copy(update={"log_to_console": True}))
+    assert console["ray_actor_options"]["runtime_env"] == {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "1"}}
     assert opts["max_ongoing_requests"] >= 16  # a batch running and one filling
     assert opts["max_queued_requests"] == cfg.limits.max_queued_requests
     assert opts["backpressure_config"] == {"status_code": 503, "retry_after_s": cfg.limits.retry_after_s}

@@ -813,6 +813,12 @@ class ServeConfig(Strict):
         description="Run the transformers engine in a child process of each replica, so Serve's request "
         "handling never holds its GIL and an overrunning call is killed (vLLM has its own engine process).",
     )
+    log_to_console: bool = Field(
+        False,
+        description="Also stream each replica's request logs (access and verdict lines, with request ids) "
+        "to the driver's console. They always go to Serve's log files; streaming them through Ray's log "
+        "monitor costs more CPU per request than the HTTP proxy does.",
+    )
     vllm: ServeVLLMConfig = ServeVLLMConfig()
     both_orders: bool = Field(False, description="Default of /v1/judge's both_orders for pairs.")
     limits: ServeLimits = ServeLimits()

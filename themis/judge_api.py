@@ -455,5 +455,10 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {
             "num_cpus": serve_cfg.cpus_per_replica,
             "num_gpus": serve_cfg.gpus_per_replica,
+            # Serve's own switch (read when the replica imports Serve). Off, request lines still reach
+            # the replica's log file under logs/serve/, but not stderr, which Ray's log monitor
+            # tails and ships to the driver: with the tiny model on 2 cores that cost 3.5 ms of
+            # replica CPU per request and 6 ms more in the proxy, the log monitor and the GCS.
+            "runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "1" if serve_cfg.log_to_console else "0"}},
         },
     }
