@@ -61,13 +61,14 @@ def main() -> None:
 
     model = build_tiny_model(work / "model")
     cfg, store = _setup(work, model, args.steps)
-    before = _run_bare(work, cfg, store, args.steps)
+    shard = _bare_shard(work, cfg, store)
+    before = _run_bare(work, cfg, shard, args.steps)
     ours = _run_ours(cfg, store)
-    beside_ray = _run_bare(work, cfg, store, args.steps)
+    beside_ray = _run_bare(work, cfg, shard, args.steps)
     import ray
 
     ray.shutdown()  # the bare side proper gets the machine to itself, as ours did
-    after = _run_bare(work, cfg, store, args.steps)
+    after = _run_bare(work, cfg, shard, args.steps)
     bare = {key: (before[key] + after[key]) / 2 for key in before}
     ratio = bare["s_per_step"] / ours["s_per_step"]
     rows = (
@@ -132,10 +133,10 @@ def _run_ours(cfg, store) -> dict[str, float]:
     return _figures(summary["step_seconds"], summary["first_step_at"] - started, summary["train_loss"])
 
 
-def _run_bare(work: Path, cfg, store, steps: int) -> dict[str, float]:
+def _run_bare(work: Path, cfg, shard: Path, steps: int) -> dict[str, float]:
     settings = {
         "train": cfg.train.model_dump(),
-        "shard": str(_bare_shard(work, cfg, store)),
+        "shard": str(shard),
         "seed": cfg.run.seed,
         "steps": steps,
         "pad_id": _pad_id(cfg.train.base_model),
@@ -166,10 +167,9 @@ def _bare_shard(work: Path, cfg, store) -> Path:
     from themis.train_data import _tokenize_batch
 
     folder = work / "bare-shard"
-    if not folder.exists():
-        table = pq.read_table(store.read_path("dataset/train.parquet"), columns=["example_id", "messages"])
-        folder.mkdir()
-        pq.write_table(_tokenize_batch(table, cfg.train.base_model, cfg.train.max_seq_len), folder / "train.parquet")
+    folder.mkdir()
+    table = pq.read_table(store.read_path("dataset/train.parquet"), columns=["example_id", "messages"])
+    pq.write_table(_tokenize_batch(table, cfg.train.base_model, cfg.train.max_seq_len), folder / "train.parquet")
     return folder
 
 
