@@ -62,6 +62,13 @@ class RayConfig(Strict):
     )
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None = all of the machine.")
     object_store_memory_mb: int = Field(512, ge=75, description="Object store size for a local Ray.")
+    workers_first: bool = Field(
+        True,
+        description="On a local Ray: Ray's workers (the stage's compute) at normal priority and Ray's own "
+        "processes (GCS, raylet, dashboard, agents, log monitor) at nice 10. Ray's default is the reverse "
+        "(workers at nice 15), so on a small machine every wake-up of a daemon preempts training or "
+        "serving. False keeps Ray's default.",
+    )
 
 
 class Sampling(Strict):

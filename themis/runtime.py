@@ -2,7 +2,8 @@
 
 Ray is started once per process. A job submitted with ``ray job submit`` (RAY_ADDRESS set) or a
 config with ``ray.address: auto`` joins the cluster; otherwise a private local Ray starts with the
-settings a small machine needs (loopback only, no usage stats, fast Ray Train health checks).
+settings a small machine needs (loopback only, no usage stats, fast Ray Train health checks, the
+stage's workers ahead of Ray's own daemons for the CPU).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import sys
 from typing import Any
+
+import psutil
 
 from themis.config import RayConfig
 
@@ -28,6 +32,11 @@ LOCAL_ENV = {
     # machine two do the job, without a dozen process starts per stage.
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
 }
+
+# Ray starts its workers at nice 15 so that its daemons stay responsive on a busy node; on a small
+# machine that lets each daemon wake-up preempt the stage's compute (ray.workers_first reverses it).
+WORKER_NICENESS = "RAY_worker_niceness"
+DAEMON_NICENESS = 10  # below the workers, but not starved: ~10% of a core against a busy worker
 
 PACKAGES = ("themis-judge", "ray", "torch", "deepspeed", "transformers", "pyarrow", "pydantic", "scipy", "scikit-learn")
 
@@ -54,7 +63,10 @@ def init_ray(cfg: RayConfig) -> None:
 def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
     """A private local Ray. Ray gives its raylet a fixed 30 s to register, which a machine busy
     with other work can miss: start again before giving up."""
+    if cfg.workers_first:
+        os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet it starts, for every worker
     for attempt in range(1, attempts + 1):
+        before = {child.pid for child in psutil.Process().children()}
         try:
             ray.init(
                 address="local",
@@ -64,12 +76,61 @@ def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
                 log_to_driver=True,
             )
+            if cfg.workers_first:
+                _lower_ray_daemons(before)
             return
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == attempts:
                 raise
             ray.shutdown()
             print(f"[themis] local Ray did not start in time (attempt {attempt} of {attempts}); starting it again")
+
+
+def _lower_ray_daemons(children_before: set[int]) -> None:
+    """Put the processes Ray just started for itself at nice DAEMON_NICENESS: every thread of the
+    GCS, dashboard (its heads, forked later from threads set here, inherit it), log monitor,
+    autoscaler monitor and the raylet's agents. Not the raylet: the workers it forks inherit its
+    priority, and Ray only ever adds to it. Lowering one's own priority needs no privilege."""
+    started = [p for p in psutil.Process().children() if p.pid not in children_before]
+    daemons = []
+    for proc in started:
+        if _is_raylet(proc):
+            daemons += [c for c in _children(proc) if "agent" in " ".join(_cmdline(c)).lower()]
+        else:
+            daemons += [proc, *_children(proc, recursive=True)]
+    for proc in daemons:
+        for thread_id in _thread_ids(proc):
+            try:
+                os.setpriority(os.PRIO_PROCESS, thread_id, DAEMON_NICENESS)  # one thread on Linux
+            except (ProcessLookupError, PermissionError):
+                pass  # a thread that has just ended; priority is a speed matter, never a correctness one
+
+
+def _is_raylet(proc: Any) -> bool:
+    cmdline = _cmdline(proc)
+    return bool(cmdline) and os.path.basename(cmdline[0]) == "raylet"
+
+
+def _cmdline(proc: Any) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _children(proc: Any, recursive: bool = False) -> list[Any]:
+    try:
+        return proc.children(recursive=recursive)
+    except psutil.Error:
+        return []
+
+
+def _thread_ids(proc: Any) -> list[int]:
+    """Every thread of the process (Linux sets priority per thread), or the process (macOS)."""
+    try:
+        return [t.id for t in proc.threads()] if sys.platform.startswith("linux") else [proc.pid]
+    except psutil.Error:
+        return []
 
 
 def _quiet_ray_data() -> None:
