@@ -26,13 +26,9 @@ def test_local_ray_runs_workers_at_normal_priority_and_its_daemons_below(ray_loc
 
     gcs = _ray_processes("gcs_server")
     assert gcs, "no GCS process found under this test process"
-    assert {thread_nice(t.id) for t in gcs[0].threads()} == {DAEMON_NICENESS}
+    assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in gcs[0].threads()} == {DAEMON_NICENESS}
     raylet = _ray_processes("raylet")
     assert raylet and raylet[0].nice() == 0, "the raylet keeps its priority: the workers it forks inherit it"
-
-
-def thread_nice(thread_id: int) -> int:
-    return os.getpriority(os.PRIO_PROCESS, thread_id)
 
 
 def test_workers_first_off_leaves_rays_default_niceness(monkeypatch) -> None:

@@ -65,7 +65,8 @@ class RayConfig(Strict):
     workers_first: bool = Field(
         True,
         description="On a local Ray: Ray's workers (the stage's compute) at normal priority and Ray's own "
-        "processes (GCS, raylet, dashboard, agents, log monitor) at nice 10. Ray's default is the reverse "
+        "processes (GCS, dashboard, agents, log monitor; not the raylet, whose priority its workers inherit) "
+        "at nice 10. Ray's default is the reverse "
         "(workers at nice 15), so on a small machine every wake-up of a daemon preempts training or "
         "serving. False keeps Ray's default.",
     )

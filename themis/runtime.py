@@ -92,13 +92,7 @@ def _lower_ray_daemons(children_before: set[int]) -> None:
     autoscaler monitor and the raylet's agents. Not the raylet: the workers it forks inherit its
     priority, and Ray only ever adds to it. Lowering one's own priority needs no privilege."""
     started = [p for p in psutil.Process().children() if p.pid not in children_before]
-    daemons = []
-    for proc in started:
-        if _is_raylet(proc):
-            daemons += [c for c in _children(proc) if "agent" in " ".join(_cmdline(c)).lower()]
-        else:
-            daemons += [proc, *_children(proc, recursive=True)]
-    for proc in daemons:
+    for proc in _ray_daemons(started):
         for thread_id in _thread_ids(proc):
             try:
                 os.setpriority(os.PRIO_PROCESS, thread_id, DAEMON_NICENESS)  # one thread on Linux
@@ -106,23 +100,17 @@ def _lower_ray_daemons(children_before: set[int]) -> None:
                 pass  # a thread that has just ended; priority is a speed matter, never a correctness one
 
 
-def _is_raylet(proc: Any) -> bool:
-    cmdline = _cmdline(proc)
-    return bool(cmdline) and os.path.basename(cmdline[0]) == "raylet"
-
-
-def _cmdline(proc: Any) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
-
-
-def _children(proc: Any, recursive: bool = False) -> list[Any]:
-    try:
-        return proc.children(recursive=recursive)
-    except psutil.Error:
-        return []
+def _ray_daemons(started: list[Any]) -> list[Any]:
+    daemons = []
+    for proc in started:
+        try:
+            if os.path.basename(proc.cmdline()[0]) == "raylet":
+                daemons += [c for c in proc.children() if "agent" in " ".join(c.cmdline()).lower()]
+            else:
+                daemons += [proc, *proc.children(recursive=True)]
+        except (psutil.Error, IndexError):
+            continue  # a process that has just ended (or shows no command line)
+    return daemons
 
 
 def _thread_ids(proc: Any) -> list[int]:
