@@ -1,11 +1,15 @@
-"""The Ray Train worker: DeepSpeed fine-tuning with resumable checkpoints and a Hugging Face export.
+"""The training process of one rank: DeepSpeed fine-tuning with resumable checkpoints and a
+Hugging Face export. No Ray here.
 
-``train_loop_per_worker`` runs on every worker. The driver (``themis.stages.train``) hands it the
-step plan and where the tokenised shards lie; each worker reads the rows of its own micro-batches
-from storage (``themis.train_data``). A checkpoint is one folder in the run's store that merges
-every rank's DeepSpeed shards plus ``themis_state.json`` (step and loss history). Ray Train V2
-hands the latest one back both when a worker dies mid-run (``train.max_failures``) and when the
-stage is re-run; the loop continues from it.
+Each Ray Train worker (``themis.train_worker``) starts one such process (``python -m
+themis.training_loop``) and passes it the stage's config over a socket: the step plan, where the
+tokenised shards lie (each rank reads the rows of its own micro-batches from storage,
+``themis.train_data``), its rank, the rendezvous address of the ranks' process group and the
+checkpoint folder to resume from, if any. A checkpoint is one folder in the run's store that merges
+every rank's DeepSpeed shards plus ``themis_state.json`` (step and loss history): this process
+writes its shards to a temporary folder and asks its worker to report it to Ray Train, which hands
+the latest one back both when a worker dies mid-run (``train.max_failures``) and when the stage is
+re-run; the loop continues from it.
 
 Under ZeRO-3 the model is built partitioned (transformers' DeepSpeed integration runs
 ``from_pretrained`` inside ``deepspeed.zero.Init``), so no worker ever holds the whole model.
@@ -17,8 +21,13 @@ import json
 import os
 import resource
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +48,66 @@ ROWS_PER_READ = 64  # optimizer steps whose rows a worker reads from storage at 
 PROGRESS_EVERY_S = 10.0
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+class WorkerLink:
+    """This process's line to its Ray Train worker: rank, resume point, checkpoint reports."""
+
+    def __init__(self, conn: Connection, link: dict[str, Any]):
+        self.conn = conn
+        self.rank: int = link["rank"]
+        self.world: int = link["world"]
+        self.checkpoint: str | None = link["checkpoint"]  # a local folder, or None on a fresh start
+        self.checkpoint_uri: str | None = link["checkpoint_uri"]
+
+    def report(self, metrics: dict[str, Any], folder: str, name: str) -> None:
+        """Have the worker report ``folder`` as checkpoint ``name``; it deletes the folder after."""
+        self.conn.send(("report", metrics, folder, name))
+        self.conn.recv()  # the report is a barrier across ranks in Ray Train: wait for it
+
+
+def main(conn_fd: int, lifeline_fd: int) -> None:
+    """The process's entry point: run the loop for the config the worker sends, report the outcome."""
+    _die_with_worker(lifeline_fd)
+    conn = Connection(conn_fd)
+    config, link = conn.recv()
+    try:
+        train(config, WorkerLink(conn, link))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+    conn.send(("done",))
+
+
+def _die_with_worker(lifeline_fd: int) -> None:
+    """Exit when the worker's end of the lifeline closes: a killed worker leaves no orphan rank
+    holding the others at a collective (portable, unlike Linux's parent-death signal)."""
+
+    def watch() -> None:
+        while os.read(lifeline_fd, 1):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def train(config: dict[str, Any], link: WorkerLink) -> None:
     """Train (or resume), export to the store's ``model/``, write ``train/summary.json``."""
     tcfg: TrainConfig = config["train"]
     if not tcfg.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # read once, at DeepSpeed's first import
-    import ray.train
     import torch
 
     torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
     start_rss = _rss_mb()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = link.rank, link.world
     store: RunStore = config["store"]
     data = {split: open_split(store.fs, path) for split, path in config["shards"].items()}
     engine = _build_engine(tcfg, config["total_steps"], world)
-    state = _restore(engine, world)
+    state = _restore(engine, world, link)
     resumed_from = state["step"]
     log = TensorBoardLog(rank == 0, store, resumed_from)
     timing = {"loop_started_at": time.time()}
     if state["step"] < config["total_steps"]:
-        _train(engine, config, data, state, rank, world, log, timing)
+        _train(engine, config, data, state, link, log, timing)
     peak = _gather_peak_memory(start_rss, engine.device)  # before the export, which gathers the whole model on rank 0
     _export(engine, tcfg, store, rank)
     log.close()
@@ -76,7 +124,8 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     import torch
 
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
-    # Adopts Ray Train's process group; zero.Init needs it before deepspeed.initialize would set it up.
+    # The ranks' group, from the variables the worker set (env://); zero.Init needs it before
+    # deepspeed.initialize would set it up.
     deepspeed.init_distributed(dist_backend="nccl" if tcfg.use_gpu else "gloo")
     model = _load_model(tcfg, ds_config)
     if tcfg.lora is not None:
@@ -114,24 +163,21 @@ def _load_model(tcfg: TrainConfig, ds_config: dict[str, Any]) -> Any:
         unset_hf_deepspeed_config()  # a later from_pretrained (the LoRA export on rank 0) must load whole
 
 
-def _restore(engine: Any, world: int) -> dict[str, Any]:
+def _restore(engine: Any, world: int, link: WorkerLink) -> dict[str, Any]:
     """Load the checkpoint Ray Train handed this run, if any; return the loop state."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    folder = link.checkpoint
+    if folder is None:
         return {"step": 0, "val_loss": [], "world_size": world, **{k: [] for k in HISTORY}}
-    with checkpoint.as_directory() as folder:
-        state = json.loads((Path(folder) / STATE_FILE).read_text())
-        if state["world_size"] != world:
-            raise ValueError(
-                f"checkpoint {checkpoint.path} was written by {state['world_size']} workers, "
-                f"this run has {world}: resume with the same train.num_workers or delete "
-                "the checkpoints"
-            )
-        loaded, _ = engine.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
-        if loaded is None:
-            raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint.path}")
+    state = json.loads((Path(folder) / STATE_FILE).read_text())
+    if state["world_size"] != world:
+        raise ValueError(
+            f"checkpoint {link.checkpoint_uri} was written by {state['world_size']} workers, "
+            f"this run has {world}: resume with the same train.num_workers or delete "
+            "the checkpoints"
+        )
+    loaded, _ = engine.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
+    if loaded is None:
+        raise RuntimeError(f"DeepSpeed found no checkpoint in {link.checkpoint_uri}")
     return {k: [] for k in HISTORY} | state  # a checkpoint from before a history key existed
 
 
@@ -140,14 +186,14 @@ def _train(
     config: dict[str, Any],
     data: dict[str, Any],
     state: dict[str, Any],
-    rank: int,
-    world: int,
+    link: WorkerLink,
     log: Any,
     timing: dict[str, float],
 ) -> None:
     """Run optimizer steps from ``state['step']`` to the end, checkpointing as configured; note
     when the first step ended in ``timing`` (start-up overhead, for bench-train)."""
     tcfg: TrainConfig = config["train"]
+    rank, world = link.rank, link.world
     per_epoch, total = config["steps_per_epoch"], config["total_steps"]
     warmup = round(tcfg.warmup_ratio * total)
     train = data["train"]
@@ -180,7 +226,7 @@ def _train(
             log.scalars(step, _scalars(parts, lr, seconds, flops_per_token, metrics.get("val_loss")))
             if _checkpoint_due(step, total, per_epoch, tcfg.checkpoint_every):
                 log.upload()
-                _save_and_report(engine, state, metrics, rank)
+                _save_and_report(engine, state, metrics, link)
             if step == total:
                 return
 
@@ -319,22 +365,17 @@ def _tensors(examples: list[sft.Example], pad_id: int, device: Any) -> dict[str,
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
 
 
-def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
+def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], link: WorkerLink) -> None:
     """Each rank saves its DeepSpeed shards to a temp folder; Ray merges them into one folder."""
-    import ray.train
-
     folder = tempfile.mkdtemp(prefix="themis-ckpt-")
     try:
         engine.save_checkpoint(folder, tag=DS_TAG)
-        if rank == 0:
+        if link.rank == 0:
             Path(folder, STATE_FILE).write_text(json.dumps(state))
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(folder),
-            checkpoint_dir_name=f"step_{state['step']:06d}",
-        )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # once reported, the worker deletes it
+        raise
+    link.report(metrics, folder, f"step_{state['step']:06d}")
 
 
 def _rss_mb() -> float:
@@ -378,3 +419,7 @@ def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
             AutoTokenizer.from_pretrained(resolve_model(tcfg.base_model)).save_pretrained(folder)
             store.upload_dir(folder, "model")
     torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -2,14 +2,15 @@
 
 Reads ``dataset/train.parquet`` and ``dataset/validation.parquet``, tokenises them with Ray Data
 into Parquet shards under ``train/tokenized/`` (before any worker starts, so bad data fails
-early), and runs ``themis.training_loop.train_loop_per_worker`` on ``train.num_workers`` Ray Train
-workers, which read their rows from those shards. Checkpoints go to ``checkpoints/train`` in the
-run's store. A worker that dies is replaced and the run continues from the latest checkpoint
-(``train.max_failures``); running the stage again also resumes from it (Ray Train V2 restores it
-for the same run name and storage). The trained judge is exported as a Hugging Face folder (or a
-LoRA adapter) to ``model/``; ``train/summary.json`` holds the step and loss history,
-``train/loss_curve.png`` draws it, ``train/tensorboard/`` holds TensorBoard events, and
-``rejects/train/examples.parquet`` the chats whose target exceeds max_seq_len.
+early), and runs ``train.num_workers`` Ray Train workers (``themis.train_worker``), each of which
+starts one training process (``themis.training_loop``) that reads its rows from those shards.
+Checkpoints go to ``checkpoints/train`` in the run's store. A worker that dies is replaced and the
+run continues from the latest checkpoint (``train.max_failures``); running the stage again also
+resumes from it (Ray Train V2 restores it for the same run name and storage). The trained judge is
+exported as a Hugging Face folder (or a LoRA adapter) to ``model/``; ``train/summary.json`` holds
+the step and loss history, ``train/loss_curve.png`` draws it, ``train/tensorboard/`` holds
+TensorBoard events, and ``rejects/train/examples.parquet`` the chats whose target exceeds
+max_seq_len.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from themis.stages import StageReport
 from themis.storage import RunStore, StorageError
 from themis.train_data import TOKENIZED, open_split, tokenize_split
 from themis.train_metrics import LOSS_CURVE, TENSORBOARD, render_loss_curve
-from themis.training_loop import SUMMARY, train_loop_per_worker
+from themis.train_worker import train_loop_per_worker
+from themis.training_loop import SUMMARY
 
 TRAIN, VALIDATION = "dataset/train.parquet", "dataset/validation.parquet"
 KEEP_CHECKPOINTS = 2  # the latest is all a resume needs; one more guards a half-written upload
@@ -148,7 +150,8 @@ def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
+        # Only the workers' own group (the training processes form theirs, NCCL on GPUs): gloo.
+        torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
             use_gpu=tcfg.use_gpu,
