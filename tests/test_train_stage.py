@@ -132,6 +132,10 @@ def test_zero3_exports_real_weights_and_resumes(ray_local, tiny_model_dir, tmp_p
     assert done.counts["resumed_from_step"] == 4 and done.counts["steps"] == 4
     assert store.exists("model", "model.safetensors")
 
+    # An error inside a rank's training process reaches the driver with its message.
+    with pytest.raises(Exception, match="resume with the same train.num_workers"):
+        train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=6, num_workers=1), store)
+
 
 def test_missing_dataset_names_the_path(tiny_model_dir, tmp_path):
     store = RunStore(StorageConfig(root=str(tmp_path)), "t")
