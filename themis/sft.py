@@ -1,7 +1,7 @@
 """Supervised fine-tuning, the pure part: examples, batches, LR schedule, DeepSpeed config.
 
 Imports no torch, Ray or DeepSpeed (a test checks), so all of it is unit-tested in milliseconds.
-The Ray Train worker in ``themis.training_loop`` turns these lists into tensors.
+The training process in ``themis.training_loop`` turns these lists into tensors.
 
 An example is ``{"input_ids": [...], "labels": [...], "kinds": [...]}`` where ``labels`` is -100
 over the prompt: the loss covers only the judgment the student must learn to write, not the

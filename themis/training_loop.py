@@ -72,8 +72,8 @@ def main(conn_fd: int, lifeline_fd: int) -> None:
     try:
         train(config, WorkerLink(conn, link))
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
+        conn.send(("error", traceback.format_exc()))  # the worker raises it: printed once, there
+        sys.exit(1)
     conn.send(("done",))
 
 
@@ -124,6 +124,10 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     import torch
 
     ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
+    if tcfg.use_gpu:
+        # As under torchrun: each rank on its node's GPU number LOCAL_RANK (Ray Train shows a
+        # node's workers all of the node's GPUs), before NCCL or zero.Init touch a device.
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # The ranks' group, from the variables the worker set (env://); zero.Init needs it before
     # deepspeed.initialize would set it up.
     deepspeed.init_distributed(dist_backend="nccl" if tcfg.use_gpu else "gloo")
