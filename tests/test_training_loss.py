@@ -123,3 +123,14 @@ def test_length_grouping_cuts_padding_and_keeps_shards_equal():
     assert len(seen) == len(set(seen)) == 256  # every example once, across both ranks
     micro = [mb for step in grouped for mb in step]
     assert sft.padding_fraction(micro, lengths) < 0.5 * sft.padding_fraction([mb for s in plain for mb in s], lengths)
+
+
+def test_multi_objective_counts_only_marked_positions():
+    """A prompt position (kind 0) never counts, even with a real token as its label."""
+    labelled_prompt = LABELS.clone()
+    labelled_prompt[0, 0] = 1
+    shifted_kinds = torch.tensor([[0, 0, sft.RATIONALE, sft.RATIONALE]])  # the score position is now prompt
+    parts = judge_loss(LOGITS, labelled_prompt, shifted_kinds)
+    ces = [_ce([0, 1, 0], 2), _ce([0, 0, 3], 1)]
+    assert parts.total.item() == pytest.approx(sum(ces) / 2, rel=1e-6)
+    assert (parts.score_tokens.item(), parts.score.item()) == (0, 0.0)

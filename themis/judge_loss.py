@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 SCORE, RATIONALE = 1, 2  # token kinds, as themis.sft writes them (0 = not a target)
+IGNORE = -100  # the label of a position that is not a target (themis.sft.IGNORE, PyTorch's default)
 RATIONALE_LOSSES = ("ce", "mse", "cosine")
 
 
@@ -58,16 +59,22 @@ def judge_loss(
         raise ValueError(f"rationale loss must be one of {RATIONALE_LOSSES}, not {rationale!r}")
     if rationale != "ce" and embeddings is None:
         raise ValueError(f"the {rationale!r} rationale loss needs the output embedding matrix")
-    logits = logits[:, :-1].float().flatten(0, 1)
-    targets, kind = labels[:, 1:].flatten(), kinds[:, 1:].flatten()
+    # Shift the labels, not the logits: slicing off the last position would copy the whole
+    # (batch, seq, vocab) tensor, and each boolean gather of logit rows would copy them again, as
+    # Hugging Face's own loss avoids; parts are summed with masks instead of indexing.
+    logits = logits.float()
+    targets = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    kind = F.pad(kinds, (0, 1), value=0)[:, 1:]
     is_score, is_rationale = kind == SCORE, kind == RATIONALE
-    per_token = torch.zeros_like(targets, dtype=logits.dtype)
-    scored = is_score | is_rationale if rationale == "ce" else is_score
-    per_token[scored] = F.cross_entropy(logits[scored], targets[scored], reduction="none")
-    if rationale != "ce":
-        per_token[is_rationale] = similarity_loss(logits[is_rationale], targets[is_rationale], embeddings, rationale)
+    # Every labelled position's cross-entropy; the masks keep the ones each part owns.
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    ce = ce.view_as(targets)
+    score_sum = (ce * is_score).sum()
+    if rationale == "ce":
+        rationale_sum = (ce * is_rationale).sum()
+    else:
+        rationale_sum = similarity_loss(logits[is_rationale], targets[is_rationale], embeddings, rationale).sum()
     n_score, n_rationale = is_score.sum(), is_rationale.sum()
-    score_sum, rationale_sum = per_token[is_score].sum(), per_token[is_rationale].sum()
     total = (score_weight * score_sum + rationale_weight * rationale_sum) / (n_score + n_rationale).clamp(min=1)
     return LossParts(
         total=total,

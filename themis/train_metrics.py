@@ -10,7 +10,9 @@ from the step history in ``train/summary.json``.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
+import time
 from typing import Any
 
 TENSORBOARD = "train/tensorboard"
@@ -47,17 +49,26 @@ def mfu(n_params: int, tokens_per_s: float, peak_flops: float, n_devices: int = 
 
 
 class TensorBoardLog:
-    """A tensorboardX writer on rank 0 (no-op elsewhere) whose files are copied into the run."""
+    """A TensorBoard event file written on rank 0 (no-op elsewhere) and copied into the run.
+
+    Written synchronously with tensorboardX's ``EventsWriter``, not its ``SummaryWriter``: that one
+    hands each event to a writer thread through a multiprocessing queue (about 0.5 ms a step on
+    rank 0, which the other ranks wait for at the next collective), and its ``flush`` does not wait
+    for the queue, so the last steps before a copy were missing from the run's events.
+    """
 
     def __init__(self, enabled: bool, store: Any, start_step: int):
         self.enabled, self.store = enabled, store
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
         self.folder = tempfile.mkdtemp(prefix="themis-tb-")
-        # purge_step: a resumed run hides the events a dead attempt wrote past its checkpoint.
-        self.writer = SummaryWriter(self.folder, purge_step=start_step or None)
+        self.events = EventsWriter(os.path.join(self.folder, "events"))
+        if start_step:
+            # TensorBoard's purge marker: a resumed run hides the events a dead attempt wrote past
+            # its checkpoint (what SummaryWriter's purge_step writes).
+            self._write(start_step, session_log=_session_start())
         self._carry_over()
 
     def _carry_over(self) -> None:
@@ -75,9 +86,15 @@ class TensorBoardLog:
         """Write one step's scalars (None values are skipped)."""
         if not self.enabled:
             return
-        for tag, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(tag, value, step)
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        scalars = [Summary.Value(tag=tag, simple_value=v) for tag, v in values.items() if v is not None]
+        self._write(step, summary=Summary(value=scalars))  # one event for all of a step's scalars
+
+    def _write(self, step: int, **fields: Any) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self.events.write_event(Event(wall_time=time.time(), step=step, **fields))
 
     def upload(self) -> None:
         """Copy the event files into ``train/tensorboard/`` of the run (adding, never deleting)."""
@@ -85,7 +102,7 @@ class TensorBoardLog:
             return
         import pyarrow.fs as pafs
 
-        self.writer.flush()
+        self.events.flush()
         dest = self.store.write_path(TENSORBOARD)
         self.store.fs.create_dir(dest, recursive=True)
         pafs.copy_files(self.folder, dest, destination_filesystem=self.store.fs)
@@ -93,7 +110,13 @@ class TensorBoardLog:
     def close(self) -> None:
         if self.enabled:
             self.upload()
-            self.writer.close()
+            self.events.close()
+
+
+def _session_start() -> Any:
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    return SessionLog(status=SessionLog.START)
 
 
 def render_loss_curve(summary: dict[str, Any]) -> bytes:

@@ -33,12 +33,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.collective import broadcast_from_rank_zero
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     # The children form their own process group; rank 0's worker picks its address.
     master = broadcast_from_rank_zero(_free_address() if rank == 0 else None)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
-        link = {"rank": rank, "world": world, "checkpoint": folder, "checkpoint_uri": checkpoint and checkpoint.path}
+        link = {"checkpoint": folder, "checkpoint_uri": checkpoint and checkpoint.path}
         _supervise(config, link, _child_env(ctx, master), rank)
 
 

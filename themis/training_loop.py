@@ -53,8 +53,8 @@ class WorkerLink:
 
     def __init__(self, conn: Connection, link: dict[str, Any]):
         self.conn = conn
-        self.rank: int = link["rank"]
-        self.world: int = link["world"]
+        # From torchrun's variables, which the worker sets and init_distributed reads too.
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.checkpoint: str | None = link["checkpoint"]  # a local folder, or None on a fresh start
         self.checkpoint_uri: str | None = link["checkpoint_uri"]
 
