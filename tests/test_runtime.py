@@ -46,3 +46,26 @@ def test_workers_first_off_leaves_rays_default_niceness(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "_lower_ray_daemons", lambda before: pytest.fail("daemons reniced"))
     runtime._start_local(FakeRay(), RayConfig(num_cpus=1, workers_first=False))
     assert calls and runtime.WORKER_NICENESS not in os.environ
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="Linux sets priority per thread")
+def test_lower_priority_reaches_every_thread_and_never_raises_it() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from themis.runtime import lower_priority
+
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        proc = psutil.Process(child.pid)
+        while proc.num_threads() < 2:
+            time.sleep(0.05)
+        lower_priority(proc, 7)
+        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in proc.threads()} == {7}
+        lower_priority(proc, 3)  # a nicer thread keeps its niceness
+        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in proc.threads()} == {7}
+    finally:
+        child.kill()
+        child.wait()

@@ -80,8 +80,11 @@ def test_self_heal_worker_killed_mid_run_recovers_in_the_same_call(ray_local, ti
     store = _store(tmp_path, n_train=16, n_val=0)
     cfg = _cfg(str(tiny_model_dir), zero_stage=2, epochs=2, checkpoint_every=2, max_failures=2)
     outcome: dict = {}
+    # Kill once step 6's folder exists: a worker reports 6 only after the controller has taken 4
+    # from its one-slot queue, so by then step 2 has been collected and registered. (At step 4's
+    # folder, step 2 could still be waiting in the queue: then the run rightly restarts from 0.)
     watcher = threading.Thread(
-        target=_kill_a_worker_after, args=(Path(store.path("checkpoints", "train", "step_000004")), outcome)
+        target=_kill_a_worker_after, args=(Path(store.path("checkpoints", "train", "step_000006")), outcome)
     )
     watcher.start()
     report = train_stage.run(cfg, store)

@@ -97,11 +97,18 @@ def _lower_ray_daemons(children_before: set[int]) -> None:
     priority, and Ray only ever adds to it. Lowering one's own priority needs no privilege."""
     started = [p for p in psutil.Process().children() if p.pid not in children_before]
     for proc in _ray_daemons(started):
-        for thread_id in _thread_ids(proc):
-            try:
-                os.setpriority(os.PRIO_PROCESS, thread_id, DAEMON_NICENESS)  # one thread on Linux
-            except (ProcessLookupError, PermissionError):
-                pass  # a thread that has just ended; priority is a speed matter, never a correctness one
+        lower_priority(proc)
+
+
+def lower_priority(proc: Any, niceness: int = DAEMON_NICENESS) -> None:
+    """Put every thread of ``proc`` at ``niceness`` at least (lowering one's own priority needs no
+    privilege; a thread already nicer stays as it is)."""
+    for thread_id in _thread_ids(proc):
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, thread_id)
+            os.setpriority(os.PRIO_PROCESS, thread_id, max(current, niceness))  # one thread on Linux
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that has just ended; priority is a speed matter, never a correctness one
 
 
 def _ray_daemons(started: list[Any]) -> list[Any]:

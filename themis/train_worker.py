@@ -26,6 +26,36 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from themis.runtime import lower_priority
+
+
+def trainer(loop_config: dict[str, Any], scaling_config: Any, run_config: Any) -> Any:
+    """Ray Train's data-parallel trainer for these workers. Not a TorchTrainer: its backend sets up
+    a torch process group among the workers (and, on GPUs, a CUDA context in each), which only the
+    children need; here the workers never import torch."""
+    from ray.train.backend import Backend, BackendConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    class SharedDevices(Backend):
+        # Each worker sees all the GPUs Ray gave this run's workers on its node, as under
+        # TorchTrainer, so NCCL can reach its peers; a child picks its own by LOCAL_RANK.
+        share_cuda_visible_devices = True
+
+    class ChildProcesses(BackendConfig):
+        @property
+        def backend_cls(self) -> type:
+            return SharedDevices
+
+    return DataParallelTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        backend_config=ChildProcesses(),
+        scaling_config=scaling_config,
+        run_config=run_config,
+    )
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Run this rank's training process to the end, relaying its checkpoints to Ray Train."""
@@ -76,6 +106,8 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
     child = subprocess.Popen(command, env=env, pass_fds=(theirs.fileno(), lifeline_read))
     theirs.close()
     os.close(lifeline_read)
+    # From here this process only relays: its core worker's wake-ups should not preempt the child.
+    lower_priority(psutil.Process())
     conn = Connection(ours.detach())
     try:
         conn.send((config, link))

@@ -1,5 +1,5 @@
 """Overhead of the train stage against bare DeepSpeed: `make bench-train`
-(or `python tests/benchmarks/bench_train.py [--steps N]`).
+(or `python tests/benchmarks/bench_train.py [--steps N] [--rounds N]`).
 
 Both sides train the tiny random Llama of the tests with DeepSpeed ZeRO-2 on 2 gloo workers, one
 thread each, on the same micro-batches:
@@ -14,13 +14,17 @@ iterations: reading rows, the step, logging; not evaluation or checkpoints). Sta
 from launch (ours: before Ray starts) to the end of the first step; printed, not counted.
 
 This shared 2-core box's speed drifts by up to 1.5x between minutes (the same loop measured 28 and
-43 ms/step within ten minutes), so the bare script runs just before ours and again just after it,
-with the machine to itself both times, and ours is compared with the mean of the two. It also
-runs a third time while the local Ray of ours is still up and idle (GCS, raylet, dashboard, log
-monitor, Ray Data's helper actors): that separates what Ray's idle daemons cost a 2-core machine
-from what running inside Ray Train's workers costs.
-Ends with `RESULT ratio=<bare s/step over ours> startup_s=<ours> bare_startup_s=<bare>
-ratio_beside_ray=<bare beside idle Ray, s/step over ours>`.
+43 ms/step within ten minutes), so the two sides alternate: a bare run, then ROUNDS times ours (a
+fresh run of the stage on a fresh local Ray) followed by a bare run with Ray shut down, so every
+run of ours has a bare run just before and just after it, each with the machine to itself. The
+headline ratio pools all steady steps of each side; the ratio of each round (ours against the mean
+of the bare runs around it) is printed too, with its median. The bare script also runs once while
+the first local Ray is still up and idle (GCS, raylet, dashboard, log monitor, Ray Data's helper
+actors): that separates what Ray's idle daemons cost a 2-core machine from what running inside Ray
+Train's workers costs.
+Ends with `RESULT ratio=<bare s/step over ours, all rounds> startup_s=<ours, first round>
+bare_startup_s=<bare> ratio_beside_ray=<bare beside idle Ray, s/step over ours' first round>
+ratio_rounds_median=<median of the rounds' ratios>`.
 Prints, never asserts: on a shared 2-core machine the figures move with the neighbours' load.
 """
 
@@ -51,7 +55,8 @@ LOCAL = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # A few hundred steps: a 2 s window (60 steps) moved by ±0.1 with one daemon's wake-up.
-    parser.add_argument("--steps", type=int, default=500, help="optimizer steps on each side")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps in each run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of ours, each between two bare runs")
     args = parser.parse_args()
     for key, value in LOCAL.items():
         os.environ.setdefault(key, value)  # a variable set by the caller wins, for experiments
@@ -59,49 +64,64 @@ def main() -> None:
     from tests.fakes.tiny_model import build_tiny_model
 
     model = build_tiny_model(work / "model")
-    cfg, store = _setup(work, model, args.steps)
-    shard = _bare_shard(work, cfg, store)
-    before = _run_bare(work, cfg, shard, args.steps)
-    ours = _run_ours(cfg, store)
-    beside_ray = _run_bare(work, cfg, shard, args.steps)
+    cfg = _config(model)
+    shard = _bare_shard(work, cfg, _store(work, "bare", args.steps))
     import ray
 
-    ray.shutdown()  # the bare side proper gets the machine to itself, as ours did
-    after = _run_bare(work, cfg, shard, args.steps)
-    bare = {key: (before[key] + after[key]) / 2 for key in before}
-    ratio = bare["s_per_step"] / ours["s_per_step"]
-    rows = (
-        ("bare torchrun, before", before),
-        ("ours (Ray Train)", ours),
-        ("bare beside idle Ray", beside_ray),
-        ("bare torchrun, after", after),
+    bare, ours, beside_ray = [_run_bare(work, cfg, shard, args.steps)], [], None
+    for round_ in range(args.rounds):
+        ours.append(_run_ours(cfg, _store(work, f"ours{round_}", args.steps)))
+        if beside_ray is None:
+            beside_ray = _run_bare(work, cfg, shard, args.steps)
+        ray.shutdown()  # the bare side proper gets the machine to itself, as ours did
+        bare.append(_run_bare(work, cfg, shard, args.steps))
+    _print_runs(bare, ours, beside_ray)
+    ratio = _mean(bare, "s_per_step") / _mean(ours, "s_per_step")
+    per_round = [(b["s_per_step"] + a["s_per_step"]) / 2 / o["s_per_step"] for b, o, a in zip(bare, ours, bare[1:])]
+    print(
+        f"ours against the bare runs around it, round by round: {', '.join(f'{r:.3f}' for r in per_round)}; "
+        f"all steps of both sides: {ratio:.3f}"
     )
+    print(
+        f"RESULT ratio={ratio:.3f} startup_s={ours[0]['startup_s']:.1f} bare_startup_s={bare[0]['startup_s']:.1f} "
+        f"ratio_beside_ray={beside_ray['s_per_step'] / ours[0]['s_per_step']:.3f} "
+        f"ratio_rounds_median={statistics.median(per_round):.3f}"
+    )
+
+
+def _print_runs(bare: list[dict], ours: list[dict], beside_ray: dict) -> None:
+    rows = [("bare torchrun", bare[0])]
+    for round_, (o, b) in enumerate(zip(ours, bare[1:]), start=1):
+        rows += [(f"ours (Ray Train) #{round_}", o), ("bare torchrun", b)]
+    rows.append(("bare beside idle Ray", beside_ray))
     for name, r in rows:
         steady, median, startup, loss = r["s_per_step"] * 1000, r["median_s"] * 1000, r["startup_s"], r["final_loss"]
         print(
             f"{name:22s} steady {steady:.1f} ms/step (median {median:.1f})  start-up {startup:.1f} s  "
             f"final loss {loss:.4f}"
         )
-    print(
-        f"ours against the mean of the bare runs before and after: {ratio:.3f} "
-        f"(against before alone {before['s_per_step'] / ours['s_per_step']:.3f}, "
-        f"after alone {after['s_per_step'] / ours['s_per_step']:.3f})"
-    )
-    print(
-        f"RESULT ratio={ratio:.3f} startup_s={ours['startup_s']:.1f} bare_startup_s={bare['startup_s']:.1f} "
-        f"ratio_beside_ray={beside_ray['s_per_step'] / ours['s_per_step']:.3f}"
-    )
 
 
-def _setup(work: Path, model: Path, steps: int):
+def _mean(runs: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in runs)
+
+
+def _store(work: Path, run: str, steps: int):
+    """A run with the tests' training rows: one per round of ours, which must start from scratch."""
     from tests.test_train_stage import _rows
-    from themis.config import PipelineConfig, StorageConfig
+    from themis.config import StorageConfig
     from themis.storage import RunStore
 
-    store = RunStore(StorageConfig(root=str(work / "runs")), "bench")
+    store = RunStore(StorageConfig(root=str(work / "runs")), run)
     store.write_table("dataset/train.parquet", _rows(steps * 4, "tr"))  # 2 workers x micro-batch 2
     store.write_table("dataset/validation.parquet", _rows(0, "va"))
-    cfg = PipelineConfig.model_validate(
+    return store
+
+
+def _config(model: Path):
+    from themis.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
         {
             "engines": {"teacher": {"kind": "transformers", "model": str(model)}},
             "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
@@ -118,7 +138,6 @@ def _setup(work: Path, model: Path, steps: int):
             },
         }
     )
-    return cfg, store
 
 
 def _run_ours(cfg, store) -> dict[str, float]:

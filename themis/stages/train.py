@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from themis import sft
+from themis import sft, train_worker
 from themis.config import PipelineConfig, TrainConfig
 from themis.models import resolve_model
 from themis.runtime import init_ray
@@ -29,7 +29,6 @@ from themis.stages import StageReport
 from themis.storage import RunStore, StorageError
 from themis.train_data import TOKENIZED, open_split, tokenize_split
 from themis.train_metrics import LOSS_CURVE, TENSORBOARD, render_loss_curve
-from themis.train_worker import train_loop_per_worker
 from themis.training_loop import SUMMARY
 
 TRAIN, VALIDATION = "dataset/train.parquet", "dataset/validation.parquet"
@@ -145,13 +144,9 @@ def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
 def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str | None:
     """Run the workers; return the URI of the latest checkpoint (None if there is none)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        # Only the workers' own group (the training processes form theirs, NCCL on GPUs): gloo.
-        torch_config=TorchConfig(backend="gloo"),
+    trainer = train_worker.trainer(
+        loop_config,
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
             use_gpu=tcfg.use_gpu,
