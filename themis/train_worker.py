@@ -12,6 +12,8 @@ children's own process group, the checkpoint Ray Train hands back on a restart, 
 ``ray.train.report`` for each checkpoint the child writes. A child that fails sends its traceback
 and this worker raises it, so ``train.max_failures`` restarts the group as before; a worker that
 dies takes its child with it (the child watches a pipe whose other end only this process holds).
+The workers themselves never import torch, and once their child runs they drop to nice 10: they
+only relay, and their core worker's wake-ups should not preempt the training.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import psutil
 from themis.runtime import lower_priority
 
 
-def trainer(loop_config: dict[str, Any], scaling_config: Any, run_config: Any) -> Any:
-    """Ray Train's data-parallel trainer for these workers. Not a TorchTrainer: its backend sets up
-    a torch process group among the workers (and, on GPUs, a CUDA context in each), which only the
-    children need; here the workers never import torch."""
+def trainer(loop_config: dict[str, Any], scaling_config: Any, run_config: Any, loop: Any = None) -> Any:
+    """Ray Train's data-parallel trainer running ``loop`` (``train_loop_per_worker`` unless a test
+    gives another) on each worker. Not a TorchTrainer: its backend sets up a torch process group
+    among the workers (and, on GPUs, a CUDA context in each), which only the children need; here
+    the workers never import torch."""
     from ray.train.backend import Backend, BackendConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -49,7 +52,7 @@ def trainer(loop_config: dict[str, Any], scaling_config: Any, run_config: Any) -
             return SharedDevices
 
     return DataParallelTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config=loop_config,
         backend_config=ChildProcesses(),
         scaling_config=scaling_config,
