@@ -62,13 +62,14 @@ class TensorBoardLog:
         if not enabled:
             return
         from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import SessionLog
 
         self.folder = tempfile.mkdtemp(prefix="themis-tb-")
         self.events = EventsWriter(os.path.join(self.folder, "events"))
         if start_step:
             # TensorBoard's purge marker: a resumed run hides the events a dead attempt wrote past
             # its checkpoint (what SummaryWriter's purge_step writes).
-            self._write(start_step, session_log=_session_start())
+            self._write(start_step, session_log=SessionLog(status=SessionLog.START))
         self._carry_over()
 
     def _carry_over(self) -> None:
@@ -111,12 +112,6 @@ class TensorBoardLog:
         if self.enabled:
             self.upload()
             self.events.close()
-
-
-def _session_start() -> Any:
-    from tensorboardX.proto.event_pb2 import SessionLog
-
-    return SessionLog(status=SessionLog.START)
 
 
 def render_loss_curve(summary: dict[str, Any]) -> bytes:

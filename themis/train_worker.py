@@ -72,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
         link = {"checkpoint": folder, "checkpoint_uri": checkpoint and checkpoint.path}
-        _supervise(config, link, _child_env(ctx, master), rank)
+        _supervise(config, link, _child_env(ctx, master))
 
 
 def _free_address() -> tuple[str, int]:
@@ -101,7 +101,7 @@ def _child_env(ctx: Any, master: tuple[str, int]) -> dict[str, str]:
     }
 
 
-def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str], rank: int) -> None:
+def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]) -> None:
     """Start the child, hand it the config, serve its reports until it says done or dies."""
     ours, theirs = socket.socketpair()
     lifeline_read, lifeline_write = os.pipe()  # the write end stays here: its closing tells the child
@@ -114,7 +114,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
     conn = Connection(ours.detach())
     try:
         conn.send((config, link))
-        _relay(conn, child, rank)
+        _relay(conn, child, env["RANK"])
     finally:
         conn.close()
         if child.poll() is None:
@@ -123,7 +123,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
         os.close(lifeline_write)
 
 
-def _relay(conn: Connection, child: subprocess.Popen, rank: int) -> None:
+def _relay(conn: Connection, child: subprocess.Popen, rank: str) -> None:
     import ray.train
 
     while True:

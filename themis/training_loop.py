@@ -2,14 +2,14 @@
 Hugging Face export. No Ray here.
 
 Each Ray Train worker (``themis.train_worker``) starts one such process (``python -m
-themis.training_loop``) and passes it the stage's config over a socket: the step plan, where the
-tokenised shards lie (each rank reads the rows of its own micro-batches from storage,
-``themis.train_data``), its rank, the rendezvous address of the ranks' process group and the
-checkpoint folder to resume from, if any. A checkpoint is one folder in the run's store that merges
-every rank's DeepSpeed shards plus ``themis_state.json`` (step and loss history): this process
-writes its shards to a temporary folder and asks its worker to report it to Ray Train, which hands
-the latest one back both when a worker dies mid-run (``train.max_failures``) and when the stage is
-re-run; the loop continues from it.
+themis.training_loop``) with torchrun's variables (rank, world size, the rendezvous address of
+the ranks' process group) and passes it, over a socket, the stage's config (the step plan, where
+the tokenised shards lie: each rank reads the rows of its own micro-batches from storage,
+``themis.train_data``) and the checkpoint folder to resume from, if any. A checkpoint is one
+folder in the run's store that merges every rank's DeepSpeed shards plus ``themis_state.json``
+(step and loss history): this process writes its shards to a temporary folder and asks its
+worker to report it to Ray Train, which hands the latest one back both when a worker dies mid-run
+(``train.max_failures``) and when the stage is re-run; the loop continues from it.
 
 Under ZeRO-3 the model is built partitioned (transformers' DeepSpeed integration runs
 ``from_pretrained`` inside ``deepspeed.zero.Init``), so no worker ever holds the whole model.
