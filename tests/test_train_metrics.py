@@ -64,3 +64,27 @@ def test_tensorboard_log_of_a_resumed_run_marks_the_purge_step(tmp_path):
     assert events[0].file_version == "brain.Event:2"
     assert (events[1].step, events[1].session_log.status) == (7, SessionLog.START)
     assert (events[2].step, events[2].summary.value[0].tag) == (8, "loss/total")
+
+
+def _attempt_log(store: RunStore, start_step: int, step: int) -> None:
+    """One train attempt's TensorBoard log on rank 0, published as the stage does on success."""
+    attempt = store.begin_attempt("train")
+    log = TensorBoardLog(True, attempt, start_step)
+    log.scalars(step, {"loss/total": float(step)})
+    log.close()
+    attempt.mark_written(TENSORBOARD)
+    attempt.publish()
+
+
+def test_rerun_finished_tensorboard_log_carries_the_published_events_into_the_new_attempt(tmp_path):
+    """A rerun on a finished run (``make demo`` twice) starts from the published events: the
+    first run's curve stays and the rerun's own file joins it."""
+    store = RunStore(StorageConfig(root=str(tmp_path / "runs")), "r")
+    _attempt_log(store, 0, 1)
+    _attempt_log(store, 1, 2)  # resumed at step 1: its curve continues the first one's
+    _attempt_log(store, 2, 2)  # rerun when already done: no new step
+    folder = Path(store.read_path(TENSORBOARD))
+    assert len(list(folder.glob("events.out.tfevents*"))) == 3
+    assert _scalars(folder) == {(1, "loss/total"): 1.0, (2, "loss/total"): 2.0}
+    attempts = tmp_path / "runs" / "r" / "_attempts"
+    assert not attempts.exists() or not any(attempts.iterdir())  # every attempt published

@@ -13,6 +13,7 @@ import io
 import os
 import tempfile
 import time
+import uuid
 from typing import Any
 
 TENSORBOARD = "train/tensorboard"
@@ -65,7 +66,9 @@ class TensorBoardLog:
         from tensorboardX.proto.event_pb2 import SessionLog
 
         self.folder = tempfile.mkdtemp(prefix="themis-tb-")
-        self.events = EventsWriter(os.path.join(self.folder, "events"))
+        # A name of its own: tensorboardX names files by the second, and an attempt's file must
+        # never overwrite one an earlier attempt wrote in the same second.
+        self.events = EventsWriter(os.path.join(self.folder, "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
         if start_step:
             # TensorBoard's purge marker: a resumed run hides the events a dead attempt wrote past
             # its checkpoint (what SummaryWriter's purge_step writes).
@@ -79,9 +82,13 @@ class TensorBoardLog:
 
         src, dest = self.store.path(TENSORBOARD), self.store.write_path(TENSORBOARD)
         fs = self.store.fs
-        if src != dest and fs.get_file_info(src).type == pafs.FileType.Directory:
-            if fs.get_file_info(dest).type == pafs.FileType.NotFound:
-                pafs.copy_files(src, dest, source_filesystem=fs, destination_filesystem=fs)
+        if src == dest or fs.get_file_info(src).type != pafs.FileType.Directory:
+            return  # a store without attempts, or no published events yet
+        if fs.get_file_info(dest).type != pafs.FileType.NotFound:
+            return  # a restarted worker group of this attempt: copied (and added to) already
+        # copy_files writes into dest's folder without creating it on a local filesystem.
+        fs.create_dir(dest, recursive=True)
+        pafs.copy_files(src, dest, source_filesystem=fs, destination_filesystem=fs)
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
         """Write one step's scalars (None values are skipped)."""
