@@ -48,7 +48,8 @@ def test_batched_winner_metrics_match_scikit_learn() -> None:
     pred = rng.choice(["tie", "A", "B", m.UNPARSABLE], size=(5, 200), p=[0.1, 0.4, 0.4, 0.1])
     for g, p in zip(gold, pred):
         for classes in m.MACRO_CLASSES:
-            batched = m.batched_winner_metrics(m.winner_confusions(m.winner_codes(p), m.winner_codes(g)), classes)
+            confusion = m.winner_confusions(m.winner_codes(p), m.winner_codes(g))
+            batched = m.batched_winner_metrics(confusion, m.confusion_labels(confusion[0], classes))
             exact = m.winner_metrics(list(p), list(g), classes)
             for key, value in exact.items():
                 assert batched[key][0] == pytest.approx(value), (classes, key)
@@ -57,7 +58,8 @@ def test_batched_winner_metrics_match_scikit_learn() -> None:
 def test_macro_scores_of_a_perfect_judge_are_one_with_or_without_ties() -> None:
     for gold in (["A", "B", "B", "A"], ["A", "tie", "B", "A"]):
         plain = m.winner_metrics(gold, gold)
-        batched = m.batched_winner_metrics(m.winner_confusions(m.winner_codes(gold), m.winner_codes(gold)))
+        confusion = m.winner_confusions(m.winner_codes(gold), m.winner_codes(gold))
+        batched = m.batched_winner_metrics(confusion, m.confusion_labels(confusion[0], "occurring"))
         assert all(plain[k] == 1.0 and batched[k][0] == 1.0 for k in ("accuracy", "precision", "recall", "f1"))
     # Averaged over all three classes, the unused tie class costs a third.
     assert m.winner_metrics(["A", "B"], ["A", "B"], "all")["f1"] == pytest.approx(2 / 3)

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from themis.evaluation import stats
-from themis.evaluation.report import AGGREGATED
+from themis.evaluation.report import AGGREGATED, PAIR_ACCURACY
 
-# The metrics a console line and a suite table show, per judgment family.
+# The metrics a console line and a suite table show, per judgment family. PAIR_ACCURACY is the
+# figure published judge benchmarks report for pairs judged in both orders.
 HEADLINE = {
     "pointwise": ("mae", "agr"),
-    "pairwise": ("accuracy", "f1", "dual_order_consistency", "decisive_accuracy"),
+    "pairwise": ("accuracy", "f1", "dual_order_consistency", PAIR_ACCURACY, "decisive_accuracy"),
 }
 NON_OVERLAP = "`*`: the two 95% intervals do not overlap (a conservative test of a real difference)."
 
@@ -43,7 +44,7 @@ def render_report(report: dict[str, Any]) -> str:
         f"- items: {bench['items']} from `{bench['source']}` (sha256 `{bench['sha256'][:12]}`)",
         f"- overall (normalised, random = 0, perfect = 1): **{fmt(report['overall']['value'])}**",
         f"- unparsable: {report['policy']['pairwise']}; {report['policy']['pointwise']}",
-        *[f"- {report['policy'][k]}" for k in ("macro", "decisive") if k in report["policy"]],
+        *[f"- {report['policy'][k]}" for k in ("macro", "pair_aggregate", "decisive") if k in report["policy"]],
         *([f"- rows rejected: {bench['rows_rejected']} ({_reasons(bench)})"] if bench.get("rows_rejected") else []),
         *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
@@ -84,12 +85,7 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
         lines += ["", "| position | judge | human |", "|---|---|---|"]
         lines += [f"| {k} | {fmt(judge[k])} | {fmt(human[k])} |" for k in judge]
     if section.get("groups"):
-        headline = "agr" if family == "pointwise" else "accuracy"
-        lines += ["", f"| group | n | {headline} | 95% CI |", "|---|---|---|---|"]
-        lines += [
-            f"| {g} | {row['n']} | {fmt(row[headline])} | {fmt_ci(row[f'{headline}_ci'])} |"
-            for g, row in section["groups"].items()
-        ]
+        lines += _group_rows(family, section["groups"])
     if section.get("human_human"):
         ceiling = section["human_human"]
         lines += [
@@ -98,6 +94,20 @@ def _family(family: str, section: dict[str, Any]) -> list[str]:
             + ", ".join(f"{k} {fmt(v)}" for k, v in ceiling.items() if k not in ("annotators", "items")),
         ]
     return lines + [""]
+
+
+def _group_rows(family: str, groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per group: n and each headline with its interval (pairs: per-verdict accuracy, and the
+    per-pair two-order aggregate where the report has it)."""
+    names = ["agr"] if family == "pointwise" else ["accuracy"]
+    if family == "pairwise" and any(PAIR_ACCURACY in row for row in groups.values()):
+        names.append(PAIR_ACCURACY)
+    lines = ["", "| group | n | " + " | ".join(f"{k} | 95% CI" for k in names) + " |"]
+    lines.append("|---|---|" + "---|---|" * len(names))
+    for g, row in groups.items():
+        cells = " | ".join(f"{fmt(row.get(k))} | {fmt_ci(row.get(f'{k}_ci'))}" for k in names)
+        lines.append(f"| {g} | {row['n']} | {cells} |")
+    return lines
 
 
 def _scales(section: dict[str, Any]) -> list[str]:

@@ -15,6 +15,19 @@ winner is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
 Macro averages run over the classes that occur (in the gold labels or the verdicts) by default:
 on a benchmark without ties, a tie class that nobody uses would otherwise add a 0 to the mean, and a
 judge that copies the gold labels would score F1 0.667. ``classes="all"`` averages over all three.
+The class set is taken once, from the whole sample, and held fixed for every bootstrap resample and
+random judge (scikit-learn's ``labels=``): a resample that happens to hold none of a judge's three
+ties must still average over three classes, or its F1 jumps from (a + b + 0) / 3 to (a + b) / 2.
+
+Two orders, three pair-level figures (every pair judged as ``ab`` and as ``ba``):
+- ``accuracy`` counts verdicts: each order is one verdict, right or wrong on its own.
+- ``correct_both_orders`` counts pairs right in both orders (one right order and a tie is wrong).
+- ``pair_accuracy_two_orders`` counts pairs as published judge benchmarks do (JudgeBench; Auto-J
+  merges swapped verdicts the same way): per pair, the orders that name the gold winner minus those
+  that name the other (a tie or an unparsable verdict counts 0); the pair is right when that is
+  above 0. So one right order and a tie is right, one right and one wrong is not. For a gold tie
+  the pair is right when the orders cancel out or say tie (net 0) with at least one verdict given.
+  A pair judged in one order only counts that order.
 """
 
 from __future__ import annotations
@@ -107,12 +120,15 @@ def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
     return float(np.mean([a == b for a, b in zip(pred, gold)]))
 
 
-def winner_metrics(pred: Sequence[str], gold: Sequence[str], classes: str = "occurring") -> dict[str, float | None]:
-    """Accuracy, macro precision/recall/F1 (over the ``classes`` of ``macro_labels``), Cohen's kappa."""
+def winner_metrics(
+    pred: Sequence[str], gold: Sequence[str], classes: str = "occurring", labels: Sequence[int] | None = None
+) -> dict[str, float | None]:
+    """Accuracy, macro precision/recall/F1 (over the ``classes`` of ``macro_labels``, or the winner
+    codes ``labels`` when a caller fixed them from a larger sample), Cohen's kappa."""
     _check(pred, gold)
     # Integer codes: scikit-learn is several times faster on them than on strings (bootstraps call this often).
     p, g = winner_codes(pred), winner_codes(gold)
-    labels = macro_labels(p, g, classes)
+    labels = macro_labels(p, g, classes) if labels is None else list(labels)
     precision, recall, f1, _ = precision_recall_fscore_support(g, p, labels=labels, average="macro", zero_division=0)
     return {
         "accuracy": float(np.mean(p == g)),
@@ -130,6 +146,16 @@ def macro_labels(pred: np.ndarray, gold: np.ndarray, classes: str) -> list[int]:
     if classes == "all":
         return [0, 1, 2]
     return [k for k in (0, 1, 2) if (gold == k).any() or (pred == k).any()]
+
+
+def confusion_labels(confusion: np.ndarray, classes: str) -> list[int]:
+    """``macro_labels`` of a whole sample given as one confusion matrix (3, 4) (``winner_confusions``):
+    the class set every resample of that sample averages over."""
+    if classes not in MACRO_CLASSES:
+        raise ValueError(f"macro classes must be one of {MACRO_CLASSES}, got {classes!r}")
+    c = np.asarray(confusion).reshape(3, 4)
+    used = c.sum(axis=1) + c.sum(axis=0)[:3]
+    return [0, 1, 2] if classes == "all" else [k for k in (0, 1, 2) if used[k] > 0]
 
 
 def winner_codes(winners: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -164,6 +190,31 @@ def correct_both_orders(ab: Sequence[str], ba: Sequence[str], gold_ab: Sequence[
     _check(ab, gold_ab)
     _check(ba, gold_ab)
     return float(np.mean([x == g and y == flip_winner(g) for x, y, g in zip(ab, ba, gold_ab)]))
+
+
+def two_order_verdict(winners_ab: Sequence[str]) -> str:
+    """A pair's verdict over its judged orders, each already in the ``ab`` order: the winner more
+    orders name (a tie or an unparsable verdict names none), a tie when they balance, unparsable
+    when no order gave a verdict at all."""
+    net = sum((w == "A") - (w == "B") for w in winners_ab)
+    if net:
+        return "A" if net > 0 else "B"
+    return "tie" if any(w != UNPARSABLE for w in winners_ab) else UNPARSABLE
+
+
+def pair_accuracy_two_orders(ab: Sequence[str | None], ba: Sequence[str | None], gold_ab: Sequence[str]) -> float:
+    """Share of pairs whose ``two_order_verdict`` is the gold winner (see the module docstring):
+    ``ab`` and ``ba`` hold each pair's verdict in the order shown, None where that order was not
+    judged; ``gold_ab`` the gold winner in the ``ab`` order."""
+    _check(ab, gold_ab)
+    _check(ba, gold_ab)
+    right = []
+    for x, y, g in zip(ab, ba, gold_ab):
+        orders = [w for w in (x, y if y in (None, UNPARSABLE) else flip_winner(y)) if w is not None]
+        if not orders:
+            raise ValueError("a pair needs at least one judged order")
+        right.append(two_order_verdict(orders) == g)
+    return float(np.mean(right))
 
 
 def annotator_agreement(votes: Sequence[Sequence], kind: str, labels: Sequence = SCORES) -> dict[str, float | None]:
@@ -210,10 +261,11 @@ def _check(a: Sequence, b: Sequence) -> None:
 # confusion matrices or per-item arrays; tests check them against scikit-learn and scipy.
 
 
-def batched_winner_metrics(confusion: np.ndarray, classes: str = "occurring") -> dict[str, np.ndarray]:
+def batched_winner_metrics(confusion: np.ndarray, labels: Sequence[int]) -> dict[str, np.ndarray]:
     """Accuracy, macro P/R/F1 and Cohen's kappa from confusion matrices of shape (..., 3, 4): gold
-    tie/A/B rows, predicted tie/A/B/unparsable columns. The macro mean runs over the classes that
-    occur in each matrix (gold or predicted), or all three (``classes="all"``), as ``macro_labels``."""
+    tie/A/B rows, predicted tie/A/B/unparsable columns. The macro mean runs over the winner codes
+    ``labels`` in every matrix, as scikit-learn's ``labels=`` with ``zero_division=0``: take them
+    from the whole sample (``confusion_labels``), never from each resample."""
     c = confusion.astype(float)
     n = c.sum(axis=(-2, -1))
     diag = np.stack([c[..., k, k] for k in range(3)], axis=-1)
@@ -224,14 +276,15 @@ def batched_winner_metrics(confusion: np.ndarray, classes: str = "occurring") ->
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(diag), where=denom > 0)
     observed = diag.sum(axis=-1) / n
     expected = (gold_totals * pred_totals).sum(axis=-1) / n**2
-    counted = (gold_totals + pred_totals > 0) if classes == "occurring" else np.ones_like(diag, dtype=bool)
-    n_classes = counted.sum(-1)
+    if not labels or not set(labels) <= {0, 1, 2}:
+        raise ValueError(f"macro labels must be winner codes 0-2 (tie, A, B), got {list(labels)}")
+    counted = np.isin(np.arange(3), list(labels))
+    n_classes = counted.sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
-        macro = {
-            k: np.where(n_classes > 0, (v * counted).sum(-1) / n_classes, 0.0)
-            for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
-        }
+    macro = {
+        k: (v * counted).sum(-1) / n_classes for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
+    }
     return {"accuracy": observed, **macro, "kappa": kappa}
 
 

@@ -21,7 +21,15 @@ from themis.evaluation import metrics as m
 from themis.evaluation import stats
 from themis.evaluation.benchmarks import Item, PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
-from themis.evaluation.report import Settings, index_predictions, pair_features, pair_metrics, pair_units, primary
+from themis.evaluation.report import (
+    Settings,
+    index_predictions,
+    pair_features,
+    pair_labels,
+    pair_metrics,
+    pair_units,
+    primary,
+)
 
 TEST = "paired bootstrap over the shared items (both judges scored on the same resampled items)"
 
@@ -52,7 +60,9 @@ def paired_differences(a: Mapping[str, list], b: Mapping[str, list], s: Settings
             continue
         if family == "pointwise":  # every row with its scale, 1-5 where the units leave it out
             fa, fb = ({i: [*f, 1.0, 5.0][:4] for i, f in x.items()} for x in (fa, fb))
-        width = len(next(iter(fa.values() or fb.values())))
+        # Pair units written before a feature was added are shorter: compare the features both have.
+        width = min(len(f) for f in [*fa.values(), *fb.values()])
+        fa, fb = ({i: f[:width] for i, f in x.items()} for x in (fa, fb))
         xa = np.array([fa.get(i, [0.0] * width) for i in ids])
         xb = np.array([fb.get(i, [0.0] * width) for i in ids])
         statistic = _pair_difference(xa, xb, s) if family == "pairwise" else _score_difference(xa, xb, s)
@@ -70,10 +80,12 @@ def _features(units: Mapping[str, list], family: str) -> dict[str, list[float]]:
 
 
 def _pair_difference(xa: np.ndarray, xb: np.ndarray, s: Settings) -> Any:
+    """Each judge's macro class set is its own report's, fixed from all its pairs."""
     sums_a, sums_b = stats.unit_sums(xa), stats.unit_sums(xb)
+    labels_a, labels_b = pair_labels(xa.sum(0), s), pair_labels(xb.sum(0), s)
 
     def statistic(idx: np.ndarray) -> dict[str, np.ndarray]:
-        ma, mb = pair_metrics(sums_a(idx), s), pair_metrics(sums_b(idx), s)
+        ma, mb = pair_metrics(sums_a(idx), labels_a, s), pair_metrics(sums_b(idx), labels_b, s)
         return {k: ma[k] - mb[k] for k in ma}
 
     return statistic

@@ -6,8 +6,11 @@ Which prediction counts: an item is scored on the prompt it is normally judged w
 reference when it has one, unless the judge never saw references); the other reference mode, when
 judged, only feeds the reference-effect table. Unparsable verdicts: pairs follow the configured
 policy (tie, wrong or exclude), always stated in the report; scores are excluded and counted.
-Macro precision/recall/F1 average over the classes that occur, or all three (``macro_classes``);
-``decisive_only`` adds agreement on the verdicts where both the humans and the judge pick a winner.
+Macro precision/recall/F1 average over the classes that occur, or all three (``macro_classes``),
+a class set fixed from all pairs for the value, every resample and the chance level;
+``pair_accuracy_two_orders`` merges each pair's orders as published judge benchmarks do (see
+``metrics``), overall and per group; ``decisive_only`` adds agreement on the verdicts where both
+the humans and the judge pick a winner.
 Pairs judged in both orders are resampled as units: the two orders of a pair never split.
 The judge's ``score`` / ``winner`` is compared with the item's ``human_score`` / ``human_winner``
 (for a ``ba`` call, the human winner flipped to the order shown).
@@ -39,6 +42,11 @@ MACRO = {
     "occurring": "macro precision/recall/F1 average over the classes that occur in the gold labels or the verdicts",
     "all": "macro precision/recall/F1 average over all three classes (tie, A, B), used or not",
 }
+PAIR_AGGREGATE = (
+    "pair_accuracy_two_orders: per pair, the orders naming the gold winner minus those naming the other "
+    "(tie or unparsable: 0), right when above 0 (a gold tie: when they balance); unlike accuracy it counts "
+    "pairs, not verdicts, and unlike correct_both_orders one right order and a tie is right"
+)
 DECISIVE_POLICY = (
     "decisive_accuracy: agreement on the verdicts where both the humans and the judge pick a winner (no tie)"
 )
@@ -79,6 +87,7 @@ def build_report(items: Sequence[Item], predictions: Sequence[Prediction], setti
             "pointwise": SCORE_POLICY,
             "unparsable": settings.unparsable,
             "macro": MACRO[settings.macro_classes],
+            "pair_aggregate": PAIR_AGGREGATE,
             **({"decisive": DECISIVE_POLICY} if settings.decisive_only else {}),
         },
         "settings": settings.__dict__,
@@ -251,13 +260,15 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
 
     rows = [r for u in units for r in u]
     pred, gold = [r[1] for r in rows], [r[2] for r in rows]
-    statistic = pair_statistic(units, s)
-    values = m.winner_metrics(pred, gold, s.macro_classes) | _order_values(statistic, len(units))
+    features = pair_features(units)
+    labels = pair_labels(features.sum(0), s)  # one class set for the value, every resample and chance
+    statistic = pair_statistic(features, s)
+    values = m.winner_metrics(pred, gold, labels=labels) | _order_values(statistic, len(units))
     cis = stats.bootstrap_cis(len(units), statistic, s.resamples, s.confidence, s.seed, vectorized=True)
     gold_codes = m.winner_codes(gold)
 
     def random_judge(draws: np.ndarray) -> dict[str, np.ndarray]:
-        return m.batched_winner_metrics(m.winner_confusions(draws, gold_codes), s.macro_classes)
+        return m.batched_winner_metrics(m.winner_confusions(draws, gold_codes), labels)
 
     chance = stats.chance_levels(random_judge, gold_codes, seed=s.seed)
     chance = {k: chance[k] for k in AGGREGATED["pairwise"]}
@@ -265,7 +276,7 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     out["counts"]["pairs_in_both_orders"] = sum(len({o for o, _, _ in u}) == 2 for u in units)
     if s.decisive_only:
         out["counts"]["decisive"] = sum(_decisive(v, g) for _, v, g in rows)
-    out["macro_classes"] = [m.WINNERS[k] for k in m.macro_labels(m.winner_codes(pred), gold_codes, s.macro_classes)]
+    out["macro_classes"] = [m.WINNERS[k] for k in labels]
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["position"] = {"judge": m.position_rates(pred), "human": m.position_rates(gold)}
     out["chance"] = chance
@@ -273,6 +284,9 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     out["groups"] = _groups(
         [(i, sum(v == g for _, v, g in u), len(u)) for i, u in zip(unit_items, units)], s, "accuracy"
     )
+    by_pair = _groups([(i, f[PAIR_CORRECT], 1.0) for i, f in zip(unit_items, features)], s, PAIR_ACCURACY)
+    for name, row in by_pair.items():
+        out["groups"][name] |= {k: v for k, v in row.items() if k != "n"}
     labels = list(m.WINNERS)
     out["confusion"] = {
         "labels": labels,
@@ -304,13 +318,21 @@ def pair_units(
 
 # Per-pair features the bootstrap sums: the 12 confusion cells (gold code * 4 + verdict code), then
 # these. A resample of pairs is a sum of their rows, so both orders of a pair always move together.
-BOTH, CONSISTENT, CORRECT_BOTH, DECISIVE, DECISIVE_CORRECT = range(12, 17)
+# PAIRS and PAIR_CORRECT came later: scored units written before them have 17 columns.
+BOTH, CONSISTENT, CORRECT_BOTH, DECISIVE, DECISIVE_CORRECT, PAIRS, PAIR_CORRECT = range(12, 19)
+N_PAIR_FEATURES = 19
+PAIR_ACCURACY = "pair_accuracy_two_orders"
 
 
 def pair_features(units: Sequence[Sequence[tuple]]) -> np.ndarray:
     """One row of features per pair (see ``BOTH`` ...) from its judged orders."""
-    features = np.zeros((len(units), 17))
+    features = np.zeros((len(units), N_PAIR_FEATURES))
     for k, unit in enumerate(units):
+        if unit:
+            features[k, PAIRS] = 1
+            in_ab = [v if o == "ab" or v == m.UNPARSABLE else flip_winner(v) for o, v, _ in unit]
+            gold_ab = unit[0][2] if unit[0][0] == "ab" else flip_winner(unit[0][2])
+            features[k, PAIR_CORRECT] = m.two_order_verdict(in_ab) == gold_ab
         for _, winner, gold in unit:
             features[k, m.CODES[gold] * 4 + m.CODES[winner]] += 1
             features[k, DECISIVE] += _decisive(winner, gold)
@@ -325,17 +347,26 @@ def pair_features(units: Sequence[Sequence[tuple]]) -> np.ndarray:
     return features
 
 
-def pair_statistic(units: Sequence[Sequence[tuple]], s: Settings) -> Any:
-    """Every pair metric of resampled pairs, a (batch, n) array of pair indices at a time."""
-    sums = stats.unit_sums(pair_features(units))
-    return lambda idx: pair_metrics(sums(idx), s)
+def pair_labels(total: np.ndarray, s: Settings) -> list[int]:
+    """The macro class set of a whole sample, from its summed pair features (one row)."""
+    return m.confusion_labels(np.asarray(total)[:12], s.macro_classes)
 
 
-def pair_metrics(total: np.ndarray, s: Settings) -> dict[str, np.ndarray]:
-    """Every pair metric from summed pair features (batch, 17): one value per row."""
-    out = m.batched_winner_metrics(total[:, :12].reshape(-1, 3, 4), s.macro_classes)
+def pair_statistic(features: np.ndarray, s: Settings) -> Any:
+    """Every pair metric of resampled pairs (rows of ``pair_features``), a (batch, n) array of pair
+    indices at a time; macro averages over the class set of all the pairs."""
+    sums, labels = stats.unit_sums(features), pair_labels(features.sum(0), s)
+    return lambda idx: pair_metrics(sums(idx), labels, s)
+
+
+def pair_metrics(total: np.ndarray, labels: Sequence[int], s: Settings) -> dict[str, np.ndarray]:
+    """Every pair metric from summed pair features (batch, 17 or more): one value per row; macro
+    averages over the winner codes ``labels`` (``pair_labels`` of the whole sample)."""
+    out = m.batched_winner_metrics(total[:, :12].reshape(-1, 3, 4), labels)
     out["dual_order_consistency"] = _share(total[:, CONSISTENT], total[:, BOTH])
     out["correct_both_orders"] = _share(total[:, CORRECT_BOTH], total[:, BOTH])
+    if total.shape[1] > PAIR_CORRECT:
+        out[PAIR_ACCURACY] = _share(total[:, PAIR_CORRECT], total[:, PAIRS])
     if s.decisive_only:
         out["decisive_accuracy"] = _share(total[:, DECISIVE_CORRECT], total[:, DECISIVE])
     return out
@@ -344,7 +375,9 @@ def pair_metrics(total: np.ndarray, s: Settings) -> dict[str, np.ndarray]:
 def _order_values(statistic: Any, n_units: int) -> dict[str, float | None]:
     """The figures scikit-learn has no form for, on all pairs: the statistic on the full sample."""
     full = statistic(np.arange(n_units)[None, :])
-    names = [k for k in ("dual_order_consistency", "correct_both_orders", "decisive_accuracy") if k in full]
+    names = [
+        k for k in ("dual_order_consistency", "correct_both_orders", PAIR_ACCURACY, "decisive_accuracy") if k in full
+    ]
     return {k: float(full[k][0]) if np.isfinite(full[k][0]) else None for k in names}
 
 
