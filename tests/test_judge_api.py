@@ -24,6 +24,8 @@ from themis.judge_api import (
     judge_call,
     judge_response,
     model_list,
+    parse_batch_items,
+    replica_capacity,
     serve_engine_config,
     unclassified_response,
     validation_error_body,
@@ -424,7 +426,11 @@ def test_deployment_options_are_explicit():
     }
     console = deployment_options(cfg.model_copy(update={"log_to_console": True}))
     assert console["ray_actor_options"]["runtime_env"] == {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "1"}}
-    assert opts["max_ongoing_requests"] >= 16  # a batch running and one filling
+    # The replica holds two batches (one running, one filling) or the configured count, plus the
+    # queue, and answers 503 itself beyond that; Serve lets more reach it, so they are refused there.
+    assert replica_capacity(cfg) == cfg.limits.max_ongoing_requests + cfg.limits.max_queued_requests
+    assert replica_capacity(cfg.model_copy(update={"limits": ServeLimits(max_ongoing_requests=1)})) == 16 + 64
+    assert opts["max_ongoing_requests"] > replica_capacity(cfg)
     assert opts["max_queued_requests"] == cfg.limits.max_queued_requests
     assert opts["backpressure_config"] == {"status_code": 503, "retry_after_s": cfg.limits.retry_after_s}
     engine = serve_engine_config(cfg, "/models/judge")
@@ -449,3 +455,49 @@ def test_injection_markers_in_judged_text_cannot_close_the_block_or_show_a_verdi
         .count("Paris [x] *bold*")
         == 1
     )  # ordinary text is unchanged
+
+
+# --- /v1/judge/batch: each item checked on its own ----------------------------------------------
+
+GOOD_ITEM = b'{"instruction": "q", "response": "r", "scenario": "close_qa"}'
+BAD_ITEMS = {
+    "lone surrogate": b'{"instruction": "q", "response": "\\udfff"}',
+    "invalid utf-8": b'{"instruction": "q", "response": "caf\xe9 \xff"}',
+    "unknown field": b'{"instruction": "q", "response": "r", "colour": "red"}',
+    "blank instruction": b'{"instruction": "   ", "response": "r"}',
+    "not an object": b'"just a string"',
+}
+
+
+@pytest.mark.parametrize("name", BAD_ITEMS)
+@pytest.mark.parametrize("where", [0, 2, 4])
+def test_batch_item_validated_alone(name, where):
+    items = [GOOD_ITEM] * 4
+    items.insert(where, BAD_ITEMS[name])
+    parsed = parse_batch_items(b'{"items": [' + b", ".join(items) + b"]}", max_items=16)
+    assert [isinstance(p, JudgeRequest) for p in parsed] == [i != where for i in range(5)]
+    error = parsed[where]
+    assert isinstance(error, ApiError) and (error.status, error.code) == (422, "invalid_body")
+    assert error.message.startswith(f"items.{where}") and error.param == f"items.{where}"
+    assert len(error.message) < 600
+    error.body()["error"]["message"].encode("utf-8")  # a reply that can always be encoded
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"{not json", 422),
+        (b"[" * 50_000 + b"]" * 50_000, 422),
+        (b'{"items": {"instruction": "q"}}', 422),  # items not a list
+        (b'{"items": []}', 422),
+        (b'{"items": [' + GOOD_ITEM + b'], "extra": 1}', 422),
+        (b'{"it\xffems": [' + GOOD_ITEM + b"]}", 422),  # bad bytes outside any item
+        (b'{"items": [' + b", ".join([GOOD_ITEM] * 17) + b"]}", 413),
+    ],
+)
+def test_batch_envelope_errors_fail_the_whole_request(body, status):
+    with pytest.raises(ApiError) as info:
+        parse_batch_items(body, max_items=16)
+    assert info.value.status == status
+    assert len(info.value.message) < 600
+    info.value.body()["error"]["message"].encode("utf-8")

@@ -8,7 +8,18 @@ import json
 import pytest
 
 from themis.config import ServeAuthConfig
-from themis.serve_guard import Guard, GuardSettings, KeyConfigError, hash_key, is_loopback, load_key_hashes, split_keys
+from themis.serve_guard import (
+    Guard,
+    GuardSettings,
+    KeyConfigError,
+    ProxyGuard,
+    hash_key,
+    is_loopback,
+    load_key_hashes,
+    proxy_env,
+    proxy_middlewares,
+    split_keys,
+)
 
 
 async def _echo_app(scope, receive, send):
@@ -107,3 +118,106 @@ def test_guard_and_promotion_import_no_heavy_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- a busy replica answers 503 itself, OpenAI-shaped -----------------------------------------------
+
+
+def test_busy_replica_refuses_with_an_openai_503_and_retry_after():
+    settings = GuardSettings(max_in_flight=2, retry_after_s=3)
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await _echo_app(scope, receive, send)
+
+    async def one(guard, path="/v1/judge"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await guard({"type": "http", "path": path, "headers": []}, receive, send)
+        return sent
+
+    async def main():
+        guard = Guard(slow_app, lambda: settings)
+        held = [asyncio.create_task(one(guard)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        refused = await one(guard)
+        release.set()
+        health = await one(guard, "/health")  # probes are never refused as busy
+        return refused, health, [await t for t in held], guard.in_flight
+
+    refused, health, held, in_flight = asyncio.run(main())
+    assert refused[0]["status"] == 503 and dict(refused[0]["headers"])[b"retry-after"] == b"3"
+    error = json.loads(refused[1]["body"])["error"]
+    assert (error["type"], error["code"]) == ("server_error", "overloaded") and error["message"]
+    assert health[0]["status"] == 200 and [h[0]["status"] for h in held] == [200, 200]
+    assert in_flight == 0  # every admitted request let go of its place
+
+
+# --- Serve's proxy: internal routes keyed, its own errors OpenAI-shaped ---------------------------
+
+
+async def _serve_proxy(scope, receive, send):
+    """What Serve's proxy answers itself: the route map, its health check, a plain-text 503."""
+    if scope["path"] == "/-/routes":
+        body, status, kind = b'{"/":"themis-judge"}', 200, b"application/json"
+    elif scope["path"] == "/-/healthz":
+        body, status, kind = b"success", 200, b"text/plain; charset=utf-8"
+    else:
+        body, status, kind = b"Request dropped due to backpressure", 503, b"text/plain; charset=utf-8"
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", b"3"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _via_proxy(path, headers=(), hashes=KEYED.key_hashes):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "path": path, "headers": [(k.lower().encode(), v.encode()) for k, v in headers]}
+    asyncio.run(ProxyGuard(_serve_proxy, key_hashes=hashes)(scope, receive, send))
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_serve_internal_routes_need_a_key_where_keys_are_set():
+    status, headers, body = _via_proxy("/-/routes")
+    assert status == 401 and b"themis-judge" not in body and headers[b"www-authenticate"] == b"Bearer"
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert _via_proxy("/-/routes", [("Authorization", "Bearer wrong")])[0] == 401
+    assert _via_proxy("/-/routes", [("Authorization", "Bearer alpha")])[2] == b'{"/":"themis-judge"}'
+    assert _via_proxy("/-/healthz")[:1] == (200,)  # probes call it without a key
+    assert _via_proxy("/-/routes", hashes=())[0] == 200  # no keys set: nothing to ask for
+
+
+def test_serve_plain_text_errors_become_openai_errors_with_their_headers():
+    status, headers, body = _via_proxy("/v1/judge", [("Authorization", "Bearer alpha")])
+    assert status == 503 and headers[b"retry-after"] == b"3"
+    assert headers[b"content-type"] == b"application/json" and int(headers[b"content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "overloaded")
+    assert "backpressure" in error["message"]
+
+
+def test_proxy_callback_reads_hashes_and_keys_from_its_environment(monkeypatch):
+    env = proxy_env({hash_key("alpha")})
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "themis.serve_guard:proxy_middlewares"
+    assert "alpha" not in str(env)  # hashes only: a key never enters Ray's environment
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("THEMIS_JUDGE_API_KEYS", "beta")
+    (middleware,) = proxy_middlewares()
+    assert middleware.cls is ProxyGuard
+    assert middleware.kwargs["key_hashes"] == {hash_key("alpha"), hash_key("beta")}

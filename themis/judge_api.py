@@ -15,11 +15,12 @@ Pure: imports no Ray, torch or FastAPI.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from themis.config import Sampling, ServeConfig, ServeLimits, TransformersEngineConfig, VLLMEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult
@@ -36,8 +37,9 @@ SNIPPET_CHARS = 80  # the most of a client's own input an error message repeats
 
 
 def snippet(text: object, limit: int = SNIPPET_CHARS) -> str:
-    """A short, printable excerpt of client input for an error message (never the whole of it)."""
-    text = str(text)
+    """A short, printable excerpt of client input for an error message (never the whole of it); a
+    lone surrogate is shown escaped, so the reply can always be encoded."""
+    text = str(text).encode("utf-8", errors="backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
@@ -63,19 +65,37 @@ class ApiError(Exception):
         code: str,
         type: str = "invalid_request_error",
         param: str | None = None,
+        detail: list[dict[str, Any]] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
-        self.type, self.param = type, param
+        self.type, self.param, self.detail = type, param, detail
 
     def body(self) -> dict[str, Any]:
         """``{"error": {...}}`` as OpenAI returns it, so its client raises the right exception."""
         error = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
-        return {"error": error}
+        return {"error": error} | ({"detail": self.detail} if self.detail is not None else {})
 
 
-def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """A 422 body from pydantic errors: one readable line per problem, plus the raw list."""
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every refusal, as OpenAI's clients read it."""
+
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error or server_error.")
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error reply: ``{"error": {...}}``; a schema error adds pydantic's list in ``detail``."""
+
+    error: ErrorDetail
+    detail: list[dict[str, Any]] | None = None
+
+
+def validation_error(errors: list[dict[str, Any]], where: str = "") -> ApiError:
+    """A 422 from pydantic errors: one readable line per problem (each place prefixed by ``where``),
+    plus the list."""
     detail = [
         {
             "loc": [snippet(p, 40) if isinstance(p, str) else p for p in e.get("loc", ())],
@@ -84,9 +104,13 @@ def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for e in errors
     ]
-    lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail]
-    error = {"message": "; ".join(lines), "type": "invalid_request_error", "code": "invalid_body"}
-    return {"error": error | {"param": None}, "detail": detail}
+    lines = [f"{where}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail]
+    return ApiError(422, "; ".join(lines), "invalid_body", detail=detail)
+
+
+def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A 422 body from pydantic errors (see ``validation_error``)."""
+    return validation_error(errors).body()
 
 
 # --- POST /v1/judge ------------------------------------------------------------------------------
@@ -160,6 +184,47 @@ class BatchJudgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[JudgeRequest] = Field(min_length=1, description="The calls, answered in this order.")
+
+
+class BatchEnvelope(BaseModel):
+    """The outside of a batch request, checked before its items (which are checked one by one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Any] = Field(min_length=1)
+
+
+def parse_batch_items(raw: bytes, max_items: int) -> list[JudgeRequest | ApiError]:
+    """Each item of a ``/v1/judge/batch`` body, checked on its own: a JudgeRequest, or the 422 that
+    item alone gets. A body that is not JSON, not ``{"items": [...]}``, or has more than
+    ``max_items`` items raises ApiError (422, 413) for the whole request.
+
+    Bytes that are not UTF-8 are decoded as lone surrogates (``surrogateescape``), so they fail the
+    item that holds them (as a JSON ``\\udfff`` escape does), not the whole request."""
+    try:
+        body = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+    except (ValueError, RecursionError) as exc:
+        message = f"request body is not JSON ({snippet(exc, 120)})" if isinstance(exc, ValueError) else ""
+        raise ApiError(422, message or "request body is nested too deeply", "invalid_body") from None
+    try:
+        items = BatchEnvelope.model_validate(body).items
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+    if len(items) > max_items:
+        message = f"{len(items)} items is over this server's limit of {max_items}"
+        raise ApiError(413, message, "too_many_items", param="items")
+    return [_batch_item(i, item) for i, item in enumerate(items)]
+
+
+def _batch_item(index: int, item: Any) -> JudgeRequest | ApiError:
+    try:
+        return JudgeRequest.model_validate(item)
+    except ValidationError as exc:
+        error = validation_error(exc.errors(), where=f"items.{index}.")
+        error.param = f"items.{index}"
+        return error
+    except RecursionError:
+        return ApiError(422, f"items.{index}: nested too deeply", "invalid_body", param=f"items.{index}")
 
 
 class BatchItemError(BaseModel):
@@ -436,9 +501,23 @@ def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> Transformers
     )
 
 
+def replica_capacity(serve_cfg: ServeConfig) -> int:
+    """Requests one replica holds at once: those it works on (room for two full batches, one running
+    and one filling, and the autoscaler's target) plus those waiting their turn. Beyond it the
+    replica answers 503 with Retry-After itself (``themis.serve_guard``), in the OpenAI error shape."""
+    limits = serve_cfg.limits
+    return max(limits.max_ongoing_requests, 2 * serve_cfg.batch_size) + limits.max_queued_requests
+
+
+# Serve lets this many times a replica's capacity reach it, so that what the replica refuses reaches
+# it to be refused in the OpenAI shape; Serve's own queue (plain-text 503) is only a backstop.
+SERVE_ONGOING_FACTOR = 4
+
+
 def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
-    """``serve.deployment`` options: explicit autoscaling, per-replica resources, a bounded queue
-    (Serve answers 503 with Retry-After beyond it) and a health check that sees a stuck engine."""
+    """``serve.deployment`` options: explicit autoscaling, per-replica resources, room for what the
+    replica admits or refuses itself (``replica_capacity``), Serve's bounded queue as a backstop, and
+    a health check that sees a stuck engine."""
     scaling, limits = serve_cfg.autoscaling, serve_cfg.limits
     return {
         "autoscaling_config": {
@@ -446,8 +525,7 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
         },
-        # Room for two full batches (one running, one filling) and the autoscaler's target.
-        "max_ongoing_requests": max(limits.max_ongoing_requests, 2 * serve_cfg.batch_size),
+        "max_ongoing_requests": SERVE_ONGOING_FACTOR * replica_capacity(serve_cfg),
         "max_queued_requests": limits.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": limits.retry_after_s},
         "health_check_period_s": 5.0,

@@ -1,10 +1,18 @@
-"""What stands in front of the judge's routes: API keys and the body size limit, as one ASGI middleware.
+"""What stands in front of the judge's routes: API keys, the body size limit and the replica's
+admission limit, as one ASGI middleware (``Guard``); and ``ProxyGuard`` for Serve's own proxy.
 
 Keys are Bearer tokens read from an environment variable and/or a file (a mounted Kubernetes
 Secret), one per line or comma-separated. Only their SHA-256 hashes are kept, and compared in
 constant time; a key is never logged or echoed. Every route except ``/health`` needs a valid key
 once keys are configured. A body larger than the limit gets 413 before anything parses it, whether
-the client announced its length or streams it in chunks.
+the client announced its length or streams it in chunks. A replica holding as many requests as it
+may answers 503 with Retry-After at once. Every refusal is an OpenAI-style error body.
+
+``ProxyGuard`` wraps Serve's HTTP proxy, which answers its own routes before any replica sees them:
+``/-/routes`` (the route map) needs a key where keys are set; ``/-/healthz`` stays open, because
+load balancers and Kubernetes probes call it without credentials and it tells nothing but "healthy".
+Serve's own plain-text errors (its backstop 503 queue, 404, 500) become the OpenAI shape, headers
+(Retry-After) kept.
 
 Pure: plain ASGI, no Ray, FastAPI or torch, so the rules are testable without a server.
 """
@@ -29,7 +37,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # Serve's proxy reads it at start
+PROXY_KEY_HASHES_ENV = "THEMIS_PROXY_KEY_HASHES"  # hashes only: a key itself never enters Ray's env
+DEFAULT_KEYS_ENV = "THEMIS_JUDGE_API_KEYS"  # ServeAuthConfig's default, as a pod's env may set it
 OPEN_PATHS = frozenset({"/health"})  # what a load balancer or probe reaches without a key
+PROXY_OPEN_PATHS = frozenset({"/-/healthz"})  # Serve's proxy health check, for probes
+ERROR_TYPES = {401: "authentication_error", 503: "server_error"}  # else invalid_request_error
 
 
 class KeyConfigError(ValueError):
@@ -84,6 +97,8 @@ class GuardSettings:
     key_hashes: frozenset[str] = frozenset()
     max_body_bytes: int = 1_000_000
     open_paths: frozenset[str] = field(default=OPEN_PATHS)
+    max_in_flight: int = 0  # requests (open paths aside) held at once; 0 = no limit
+    retry_after_s: int = 2
 
     def authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """Whether the headers carry ``Authorization: Bearer <a configured key>``."""
@@ -103,16 +118,23 @@ class BodyTooLarge(Exception):
 
 def error_response(status: int, message: str, code: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> tuple:
     """An OpenAI-style error as (status, headers, body) for a raw ASGI reply."""
-    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return status, headers + list(extra_headers), body
 
 
 async def send_error(send: Send, status: int, message: str, code: str, extra=()) -> None:
+    """Send an OpenAI-style error as the whole reply."""
     status, headers, body = error_response(status, message, code, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_unauthorized(send: Send) -> None:
+    """401 with a Bearer challenge; the key given (if any) is never echoed."""
+    message = "a valid API key is required (Authorization: Bearer <key>)"
+    await send_error(send, 401, message, "invalid_api_key", [(b"www-authenticate", b"Bearer")])
 
 
 class Guard:
@@ -123,20 +145,29 @@ class Guard:
 
     def __init__(self, app: ASGIApp, settings: Callable[[], GuardSettings] = GuardSettings):
         self.app, self.settings = app, settings
+        self.in_flight = 0  # requests past the checks and not yet answered (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         settings = self.settings()
-        if scope["path"] not in settings.open_paths and not settings.authorized(scope.get("headers", [])):
-            challenge = [(b"www-authenticate", b"Bearer")]
-            return await send_error(
-                send, 401, "a valid API key is required (Authorization: Bearer <key>)", "invalid_api_key", challenge
-            )
+        is_open = scope["path"] in settings.open_paths
+        if not is_open and not settings.authorized(scope.get("headers", [])):
+            return await send_unauthorized(send)
         announced = dict(scope.get("headers", [])).get(b"content-length")
         if announced is not None and announced.isdigit() and int(announced) > settings.max_body_bytes:
             return await send_error(send, 413, self._too_large(settings), "body_too_large")
-        await self._call_counting(scope, receive, send, settings)
+        if is_open:
+            return await self._call_counting(scope, receive, send, settings)
+        if settings.max_in_flight and self.in_flight >= settings.max_in_flight:
+            message = f"this replica is busy with {self.in_flight} requests; retry after {settings.retry_after_s}s"
+            retry = [(b"retry-after", str(settings.retry_after_s).encode())]
+            return await send_error(send, 503, message, "overloaded", retry)
+        self.in_flight += 1
+        try:
+            await self._call_counting(scope, receive, send, settings)
+        finally:
+            self.in_flight -= 1
 
     async def _call_counting(self, scope: Scope, receive: Receive, send: Send, settings: GuardSettings) -> None:
         """Run the app with a ``receive`` that stops a chunked body at the limit. The app may turn
@@ -170,3 +201,70 @@ class Guard:
     @staticmethod
     def _too_large(settings: GuardSettings) -> str:
         return f"request body is larger than this server's limit of {settings.max_body_bytes} bytes"
+
+
+class ProxyGuard:
+    """ASGI middleware for Serve's HTTP proxy (``serve.start(http_options={"middlewares": ...})``).
+
+    Serve's internal routes (``/-/...``) need a key where keys are set, ``/-/healthz`` aside (see
+    the module docstring). Serve's own plain-text error replies become OpenAI-style JSON with their
+    status and headers kept; replies from the judge's app (already JSON) pass untouched."""
+
+    def __init__(self, app: ASGIApp, key_hashes: Iterable[str] = ()):
+        self.app = app
+        self.settings = GuardSettings(frozenset(key_hashes), open_paths=PROXY_OPEN_PATHS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        internal = path.startswith("/-/") and path not in self.settings.open_paths
+        if internal and not self.settings.authorized(scope.get("headers", [])):
+            return await send_unauthorized(send)
+        await self.app(scope, receive, _json_errors(send))
+
+
+def _json_errors(send: Send) -> Send:
+    """A ``send`` that turns a plain-text error reply (status >= 400) into an OpenAI-style one."""
+    held: Message | None = None
+    parts: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] >= 400 and not _is_json(message):
+            held = message  # wait for the body, then reply in JSON instead
+            return
+        if held is None or message["type"] != "http.response.body":
+            return await send(message)
+        parts.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        status = held["status"]
+        kept = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
+        text = b"".join(parts).decode("utf-8", errors="replace").strip() or f"HTTP {status}"
+        await send_error(send, status, text[:500], "overloaded" if status == 503 else f"http_{status}", kept)
+
+    return wrapped
+
+
+def _is_json(start: Message) -> bool:
+    content_type = dict(start.get("headers", [])).get(b"content-type", b"")
+    return content_type.split(b";")[0].strip().lower() == b"application/json"
+
+
+def proxy_env(key_hashes: Iterable[str]) -> dict[str, str]:
+    """Environment for Serve's proxy that puts ``ProxyGuard`` (with these key hashes) in front of it."""
+    return {
+        PROXY_CALLBACK_ENV: "themis.serve_guard:proxy_middlewares",
+        PROXY_KEY_HASHES_ENV: ",".join(sorted(key_hashes)),
+    }
+
+
+def proxy_middlewares() -> list[Any]:
+    """Serve's proxy callback: ``ProxyGuard`` with the key hashes of ``$THEMIS_PROXY_KEY_HASHES``
+    and of the keys in ``$THEMIS_JUDGE_API_KEYS`` (a RayService pod may carry the Secret there)."""
+    from starlette.middleware import Middleware  # only in the proxy: this module stays plain ASGI
+
+    hashes = set(split_keys(os.environ.get(PROXY_KEY_HASHES_ENV, "")))
+    hashes |= {hash_key(k) for k in split_keys(os.environ.get(DEFAULT_KEYS_ENV, ""))}
+    return [Middleware(ProxyGuard, key_hashes=frozenset(hashes))]

@@ -1,10 +1,19 @@
 """The judge's Prometheus metrics, through Ray Serve's metrics API (``ray.serve.metrics``): Serve tags
-each with its deployment, replica and application, and Ray's metrics endpoint exports them."""
+each with its deployment, replica and application, and Ray's metrics endpoint exports them.
 
+``themis_judge_responses`` counts every HTTP answer of a replica by route and status, refusals
+included: 401 (key), 413 (body), 422 (schema), 400s, and the replica's own 503 (busy), which its
+routes never see (``StatusCounter`` wraps the whole app, outside the guard)."""
+
+import asyncio
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 from themis.judge_api import ApiError, JudgeResponse
+
+OTHER_ROUTE = "other"  # any path that is not a route, so a scanner cannot grow the label set
 
 
 class JudgeMetrics:
@@ -13,6 +22,11 @@ class JudgeMetrics:
     def __init__(self) -> None:
         from ray.serve.metrics import Counter, Histogram
 
+        self.responses = Counter(
+            "themis_judge_responses",
+            description="Every HTTP answer by route and status, refusals (401/413/422/400/503) included.",
+            tag_keys=("route", "status"),
+        )
         self.requests = Counter(
             "themis_judge_requests",
             description="Requests by route, kind and status.",
@@ -38,6 +52,9 @@ class JudgeMetrics:
             description="Generations per engine call (how full batching keeps the engine).",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
         )
+
+    def response(self, route: str, status: int) -> None:
+        self.responses.inc(tags={"route": route, "status": str(status)})
 
     def batch_size(self, size: int) -> None:
         self.batch_sizes.observe(size)
@@ -67,3 +84,33 @@ class JudgeMetrics:
         self.verdicts.inc(tags={"kind": out.kind, "verdict": str(value)})
         if out.consistent is False:
             self.disagreements.inc()
+
+
+class StatusCounter:
+    """ASGI middleware: ``metrics().response(route, status)`` for every answer (500 for an exception
+    that escapes). ``metrics`` is read per request: the replica sets it after the app exists."""
+
+    def __init__(self, app: Any, metrics: Callable[[], JudgeMetrics | None], routes: Callable[[], frozenset[str]]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        metrics = self.metrics()
+        if scope["type"] != "http" or metrics is None:
+            return await self.app(scope, receive, send)
+        status = 0
+
+        async def seen(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        except BaseException as exc:
+            # Nothing answered: the client left (499, as nginx counts it), or an error escaped (500).
+            status = status or (499 if isinstance(exc, asyncio.CancelledError) else 500)
+            raise
+        finally:
+            route = scope["path"] if scope["path"] in self.routes() else OTHER_ROUTE
+            metrics.response(route, status)

@@ -15,11 +15,16 @@ Isolation: the transformers engine runs in a child process (``themis.engines.pro
 Serve's request handling never holds its GIL, and a call that overruns is killed with its process.
 Every prompt is counted before it joins a batch (413 beyond the limit); an engine call has a
 deadline (transformers stops at ``max_time``; the request fails with 504 either way) and a replica
-whose engine call overruns it anyway fails its health check, so Serve replaces it; a batch whose
-engine call fails is retried one request at a time, so only the request at fault fails; Serve's
-bounded queue answers 503 with Retry-After; cancelled requests leave their batch before it runs.
+whose engine call overruns it anyway fails its health check, so Serve replaces it; every request
+that failed in a batch of several is retried alone (``generate_isolated``), so only the request at
+fault fails, whatever else its engine call held; a replica holding ``replica_capacity`` requests
+answers 503 with Retry-After itself (OpenAI-shaped, counted); cancelled requests leave their batch
+before it runs. Each item of ``/v1/judge/batch`` is checked on its own: a bad item fails alone.
 Batching: ``themis.batcher`` forms each engine batch when the engine is free, so under load every
 call is full.
+
+Serve's proxy answers ``/-/routes`` and ``/-/healthz`` itself; ``serve_start_options`` puts
+``themis.serve_guard.ProxyGuard`` in front of them (a key for ``/-/routes``).
 
 Ports: HTTP binds ``serve.host``; Serve's gRPC proxy is not started (no servicers). Each replica's
 inter-deployment gRPC server binds ``[::]:0`` in Ray 2.60 (hard-coded in ray/serve/_private/
@@ -60,6 +65,7 @@ from themis.judge_api import (
     BatchJudgeRequest,
     BatchJudgeResponse,
     ChatCompletionRequest,
+    ErrorBody,
     JudgeRequest,
     JudgeResponse,
     both_orders_response,
@@ -72,6 +78,8 @@ from themis.judge_api import (
     judge_call,
     judge_response,
     model_list,
+    parse_batch_items,
+    replica_capacity,
     serve_engine_config,
     snippet,
     unclassified_response,
@@ -81,8 +89,8 @@ from themis.judging import classifier_request, judge_request
 from themis.models import EXPORT_MARKERS, ModelSource, resolve_model
 from themis.parsing import ParseError
 from themis.promotion import check_promotion
-from themis.serve_guard import Guard, GuardSettings, load_key_hashes
-from themis.serve_metrics import JudgeMetrics
+from themis.serve_guard import Guard, GuardSettings, load_key_hashes, proxy_env
+from themis.serve_metrics import JudgeMetrics, StatusCounter
 
 APP_NAME = "themis-judge"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +105,47 @@ logger = logging.getLogger("ray.serve")  # Serve's replica logs carry each reque
 
 api = FastAPI(title="Themis judge", description="LLM-as-a-judge with an OpenAI-compatible API.")
 api.add_middleware(Guard, settings=lambda: getattr(api.state, "guard", GuardSettings()))
+# Added last, so outermost: it sees the guard's refusals (401, 413, 503) as well as the routes' answers.
+api.add_middleware(
+    StatusCounter,
+    metrics=lambda: getattr(api.state, "metrics", None),
+    routes=lambda: frozenset(getattr(r, "path", "") for r in api.routes),
+)
+
+# What each status means, for the API description: every route lists every status it answers.
+ERROR_STATUSES = {
+    400: "The fields do not fit together, or name something unknown (a scenario, n, stream).",
+    401: "No valid API key (Authorization: Bearer <key>), where keys are set.",
+    404: "The model named is not the one served.",
+    413: "Over a limit: body bytes, prompt tokens, or items of a batch.",
+    422: "Not JSON, or not this schema (types, ranges, unknown fields, lone surrogates).",
+    500: "The engine failed to generate.",
+    503: "The replica is busy: retry after Retry-After seconds.",
+    504: "Generation did not finish within the deadline.",
+}
+RETRY_AFTER_DOC = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status with the OpenAI error body (503 with Retry-After)."""
+    docs: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        docs[status] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
+        if status == 503:
+            docs[status]["headers"] = RETRY_AFTER_DOC
+    return docs
+
+
+def batch_body_doc() -> dict[str, Any]:
+    """The batch route's body for the API description: the route reads the raw body (to check
+    each item on its own), so FastAPI cannot describe it; ``JudgeRequest`` is /v1/judge's component."""
+    schema = BatchJudgeRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or stuck while an engine call overruns its deadline (503).")
 
 
 @api.exception_handler(ApiError)
@@ -187,6 +236,41 @@ class EngineWatch:
         return started is not None and time.monotonic() - started > self.limit_s
 
 
+def generate_isolated(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    """``engine.generate(requests)``, where one bad request fails no other: with several requests,
+    each that failed (or all, if the call raised) is retried alone. An engine may fail more rows
+    than the one at fault (a transformers engine fails a whole sub-batch of rows), so a success
+    elsewhere in the call proves nothing about the failed rows. A row past the deadline is not
+    retried: its request has already been answered 504."""
+    results = _try_generate(engine, requests)
+    if len(requests) == 1:
+        return results or [GenerationResult(error="generation failed")]
+    retried: list[GenerationResult | None] = list(results) if results else [None] * len(requests)
+    for i, result in enumerate(retried):
+        if result is None or not (result.ok or result.error.startswith("deadline")):
+            alone = _try_generate(engine, [requests[i]])
+            retried[i] = alone[0] if alone else GenerationResult(error="generation failed")
+    return retried  # type: ignore[return-value]  # every None was replaced
+
+
+def _try_generate(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
+    try:
+        results = engine.generate(requests)
+    except Exception as exc:  # the engine's own handling missed it; logged, never sent raw
+        logger.warning("engine call of %d request(s) failed: %s", len(requests), type(exc).__name__)
+        return None
+    if len(results) != len(requests):
+        logger.warning("engine returned %d results for %d requests", len(results), len(requests))
+        return None
+    return list(results)
+
+
+async def _judge_item(judge: Callable, item: JudgeRequest | ApiError) -> JudgeResponse:
+    if isinstance(item, ApiError):
+        raise item  # refused when checked: it fails alone, like any other item's refusal
+    return await judge(item)
+
+
 def _batch_result(index: int, outcome: JudgeResponse | BaseException) -> JudgeResponse | BatchItemError:
     if isinstance(outcome, JudgeResponse):
         return outcome
@@ -229,7 +313,13 @@ class JudgeServer:
         self._batcher = EngineBatcher(
             self._run_batch, serve_cfg.batch_size, serve_cfg.batch_wait_s, on_batch=self.metrics.batch_size
         )
-        api.state.guard = GuardSettings(frozenset(key_hashes), self.limits.max_body_bytes)
+        api.state.metrics = self.metrics
+        api.state.guard = GuardSettings(
+            frozenset(key_hashes),
+            self.limits.max_body_bytes,
+            max_in_flight=replica_capacity(serve_cfg),
+            retry_after_s=self.limits.retry_after_s,
+        )
 
     def check_health(self) -> None:
         """Serve's health check: an engine call far past its deadline marks the replica dead."""
@@ -251,21 +341,9 @@ class JudgeServer:
         with self._engine_lock:
             self.watch.started = time.monotonic()
             try:
-                results = self._try_generate(requests)
-                if len(requests) > 1 and (results is None or all(not r.ok for r in results)):
-                    # One bad request must not fail its batch-mates: retry them one by one.
-                    results = [self._try_generate([r]) or [None] for r in requests]
-                    results = [r[0] or GenerationResult(error="generation failed") for r in results]
-                return results or [GenerationResult(error="generation failed")]
+                return generate_isolated(self.engine, requests)
             finally:
                 self.watch.started = None
-
-    def _try_generate(self, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
-        try:
-            return self.engine.generate(requests)
-        except Exception as exc:  # the engine's own handling missed it; logged, never sent raw
-            logger.warning("engine call of %d request(s) failed: %s", len(requests), type(exc).__name__)
-            return None
 
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
         """One generation through the batcher, once its prompt is known to fit."""
@@ -297,35 +375,40 @@ class JudgeServer:
 
     # --- routes ----------------------------------------------------------------------------------
 
-    @api.get("/health")
+    @api.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Stuck."}})
     def health(self) -> JSONResponse:
         """Liveness without a key: 200, or 503 while an engine call overruns its deadline."""
         stuck = self.watch.stuck()
         return JSONResponse({"status": "stuck" if stuck else "ok"}, status_code=503 if stuck else 200)
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=documented(401, 413, 503))
     def models(self) -> dict[str, Any]:
         """The one served model, as OpenAI lists models."""
         return model_list(self.cfg.model_name, self.created)
 
-    @api.post("/v1/judge")
+    @api.post("/v1/judge", responses=documented(400, 401, 413, 422, 503, 504))
     async def judge(self, body: JudgeRequest) -> JudgeResponse:
         """Grade one response (single, reference) or compare two (pairwise; both_orders for a
         position-fair verdict)."""
         with self.metrics.observe("judge", infer_kind(body)):
             return await self._judge_one(body)
 
-    @api.post("/v1/judge/batch")
-    async def judge_batch(self, body: BatchJudgeRequest) -> BatchJudgeResponse:
-        """Several judge calls at once; an item that is refused fails alone, with its status."""
-        if len(body.items) > self.limits.max_batch_items:
-            message = f"{len(body.items)} items is over this server's limit of {self.limits.max_batch_items}"
-            raise ApiError(413, message, "too_many_items", param="items")
+    @api.post(
+        "/v1/judge/batch",
+        response_model=BatchJudgeResponse,
+        responses=documented(401, 413, 422, 503),
+        openapi_extra=batch_body_doc(),
+    )
+    async def judge_batch(self, request: Request) -> BatchJudgeResponse:
+        """Several judge calls at once (a ``BatchJudgeRequest``); each item is checked and answered
+        on its own: one that is refused (400, 413, 422) fails alone, with its status."""
         with self.metrics.observe("judge_batch", "batch"):
-            outcomes = await asyncio.gather(*(self._judge_one(item) for item in body.items), return_exceptions=True)
+            items = parse_batch_items(await request.body(), self.limits.max_batch_items)
+            judged = (_judge_item(self._judge_one, item) for item in items)
+            outcomes = await asyncio.gather(*judged, return_exceptions=True)
         return BatchJudgeResponse(results=[_batch_result(i, o) for i, o in enumerate(outcomes)])
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", responses=documented(400, 401, 404, 413, 422, 500, 503, 504))
     async def chat_completions(self, body: ChatCompletionRequest) -> dict[str, Any]:
         """OpenAI chat completion (no streaming, n=1), plus vLLM's continue_final_message."""
         with self.metrics.observe("chat", "chat"):
@@ -385,6 +468,18 @@ def build_app(
     source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
     deployment = JudgeServer.options(**deployment_options(serve_cfg))
     return deployment.bind(source, serve_cfg, frozenset(key_hashes), engine_factory)
+
+
+def serve_start_options(host: str, port: int, key_hashes: frozenset = frozenset()) -> dict[str, Any]:
+    """``serve.start``'s keyword arguments for the judge: HTTP on ``host:port``, no gRPC proxy, and
+    ``ProxyGuard`` in front of Serve's proxy (its ``/-/routes`` needs a key where keys are set, its
+    own errors are OpenAI-shaped). Ray 2.60 takes proxy middleware only from an import path in the
+    proxy's environment, which the controller passes on to the proxies it starts."""
+    return {
+        "http_options": {"host": host, "port": port},
+        "grpc_options": {"grpc_servicer_functions": []},
+        "controller_options": {"runtime_env": {"env_vars": proxy_env(key_hashes)}},
+    }
 
 
 def served_model_source(serve_cfg: ServeConfig, storage: StorageConfig, run_name: str) -> ModelSource:
