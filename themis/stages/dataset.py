@@ -39,6 +39,7 @@ from themis import augment, selection
 from themis.call_cache import CacheSpec
 from themis.config import PipelineConfig
 from themis.filters import balance, balance_key, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
+from themis.generation import StageTally
 from themis.parsing import ParseError
 from themis.scenarios import Criterion, get_scenario
 from themis.stages import StageReport
@@ -123,13 +124,16 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         raise AssertionError(
             f"filter counts do not reconcile: {len(judgments)} in, {len(kept)} kept, {len(rejected)} rejected"
         )
-    added, augmented, written = augment_train(train, pool, val, cfg, store, steps)
+    usage = StageTally()  # the teacher's paraphrase calls, counted as the generation stages count theirs
+    added, augmented, written = augment_train(train, pool, val, cfg, store, steps, usage)
     train = train + added
     report = filter_report(judgments, kept, rejected, train, val) | {"steps": steps}
     if selected:
         report["selection"] = selected.pop("report")
     if augmented:
         report["augmentation"] = augmented
+    if usage.calls:
+        report["usage"] = usage.usage(cfg.engines)
     outputs = {
         "train": store.write_table("dataset/train.parquet", to_table([to_sft_example(r) for r in train], SFT_SCHEMA)),
         "validation": store.write_table(
@@ -328,11 +332,17 @@ def write_ifd(store: RunStore, train: list[dict], kept: list[dict], dropped: lis
 
 
 def augment_train(
-    train: list[dict], pool: list[dict], val: list[dict], cfg: PipelineConfig, store: RunStore, steps: list[dict]
+    train: list[dict],
+    pool: list[dict],
+    val: list[dict],
+    cfg: PipelineConfig,
+    store: RunStore,
+    steps: list[dict],
+    usage: StageTally,
 ) -> tuple[list[dict], dict[str, Any], dict[str, str]]:
     """The augmented records of the selected training records (``themis.augment``), the report's
-    ``augmentation`` section and the files written; adds the ``augmentation`` step. Subset
-    regressions fit on ``pool``, the training side before selection."""
+    ``augmentation`` section and the files written; adds the ``augmentation`` step and counts the
+    teacher's calls in ``usage``. Subset regressions fit on ``pool``, the training side before selection."""
     section = cfg.dataset.augment
     if not section.enabled:
         return [], {}, {}
@@ -341,7 +351,9 @@ def augment_train(
     variants: dict[str, list[tuple[Criterion, ...]]] = {}
     written = {}
     if section.paraphrase.enabled:
-        variants, report["paraphrase"], rows = teacher_paraphrases(sorted({r["scenario"] for r in train}), cfg, store)
+        variants, report["paraphrase"], rows = teacher_paraphrases(
+            sorted({r["scenario"] for r in train}), cfg, store, usage
+        )
         written["paraphrases"] = store.write_json("dataset/paraphrases.json", rows)
     result = augment.augment_records(train, section, seed, variants, pool)
     augment.check_sides(result.rows, train, val)
@@ -374,21 +386,17 @@ def paraphrase_engine(cfg: PipelineConfig, store: RunStore | None) -> Any:
 
 
 def teacher_paraphrases(
-    scenarios: list[str], cfg: PipelineConfig, store: RunStore
+    scenarios: list[str], cfg: PipelineConfig, store: RunStore, usage: StageTally
 ) -> tuple[dict[str, list[tuple[Criterion, ...]]], dict[str, Any], list[dict[str, Any]]]:
     """``variants`` paraphrases of each scenario's criteria by the teacher (one small Ray Data pass,
-    cached: a rerun re-pays nothing). Returns the valid ones per scenario, their counts, and one row
-    per call for ``dataset/paraphrases.json`` (the criteria, or why the reply was refused)."""
-    from themis.generation import generate_requests
-    from themis.runtime import init_ray
-
+    cached: a rerun re-pays nothing), every call counted in ``usage`` like a generation stage's.
+    Returns the valid ones per scenario, their counts, and one row per call for
+    ``dataset/paraphrases.json`` (the criteria, or why the reply was refused)."""
     section, augment_cfg = cfg.dataset.augment.paraphrase, cfg.dataset.augment
     seed = cfg.run.seed if augment_cfg.seed is None else augment_cfg.seed
     planned = [(s, v) for s in scenarios for v in range(section.variants)]
     requests = [augment.paraphrase_request(get_scenario(s), v, section.sampling, seed) for s, v in planned]
-    if requests:
-        init_ray(cfg.ray)  # this part of the stage needs Ray
-    results = generate_requests(requests, paraphrase_engine(cfg, store))
+    results = ask_teacher(requests, paraphrase_engine(cfg, store), cfg, usage)
     variants: dict[str, list[tuple[Criterion, ...]]] = defaultdict(list)
     rows, reasons = [], Counter()
     for (scenario, v), result in zip(planned, results):
@@ -411,3 +419,31 @@ def teacher_paraphrases(
         "rejected_by_reason": dict(sorted(reasons.items())),
     }
     return dict(variants), report, rows
+
+
+def ask_teacher(requests: list, engine: Any, cfg: PipelineConfig, usage: StageTally) -> list:
+    """The teacher's results for a few requests, in order, through its actor pool; each call (made or
+    reused from the cache) is counted in ``usage``. Raises when every call failed (the teacher is down)."""
+    import ray
+
+    from themis.engines import GenerationResult
+    from themis.engines.base import request_to_row
+    from themis.generation import check_engine, generate
+    from themis.runtime import init_ray
+    from themis.tables import REQUEST
+
+    if not requests:
+        return []
+    check_engine(engine)
+    init_ray(cfg.ray)  # this part of the stage needs Ray
+    schema = pa.schema([("n", pa.int64()), ("engine", pa.string()), ("request", REQUEST)])
+    rows = ({"n": n, "engine": engine.name, "request": request_to_row(r)} for n, r in enumerate(requests))
+    results: list = [GenerationResult(error="no result")] * len(requests)
+    for batch in generate(ray.data.from_arrow(to_table(rows, schema)), engine).iter_batches(batch_format="pyarrow"):
+        usage.add_calls(batch, placed=False)  # calls, tokens and failures, per engine, as the manifest shows them
+        for n, text, error, p, c in zip(
+            *(batch.column(k).to_pylist() for k in ("n", "output", "error", "prompt_tokens", "completion_tokens"))
+        ):
+            results[n] = GenerationResult(text=text or "", error=error, prompt_tokens=p, completion_tokens=c)
+    usage.check_engines()
+    return results
