@@ -944,6 +944,8 @@ class PipelineConfig(Strict):
             return {f"responses.pool[{i}].engine": m.engine for i, m in enumerate(self.responses.pool)}
         if stage == "judgments":
             return {"judgments.engine": self.judgments.engine}
+        if stage == "dataset" and self.dataset.augment.paraphrase.enabled:
+            return {"dataset.augment.paraphrase (judgments.engine)": self.judgments.engine}  # the teacher rewords
         if stage == "evaluate":
             return {
                 f"evaluate.judges[{i}].engine": j.engine
