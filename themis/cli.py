@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         from themis.ablation import main as ablation_main
 
         return ablation_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    # Intermixed: `themis serve CONFIG --force k=v` keeps the overrides that follow a flag.
+    args = build_parser().parse_intermixed_args(argv)
     overrides = [*args.overrides, "serve.promotion.force=true"] if args.force else args.overrides
     return execute(args.command, args.config, overrides)
 

@@ -3,20 +3,26 @@
 Ray is started once per process. A job submitted with ``ray job submit`` (RAY_ADDRESS set) or a
 config with ``ray.address: auto`` joins the cluster; otherwise a private local Ray starts with the
 settings a small machine needs (loopback only, no usage stats, fast Ray Train health checks, the
-stage's workers ahead of Ray's own daemons for the CPU).
+stage's workers ahead of Ray's own daemons for the CPU). A local Ray listens on loopback alone,
+whatever the process imported before (``ray.serve`` at import time picks the host's address), and
+is stopped when the process ends on a signal it can catch.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import os
 import platform
+import signal
 import sys
+import threading
 from typing import Any
 
 import psutil
 
 from themis.config import RayConfig
+from themis.loopback import LOOPBACK, is_loopback
 
 LOCAL_ENV = {
     # Keep everything on loopback; otherwise Ray binds the external address.
@@ -37,6 +43,10 @@ LOCAL_ENV = {
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
 }
 
+# Ray reads this once, at `import ray`: on Linux it defaults to "1", and Ray then binds its GCS,
+# raylet, agents and workers to the host's external address.
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 # Ray starts its workers at nice 15 so that its daemons stay responsive on a busy node; on a small
 # machine that lets each daemon wake-up preempt the stage's compute (ray.workers_first reverses it).
 WORKER_NICENESS = "RAY_worker_niceness"
@@ -51,12 +61,16 @@ def init_ray(cfg: RayConfig) -> None:
     if address == "local":
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)  # before `import ray`: Ray reads some of them at import
+        os.environ[CLUSTER_SWITCH] = "0"  # a private Ray never takes the host's address, whoever asked
     import ray
 
     if ray.is_initialized():
         return
     if address == "local":
+        _keep_on_loopback()
         _start_local(ray, cfg)
+        _check_on_loopback(ray)
+        _stop_on_exit(ray)
     else:
         # On a cluster the job's own runtime env (ray job submit, a RayJob) sets worker variables;
         # adding this laptop's settings would clash with it, and OMP_NUM_THREADS=1 would throttle the nodes' CPU work.
@@ -77,7 +91,11 @@ def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
                 num_cpus=cfg.num_cpus,
                 object_store_memory=cfg.object_store_memory_mb * 1024**2,
                 include_dashboard=True,
-                runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
+                dashboard_host=LOOPBACK,
+                runtime_env={
+                    "env_vars": {k: os.environ[k] for k in (*LOCAL_ENV, CLUSTER_SWITCH)},
+                    "worker_process_setup_hook": "themis.loopback.bind_grpc_servers_to_loopback",
+                },
                 log_to_driver=True,
             )
             if cfg.workers_first:
@@ -88,6 +106,42 @@ def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
                 raise
             ray.shutdown()
             print(f"[themis] local Ray did not start in time (attempt {attempt} of {attempts}); starting it again")
+
+
+def _keep_on_loopback() -> None:
+    """Ray read RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it was first imported, maybe before this
+    process set it (a module that imports ``ray.serve`` at import time, a user's script that
+    imported Ray first); the value it read decides the node's address at ``ray.init``. Set the value
+    Ray holds as well as the variable its own processes will read."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _check_on_loopback(ray: Any) -> None:
+    """Refuse to go on with a private Ray that took a non-loopback address (a Ray change that moved
+    the switch above would otherwise open the control plane to the network without a word)."""
+    address = ray.util.get_node_ip_address()
+    if not is_loopback(address):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray started on {address}, not on loopback; refusing to run on it")
+
+
+def _stop_on_exit(ray: Any) -> None:
+    """Stop the private Ray when this process ends: on a normal exit (Ray's own atexit hook), and on
+    SIGTERM or SIGHUP, which would otherwise end the process without running it and leave Ray's
+    processes behind. A SIGKILL cannot be caught; Ray's daemons then exit with their parent where
+    the kernel supports it."""
+    atexit.register(ray.shutdown)
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set signal handlers
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `finally` blocks and atexit: Ray stops
 
 
 def _lower_ray_daemons(children_before: set[int]) -> None:

@@ -16,20 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ray import serve
 
 from themis.config import PipelineConfig, ServeConfig
 from themis.promotion import check_promotion
 from themis.serve_guard import load_key_hashes, split_keys
-from themis.serving import APP_NAME, build_app, served_model_source
 from themis.stages import StageReport
 from themis.storage import RunStore
 
 HEALTH_TIMEOUT_S = 120.0
 
 
+def check(cfg: PipelineConfig) -> None:
+    """The promotion gate, before Ray starts: a judge that fails it costs the user no start-up."""
+    check_promotion(cfg.serve.promotion, cfg.run.storage, cfg.run.name)
+
+
 def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageReport:
     """Deploy the judge; serve until Ctrl-C (``block``) or smoke-test it and shut it down."""
+    # Ray Serve is imported here, after the runner started Ray: importing it earlier would have Ray
+    # read its settings before the local Ray's loopback-only ones are in place.
+    from ray import serve
+
+    from themis.serving import APP_NAME, build_app, served_model_source
+
     serve_cfg = cfg.serve
     source = served_model_source(serve_cfg, cfg.run.storage, cfg.run.name)
     promotion = check_promotion(serve_cfg.promotion, cfg.run.storage, cfg.run.name)
@@ -70,6 +79,8 @@ def first_key(serve_cfg: ServeConfig) -> str | None:
 
 def serve_running() -> bool:
     """Whether a Serve instance already runs in this Ray cluster."""
+    from ray import serve
+
     status = serve.status()  # an empty status when no Serve controller runs
     return bool(status.proxies or status.applications)
 
