@@ -301,3 +301,113 @@ def test_download_once_into_the_cache_and_refuse_a_checksum_mismatch(tmp_path: P
     with pytest.raises(BenchmarkError, match="could not download toy/a.json .* set THEMIS_DATA_DIR"):
         sources.fetch("toy", "a.json", cache_dir=tmp_path / "empty", base_url=f"{base_url}/nowhere", sources=registry)
     assert toy.url("a.json") == f"https://raw.githubusercontent.com/owner/toy/{'0' * 40}/data/a.json"
+
+
+# --- numeric pair labels need a mapping ----------------------------------------------------------------
+
+AUTO_J = {0: "A", 1: "B", 2: "tie"}  # Auto-J's test set: 0 = the first response is better
+
+
+def pandalm_as_user_file(tmp_path: Path, encode: dict[str, int]) -> Path:
+    """PandaLM's real test set as a user's file, its three annotators' labels renumbered by ``encode``."""
+    rows = json.loads((SHARED_DATA / "pandalm" / "testset-v1.json").read_text())[:60]
+    out = []
+    for row in rows:
+        votes = [encode[benchmarks.PANDALM_WINNERS[row[f"annotator{k}"]]] for k in (1, 2, 3)]
+        out.append({"idx": row["idx"], "q": row["instruction"], "r1": row["response1"], "r2": row["response2"]})
+        out[-1] |= {"h1": votes[0], "h2": votes[1], "h3": votes[2]}
+    return write_jsonl(tmp_path / "pairs.jsonl", out)
+
+
+COLUMNS = {
+    "item_id": "idx",
+    "instruction": "q",
+    "response_a": "r1",
+    "response_b": "r2",
+    "human": ["h1", "h2", "h3"],
+    "scenario": {"const": "open_qa"},
+}
+
+
+@needs_shared
+@pytest.mark.parametrize("convention", ["pandalm", "auto_j"])
+def test_numeric_labels_without_values_are_refused_with_both_conventions(tmp_path: Path, convention: str) -> None:
+    """Read as PandaLM's numbering, Auto-J-style labels were silently wrong (every A a tie, every
+    tie a B). Any numeric pair label now needs ``values``; the mapping reads either numbering right."""
+    values = {0: "tie", 1: "A", 2: "B"} if convention == "pandalm" else AUTO_J
+    path = pandalm_as_user_file(tmp_path, {v: k for k, v in values.items()})
+    with pytest.raises(BenchmarkError) as refused:
+        benchmarks.load_file(path, "pairwise", COLUMNS)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: line 1: human label ")
+    assert "PandaLM-style 0 = tie, 1 = first response (A) better, 2 = second (B) better" in message
+    assert "Auto-J-style 0 = first (A) better, 1 = second (B) better, 2 = tie" in message
+    assert "`values: {0: tie, 1: A, 2: B}`" in message and "`values: {0: A, 1: B, 2: tie}`" in message
+    cfg = BenchmarkConfig(name="file", path=str(path), kind="pairwise", columns=COLUMNS, values=values)
+    loaded = benchmarks.load_file(path, "pairwise", cfg.columns, cfg.values)
+    truth = {i.item_id: i.human for i in benchmarks.load_pandalm(SHARED_DATA)}
+    assert [i.human for i in loaded.items] == [truth[i.item_id] for i in loaded.items]
+    # Numbers as text or as JSON floats (pandas writes 1.0) are numbers too; words still need no map.
+    for label in ("1", 2.0, " 0 "):
+        with pytest.raises(ValueError, match="is a number"):
+            benchmarks.parse_human_winner(label)
+    assert [benchmarks.parse_human_winner(x) for x in ("a", "B ", "TIE")] == ["A", "B", "tie"]
+
+
+@needs_shared
+def test_numeric_labels_stop_themis_evaluate_with_exit_1(tmp_path: Path, capsys) -> None:
+    """The user's case end to end: ``themis evaluate`` on Auto-J-style labels without ``values``
+    used to exit 0 with a wrong accuracy; it now exits 1 with the mapping to write."""
+    path = pandalm_as_user_file(tmp_path, {v: k for k, v in AUTO_J.items()})
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl",
+        [{"idx": r["idx"], "v": "A"} for r in map(json.loads, path.read_text().splitlines())],
+    )
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "run": {"name": "numeric", "storage": {"root": str(tmp_path / "runs")}},
+                "evaluate": {
+                    "benchmark": {"name": "file", "path": str(path), "kind": "pairwise", "columns": COLUMNS},
+                    "bootstrap": {"resamples": 10},
+                    "plots": False,
+                    "judges": [
+                        {
+                            "kind": "recorded",
+                            "name": "first",
+                            "path": str(verdicts),
+                            "id_field": "idx",
+                            "verdict_field": "v",
+                            "values": {"A": "A", "B": "B", "tie": "tie"},
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    assert cli.main(["evaluate", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "is a number" in err and "values: {0: A, 1: B, 2: tie}" in err
+    assert not (tmp_path / "runs" / "numeric" / "reports").exists()
+
+
+@needs_shared
+def test_numeric_labels_shipped_benchmark_configs_still_load(monkeypatch) -> None:
+    """Every benchmark of every shipped job config (but this run's validation split) loads from the
+    real data in the shared folder, as ``themis evaluate`` would read it."""
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(SHARED_DATA))
+    from themis.config import load_config
+
+    seen = []
+    for config in sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml")):
+        cfg = load_config(str(config), [])
+        if cfg.evaluate is None:
+            continue
+        for bench in cfg.evaluate.suite:
+            if bench.name == "validation":
+                continue
+            loaded = load_benchmark(bench, RunStore(cfg.run.storage, cfg.run.name), needs_texts=False)
+            assert loaded.items and not loaded.rejects, (config.name, bench.name)
+            seen.append((config.name, bench.name, len(loaded.items)))
+    assert ("eval_pandalm.yaml", "pandalm", 999) in seen and ("eval_hhh.yaml", "hhh", 221) in seen

@@ -27,11 +27,19 @@ from themis.evaluation import sources
 from themis.evaluation.records import BenchmarkError, Record, read_records
 from themis.scales import DEFAULT_SCALE, Scale, get_scale
 
-# How human labels are read when a benchmark gives no ``values`` mapping: A/B/tie, and PandaLM's
-# convention (1 = the first response is better, 2 = the second, 0 = tie). Any other convention
-# (say 0 = first better) must be mapped with ``values``, or it would be misread without a word.
-WINNER_ALIASES = {"a": "A", "b": "B", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
+# How human labels are read when a benchmark gives no ``values`` mapping: A, B or tie, nothing else.
+# Numbers are refused: published sets disagree on what 0/1/2 mean (PandaLM: 0 = tie, 1 = first
+# better; Auto-J: 0 = first better, 2 = tie), and a guess reads one of them silently wrong (Auto-J's
+# test set read the PandaLM way scores a judge 0.198 instead of its real accuracy).
+WINNER_ALIASES = {"a": "A", "b": "B", "tie": "tie"}
 PANDALM_WINNERS = {0: "tie", 1: "A", 2: "B"}
+NUMERIC_WINNER = re.compile(r"[+-]?\d+(\.\d*)?")
+NUMERIC_LABELS = (
+    "human label {value!r} is a number, and pairwise benchmarks number their labels differently: "
+    "PandaLM-style 0 = tie, 1 = first response (A) better, 2 = second (B) better; Auto-J-style "
+    "0 = first (A) better, 1 = second (B) better, 2 = tie. Say which this file uses with benchmark.values, "
+    "e.g. `values: {{0: tie, 1: A, 2: B}}` (PandaLM-style) or `values: {{0: A, 1: B, 2: tie}}` (Auto-J-style)"
+)
 # PandaLM and HHH carry no Themis scenario: both are open-ended requests, judged with Open QA criteria.
 OPEN_SCENARIO = "open_qa"
 MT_BENCH_SCENARIOS = {
@@ -270,8 +278,9 @@ def load_file(
     ``columns`` maps a canonical field to the file's column (``human`` may map to a list of annotator
     columns; ``{"const": v}`` sets the field to ``v`` on every row); unmapped fields use their
     canonical names. ``values`` maps each raw human label to A/B/tie (pairs) or "1".."5" (scores);
-    a label outside it is an error naming the file, line and value. Without ``values`` labels are
-    read by ``WINNER_ALIASES`` (a/b/tie and PandaLM's 1/2/0) or as integer scores. A pointwise row's
+    a label outside it is an error naming the file, line and value. Without ``values`` pair labels
+    must be A, B or tie (``WINNER_ALIASES``; a number is an error that shows the two common
+    numberings and the mapping to write) and scores integers on the scale. A pointwise row's
     ``scale`` (a column, or a constant) puts its scores on 0-1, 1-3 or 1-10 instead of 1-5; an
     unknown scale rejects the row.
 
@@ -401,8 +410,12 @@ def _blank(value: Any) -> bool:
 
 
 def parse_human_winner(value: Any) -> str:
-    """A human's pairwise winner: A, B or tie (also 1, 2, 0 as PandaLM writes them)."""
-    winner = WINNER_ALIASES.get(label_key(value).lower())
+    """A human's pairwise winner: A, B or tie in any case. A number is refused with the two common
+    numberings (``NUMERIC_LABELS``): only the benchmark's ``values`` can say which one it uses."""
+    key = label_key(value)
+    if NUMERIC_WINNER.fullmatch(key):
+        raise ValueError(NUMERIC_LABELS.format(value=value))
+    winner = WINNER_ALIASES.get(key.lower())
     if winner is None:
         raise ValueError(f"a human winner must be A, B or tie, got {value!r} (map others with benchmark.values)")
     return winner
