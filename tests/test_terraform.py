@@ -141,7 +141,7 @@ def bucket_on_moto(tf_env, tmp_path_factory: pytest.TempPathFactory):
 
     The apply runs in a background thread: the aws provider waits about a minute for S3 lifecycle
     rules to read back steadily (it expects eventual consistency). Only the slow apply test uses
-    it, so `make test` (which leaves that test out) starts neither moto nor the apply.
+    it, so `make test-quick` (which leaves that test out) starts neither moto nor the apply.
     """
     if TERRAFORM is None or not (MIRROR / "registry.terraform.io").is_dir():
         yield None
