@@ -772,15 +772,31 @@ class ServeAuthConfig(Strict):
 
 
 class PromotionConfig(Strict):
-    """The gate a model passes before it is served: its evaluation report must exist and meet these."""
+    """The gate a model passes before it is served: its evaluation report must exist and meet these.
+
+    Shipped thresholds (null turns one off; a metric the report lacks fails):
+    - min_overall 0.2. The paper's overall rescales each metric so that a random judge is 0 and a
+      perfect one 1. Its Table 3 MAE and Agr(2, 2), rescaled against random judges drawn from
+      plausible human score distributions (uniform to peaked on 3-4), give 0.29-0.51 for GPT-4 and
+      Themis and -0.12-0.29 for Qwen-14B (the baseline Themis beats by 34%); on its online pairwise
+      task (chance accuracy about 0.4) Themis' 71.8% is about 0.5 and Qwen-72B's 46.6% about 0.1.
+      0.2 passes the judges the paper would ship and refuses those baselines.
+    - min_dual_order_consistency 0.6. A judge flipping a coin between A and B agrees with itself on
+      half the pairs, a random judge with ties on fewer, a judge that always picks the first
+      response on none (the demo's 135M judge, measured in the README): only above 0.5 does the
+      verdict follow the responses rather than their order, and 0.6 is two standard errors above a
+      coin on 100 pairs.
+    """
 
     judge: str = Field("trained", description="Report folder under <run>/reports/evaluation/ (an evaluate judge).")
     report: str | None = Field(None, description="A report.json path or URI instead (for a model from elsewhere).")
-    min_overall: float | None = Field(None, description="Least normalised overall score (0 = chance, 1 = perfect).")
+    min_overall: float | None = Field(
+        0.2, description="Least normalised overall score (0 = chance, 1 = perfect); null = not checked."
+    )
     metric: str | None = Field(None, description="A named metric, section/name: pairwise/accuracy, pointwise/agr...")
     min_metric: float | None = Field(None, description="Least value of `metric`.")
     min_dual_order_consistency: float | None = Field(
-        None, ge=0, le=1, description="Least share of pairs judged the same in both orders."
+        0.6, ge=0, le=1, description="Least share of pairs judged the same in both orders; null = not checked."
     )
     force: bool = Field(False, description="Serve even if the gate refuses (`--force`); recorded in the manifest.")
 

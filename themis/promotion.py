@@ -1,10 +1,13 @@
 """The promotion gate: a model is served only if its evaluation report exists and meets the serve
 config's thresholds (normalised overall, one named metric, dual-order consistency).
 
-The report is the evaluate stage's ``<run>/reports/evaluation/<judge>/report.json`` (or a path the
-config names). A refusal names the failed threshold and the report's path; ``promotion.force``
-(``--force``) serves anyway and the decision, with what failed, goes into the manifest. Reading a
-report creates nothing in the run root. Pure apart from storage reads: no Ray or torch.
+The thresholds ship with defaults (``PromotionConfig`` says which and why): without a word from the
+user the gate still refuses a judge no better than chance or one that follows the position of the
+responses. The report is the evaluate stage's ``<run>/reports/evaluation/<judge>/report.json`` (or
+a path the config names). The decision lists every comparison (metric, value, threshold, pass or
+fail); a refusal names them and the report's path; ``promotion.force`` (``--force``) serves anyway
+and the decision goes into the manifest. Reading a report creates nothing in the run root. Pure
+apart from storage reads: no Ray or torch, so callers can run it before Ray starts.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def read_report(uri: str, storage: StorageConfig) -> dict[str, Any] | None:
         return None
 
 
-def failed_thresholds(report: dict[str, Any], cfg: PromotionConfig) -> list[str]:
-    """Each threshold the report misses, as ``name value < min`` (an absent value fails too)."""
+def compare(report: dict[str, Any], cfg: PromotionConfig) -> list[dict[str, Any]]:
+    """Every threshold that is set: the metric, the report's value (None if absent), the threshold
+    and whether it passes (an absent value fails)."""
     checks = [
         ("overall", cfg.min_overall, (report.get("overall") or {}).get("value")),
         (cfg.metric or "", cfg.min_metric, metric_value(report, cfg.metric) if cfg.metric else None),
@@ -48,15 +52,31 @@ def failed_thresholds(report: dict[str, Any], cfg: PromotionConfig) -> list[str]
             metric_value(report, "pairwise/dual_order_consistency"),
         ),
     ]
-    failed = []
-    for name, minimum, value in checks:
-        if minimum is None:
-            continue
-        if value is None:
-            failed.append(f"{name} is missing from the report (needs >= {minimum})")
-        elif value < minimum:
-            failed.append(f"{name} {value:.4g} < {minimum}")
-    return failed
+    return [
+        {"metric": name, "value": value, "min": minimum, "passed": value is not None and value >= minimum}
+        for name, minimum, value in checks
+        if minimum is not None
+    ]
+
+
+def describe(check: dict[str, Any]) -> str:
+    """One comparison as text: ``overall 0.31 < 0.5``, ``overall 0.31 >= 0.2`` or a missing value."""
+    name, value, minimum = check["metric"], check["value"], check["min"]
+    if value is None:
+        return f"{name} is missing from the report (needs >= {minimum})"
+    return f"{name} {value:.4g} {'>=' if check['passed'] else '<'} {minimum}"
+
+
+def failed_thresholds(report: dict[str, Any], cfg: PromotionConfig) -> list[str]:
+    """Each threshold the report misses, as ``name value < min`` (an absent value fails too)."""
+    return [describe(c) for c in compare(report, cfg) if not c["passed"]]
+
+
+def compared_text(checks: list[dict[str, Any]]) -> str:
+    """Every comparison with its outcome, for messages: ``overall 0.31 >= 0.2 (pass); ...``."""
+    if not checks:
+        return "no thresholds set (any report passes)"
+    return "; ".join(f"{describe(c)} ({'pass' if c['passed'] else 'FAIL'})" for c in checks)
 
 
 def metric_value(report: dict[str, Any], name: str) -> float | None:
@@ -72,13 +92,21 @@ def check_promotion(cfg: PromotionConfig, storage: StorageConfig, run_name: str)
     manifest: the report path, what failed, and whether the gate was forced."""
     uri = report_uri(cfg, storage, run_name)
     report = read_report(uri, storage)
+    checks = [] if report is None else compare(report, cfg)
     failed = ["no evaluation report (run the evaluate stage)"] if report is None else failed_thresholds(report, cfg)
-    decision = {"report": uri, "passed": not failed, "failed": failed, "forced": bool(failed and cfg.force)}
+    decision = {
+        "report": uri,
+        "passed": not failed,
+        "failed": failed,
+        "checks": checks,
+        "compared": compared_text(checks) if report is not None else "nothing (no report)",
+        "forced": bool(failed and cfg.force),
+    }
     if failed and not cfg.force:
         raise PromotionRefused(
-            f"promotion gate refused the model: {'; '.join(failed)} (report: {uri}); "
-            "fix the model or the thresholds in serve.promotion, or serve anyway with --force "
-            "(serve.promotion.force=true), which the manifest records"
+            f"promotion gate refused the model: {'; '.join(failed)} (report: {uri}; compared: "
+            f"{decision['compared']}); fix the model, or the thresholds in serve.promotion (null turns one "
+            "off), or serve anyway with --force (serve.promotion.force=true), which the manifest records"
         )
     return decision
 
@@ -114,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     except PromotionRefused as exc:
         print(f"themis: error: {exc}", file=sys.stderr)
         return 1
+    verdict = "forced past the gate" if decision["forced"] else "passed"
+    print(f"promotion: {verdict}: {decision['compared']} (report: {decision['report']})")
     print(f"promotion: {json.dumps(decision)}")
     return 0
 
