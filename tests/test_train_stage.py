@@ -1,23 +1,28 @@
 """The train stage on local Ray: 2 DeepSpeed workers on CPU (gloo); ZeRO-2, ZeRO-3, resume, export.
 
 Each fit costs ~10-17 s of Ray Train overhead, so the tests share fits: the ZeRO-2 test also
-covers the multi-objective loss, the loss curve and TensorBoard; the ZeRO-3 test covers resume
-and the skip-when-done path. Most error tests fail before Ray starts; the two that need the
-tokenised data run after the Ray Data step.
+covers the multi-objective loss, the loss curve and TensorBoard; one ZeRO-3 training (a module
+fixture, run through the runner as ``themis train`` runs it) is checked for its export, then rerun
+on copies of its run root: once as it finished, once after a failed rerun (resume, more steps).
+Most error tests fail before Ray starts; the two that need the tokenised data run after the Ray
+Data step.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from themis import runner
 from themis.config import PipelineConfig, StorageConfig
 from themis.models import ModelNotFoundError
 from themis.stages import train as train_stage
 from themis.stages.dataset import SFT_SCHEMA
 from themis.storage import RunStore, StorageError
+from themis.train_metrics import TENSORBOARD
 
 SYSTEM = "You are a judge. Rate the response on a scale of 1 to 5."
 
@@ -55,9 +60,12 @@ def _store(tmp_path: Path, n_train: int = 16, n_val: int = 3) -> RunStore:
     return store
 
 
-def _cfg(model: str, **train) -> PipelineConfig:
+def _cfg(model: str, root: Path | None = None, **train) -> PipelineConfig:
+    """A train config for the tiny model; ``root`` names the run root (run "t") for the runner."""
+    run = {"run": {"name": "t", "storage": {"root": str(root)}}} if root else {}
     return PipelineConfig.model_validate(
         {
+            **run,
             "engines": {"teacher": {"kind": "transformers", "model": model}},
             "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
             "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
@@ -106,35 +114,77 @@ def test_zero2_multi_objective_loss_trains_both_parts_and_exports_a_loadable_mod
     assert report.outputs["model"] == store.uri("model")
 
 
+@pytest.fixture(scope="module")
+def zero3_run(ray_local, tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One finished ZeRO-3 training (2 workers, 2 steps) run as ``themis train`` runs it, shared by
+    the tests that read its export or rerun the stage on a copy of its run root."""
+    root = tmp_path_factory.mktemp("zero3")
+    store = _store(root)
+    store.record_stage("dataset", {"status": "ok"})  # what the runner checks before train starts
+    report = runner.run_stage("train", _cfg(str(tiny_model_dir), root=root, zero_stage=3, max_steps=2))
+    assert report.counts["steps"] == 2 and report.counts["resumed_from_step"] == 0
+    return root, {"counts": report.counts, "details": report.details}
+
+
+def _copy_run(zero3_run: tuple[Path, dict], tmp_path: Path) -> RunStore:
+    """A copy of the shared run's root for a test that reruns on it (Ray Train's checkpoint
+    index names its checkpoints relative to the run, so the copy resumes as the original would)."""
+    shutil.copytree(zero3_run[0], tmp_path, dirs_exist_ok=True)
+    return RunStore(StorageConfig(root=str(tmp_path)), "t")
+
+
+def _events(store: RunStore) -> list[str]:
+    return sorted(p.name for p in Path(store.read_path(TENSORBOARD)).glob("events.out.tfevents*"))
+
+
 @pytest.mark.slow
 @pytest.mark.integration
-def test_zero3_exports_real_weights_and_resumes(ray_local, tiny_model_dir, tmp_path):
+def test_zero3_exports_real_weights(zero3_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    store = _store(tmp_path)
-    first = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=2), store)
-    assert first.counts["steps"] == 2
+    store = RunStore(StorageConfig(root=str(zero3_run[0])), "t")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     tuned, _ = _load(store.local_dir("model"))
     tuned_sd = tuned.state_dict()
     assert set(tuned_sd) == set(base)
     assert all(tuned_sd[k].shape == base[k].shape for k in base)  # gathered, not ZeRO-3 shards
     assert any(not tuned_sd[k].equal(base[k]) for k in base)
+    assert zero3_run[1]["details"]["zero_stage"] == 3 and len(_events(store)) == 1
 
-    second = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=4), store)
-    assert second.counts["resumed_from_step"] == 2 and second.counts["steps"] == 4
-    assert len(second.details["train_loss"]) == 4  # history carried over in the checkpoint
-    assert second.details["train_loss"][:2] == first.details["train_loss"]
-    events = list(Path(store.read_path("train", "tensorboard")).iterdir())
-    assert len(events) >= 2  # the first run's events carried over beside the resumed run's
 
-    done = train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=4), store)
-    assert done.counts["resumed_from_step"] == 4 and done.counts["steps"] == 4
-    assert store.exists("model", "model.safetensors")
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rerun_finished_train_stage_reuses_the_last_checkpoint(zero3_run, tiny_model_dir, tmp_path):
+    """``themis train`` (or ``make demo``) again on a run where train finished: no step is
+    trained again, the model is exported anew, the TensorBoard events are kept."""
+    store = _copy_run(zero3_run, tmp_path)
+    before = _events(store)
+    again = runner.run_stage("train", _cfg(str(tiny_model_dir), root=tmp_path, zero_stage=3, max_steps=2))
+    assert again.counts["resumed_from_step"] == 2 and again.counts["steps"] == 2
+    assert again.details["train_loss"] == zero3_run[1]["details"]["train_loss"]  # the history, not retrained
+    assert store.stage_status("train") == "ok" and store.exists("model", "model.safetensors")
+    after = _events(store)
+    assert set(before) < set(after) and len(after) == 2  # the first run's file kept, the rerun's added
+    assert not any(Path(store.path("_attempts")).iterdir())  # published, nothing left half-way
 
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rerun_finished_train_stage_after_a_failed_rerun_resumes_and_trains_on(zero3_run, tiny_model_dir, tmp_path):
+    """A rerun that failed (here: a changed worker count, refused by the training process) leaves
+    the run as it was; the next rerun resumes from the checkpoint and trains the new steps."""
+    store = _copy_run(zero3_run, tmp_path)
+    first = zero3_run[1]["details"]
     # An error inside a rank's training process reaches the driver with its message.
     with pytest.raises(Exception, match="resume with the same train.num_workers"):
-        train_stage.run(_cfg(str(tiny_model_dir), zero_stage=3, max_steps=6, num_workers=1), store)
+        runner.run_stage("train", _cfg(str(tiny_model_dir), root=tmp_path, zero_stage=3, max_steps=4, num_workers=1))
+    assert store.stage_status("train") == "failed" and store.exists("model", "model.safetensors")
+
+    second = runner.run_stage("train", _cfg(str(tiny_model_dir), root=tmp_path, zero_stage=3, max_steps=4))
+    assert second.counts["resumed_from_step"] == 2 and second.counts["steps"] == 4
+    assert len(second.details["train_loss"]) == 4  # history carried over in the checkpoint
+    assert second.details["train_loss"][:2] == first["train_loss"]
+    assert store.stage_status("train") == "ok" and len(_events(store)) == 2  # the first run's carried over
 
 
 def test_missing_dataset_names_the_path(tiny_model_dir, tmp_path):
