@@ -10,8 +10,8 @@ import time
 import warnings
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from themis.config import OpenAIEngineConfig
-from themis.engines import openai_http
+from themis.config import OpenAIEngineConfig, TransformersEngineConfig
+from themis.engines import forced_format_note, limits
 from themis.engines.base import GenerationRequest
 from themis.engines.openai_http import OpenAIEngine, _parse_reply
 
@@ -181,7 +181,7 @@ def test_qps_spaces_request_starts():
 
 
 def test_tokens_per_minute_waits_for_the_window_to_free_budget(monkeypatch):
-    monkeypatch.setattr(openai_http, "TPM_WINDOW_S", 0.4)
+    monkeypatch.setattr(limits, "TPM_WINDOW_S", 0.4)
     # Each reply spends 2 tokens, the budget is 4: rows start two by two, one window apart.
     with FakeOpenAIServer(usage=(1, 1)) as server:
         cfg = _cfg(server.base_url, concurrency=1, tokens_per_minute=4)
@@ -196,7 +196,7 @@ def test_tokens_per_minute_waits_for_the_window_to_free_budget(monkeypatch):
 
 def test_limits_are_off_by_default():
     engine = OpenAIEngine(_cfg("http://127.0.0.1:1/v1"))
-    assert engine._pacer is None and engine._budget is None
+    assert engine._gate is None
 
 
 def test_credentials_never_appear_in_errors(monkeypatch):
@@ -276,3 +276,102 @@ def test_an_engine_dropped_off_its_loops_thread_closes_there():
         loop.call_soon_threadsafe(loop.stop)
         runner.join(5)
         loop.close()
+
+
+# --- extra_body values never reach an error ----------------------------------------------------------
+
+BODY_SECRETS = ("org-tok-93bd71", "nested-s3cret-44", 'quo"ted-s3cret')
+
+
+def test_extra_body_scrubbed_from_errors_a_server_echoes():
+    # The server's error replies quote the whole request, extra_body included; every failure path
+    # (a final 4xx, retries used up on 5xx, a body that is not JSON) must drop its string values.
+    extra = {"metadata": {"x_team": BODY_SECRETS[0], "tags": [BODY_SECRETS[1], 7]}, "note": BODY_SECRETS[2]}
+    extra |= {"top_k": 5, "lang": "en"}  # numbers and short words stay readable
+    faults = {"row-0": ["400"], "row-1": ["500", "500"], "row-2": ["malformed", "malformed"]}
+    with FakeOpenAIServer(faults, echo_errors=True) as server:
+        engine = OpenAIEngine(_cfg(server.base_url, extra_body=extra, max_retries=1))
+        results = engine.generate(_requests(3))
+    errors = [r.error for r in results]
+    assert errors[0].startswith("HTTP 400: ") and errors[1].startswith("HTTP 500 after 2 attempts")
+    assert "malformed body" in errors[2]
+    assert '\\"top_k\\": 5' in errors[0] and '\\"lang\\": \\"en\\"' in errors[0]  # the echo reached it
+    for error in errors[:2]:
+        assert "***" in error
+        for secret in (*BODY_SECRETS, 'quo\\"ted-s3cret'):
+            assert secret not in error, error
+
+
+def test_extra_body_scrubbed_where_the_snippet_would_cut_it_in_half():
+    # An error is cut to 200 characters; scrubbing after the cut would miss a secret cut in half.
+    secret = "halfway-secret-" + "x" * 40
+    with FakeOpenAIServer({"row-0": ["400"]}, echo_errors=True) as server:
+        # 30 numbers first: the secret starts before character 200 of the reply and ends after it.
+        engine = OpenAIEngine(_cfg(server.base_url, extra_body={"pad": list(range(30)), "id": secret}))
+        (result,) = engine.generate(_requests(1))
+    assert "halfway" not in result.error and '\\"id\\": \\"***\\"' in result.error
+
+
+# --- forced verdicts, per server kind ------------------------------------------------------------------
+
+
+def _verdict_reply(body: dict) -> str:
+    """A vLLM-like server: the structured choice it was asked for, else a free continuation."""
+    if "structured_outputs" in body:
+        return body["structured_outputs"]["choice"][1]
+    return " because it is right."
+
+
+def _forced_requests(n: int) -> list[GenerationRequest]:
+    return _requests(n, prefix="Overall rating: [[", choices=("1", "2", "3"), closing="]]", max_tokens=40, seed=3)
+
+
+def test_forced_verdict_on_a_vllm_server_picks_a_choice_then_continues():
+    with FakeOpenAIServer(reply=_verdict_reply, usage=(10, 2)) as server:
+        engine = OpenAIEngine(_cfg(server.base_url, server="vllm", extra_body={"top_k": 5}))
+        results = engine.generate(_forced_requests(2))
+    assert engine.supports_forced_format and forced_format_note(engine.cfg) is None
+    assert [r.text for r in results] == ["Overall rating: [[2]] because it is right."] * 2
+    assert [(r.prompt_tokens, r.completion_tokens) for r in results] == [(20, 4)] * 2  # both calls
+    row0 = [b for b in server.bodies if b["messages"][0]["content"] == "row-0"]
+    choice, rest = sorted(row0, key=lambda b: "structured_outputs" not in b)
+    assert choice["messages"][-1] == {"role": "assistant", "content": "Overall rating: [["}
+    assert choice["structured_outputs"] == {"choice": ["1", "2", "3"]} and choice["max_tokens"] == 2
+    assert choice["continue_final_message"] is True and choice["add_generation_prompt"] is False
+    assert rest["messages"][-1] == {"role": "assistant", "content": "Overall rating: [[2]]"}
+    assert rest["continue_final_message"] is True and rest["add_generation_prompt"] is False
+    assert rest["max_tokens"] == 40 and "structured_outputs" not in rest
+    for body in (choice, rest):
+        assert body["seed"] == 3 and body["top_k"] == 5 and len(body["messages"]) == 2
+
+
+def test_forced_verdict_on_a_vllm_server_refuses_an_unlisted_choice_and_allows_an_empty_ending():
+    def reply(body: dict) -> str | None:
+        if "structured_outputs" in body:
+            return "9" if "row-0" in body["messages"][0]["content"] else "1"
+        return None  # the model ended right after the closing: content null, still a reply
+
+    with FakeOpenAIServer(reply=reply) as server:
+        results = OpenAIEngine(_cfg(server.base_url, server="vllm")).generate(_forced_requests(2))
+    assert results[0].error == "constrained generation gave '9', not one of ['1', '2', '3']"
+    assert results[0].prompt_tokens == 1  # the call that was made is still counted
+    assert results[1].ok and results[1].text == "Overall rating: [[1]]"
+
+
+def test_forced_verdict_on_an_openai_server_is_not_applied_and_says_so():
+    with FakeOpenAIServer() as server:
+        plain = OpenAIEngine(_cfg(server.base_url))
+        (result,) = plain.generate(_forced_requests(1))
+        continued = OpenAIEngine(_cfg(server.base_url, continue_final_message=True))
+        (prefixed,) = continued.generate(_forced_requests(1))
+    assert result.text == "ok: row-0" and prefixed.text == "Overall rating: [[ok: row-0"
+    plain_body, continued_body = server.bodies
+    assert [m["role"] for m in plain_body["messages"]] == ["user"]
+    assert continued_body["messages"][-1]["content"] == "Overall rating: [["
+    for body in server.bodies:
+        assert "structured_outputs" not in body and "guided_choice" not in body
+    assert not plain.supports_forced_format and not continued.supports_forced_format
+    note = forced_format_note(plain.cfg)
+    assert "cannot force the verdict opening" in note and "server: vllm" in note
+    assert "forces the verdict opening" in forced_format_note(continued.cfg)
+    assert forced_format_note(TransformersEngineConfig(model="x")) is None

@@ -117,19 +117,30 @@ class OpenAIEngineConfig(Strict):
     model: str = Field(description="Model name sent with every request.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once, per actor (a sliding window).")
-    qps: float | None = Field(None, gt=0, description="Most requests started per second, per actor; None = no limit.")
+    qps: float | None = Field(
+        None, gt=0, description="Most requests started per second by the whole actor pool (shared); None = no limit."
+    )
     tokens_per_minute: int | None = Field(
-        None, ge=1, description="Most tokens (prompt + completion, as the server reports) per minute, per actor."
+        None,
+        ge=1,
+        description="Most tokens (prompt + completion, as the server reports) per minute for the whole actor "
+        "pool (shared); None = no limit.",
     )
     price_per_million_input_tokens: float | None = Field(None, ge=0, description="For the cost in the manifest.")
     price_per_million_output_tokens: float | None = Field(None, ge=0, description="For the cost in the manifest.")
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx, timeouts and bad bodies.")
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    server: Literal["openai", "vllm"] = Field(
+        "openai",
+        description="What serves base_url. 'vllm': a vLLM OpenAI-compatible server, which forces verdicts "
+        "(the opening continued as an assistant message, the verdict token by structured outputs' choice). "
+        "'openai': any other server; a forced verdict cannot be applied (stages record that).",
+    )
     continue_final_message: bool = Field(
         False,
         description="Send a forced verdict opening as a final assistant message to be continued "
-        "(vLLM and Themis' own endpoint support this; OpenAI does not).",
+        "(vLLM and Themis' own endpoint support this; OpenAI does not). Implied by server: vllm.",
     )
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON for every request.")
     pool: ActorPool = ActorPool()

@@ -6,7 +6,8 @@ It runs in its own process so that it never shares the client's GIL, answers ``P
 k-th by arrival, take ``tail_latency`` instead) and reports ``usage`` (prompt tokens estimated at 4
 characters a token). ``GET /stats`` returns ``{"requests", "max_in_flight", "steady"}`` (``steady``:
 replies a second over the middle 80% of the replies, the throughput a client sustained, whatever
-its start-up and however its results come out); ``POST /stats`` resets them.
+its start-up and however its results come out); ``POST /stats`` resets them. ``GET /arrivals``
+lists the ``time.monotonic()`` of every request's arrival (the rate a pool of clients really sent).
 
 Run by hand: ``python -m tests.fakes.async_openai_server --latency 0.1`` prints ``port N``. From
 Python::
@@ -38,6 +39,7 @@ class _State:
         self.in_flight = 0
         self.max_in_flight = 0
         self.replied: list[float] = []  # time.monotonic() of each reply, in order
+        self.arrivals: list[float] = []  # time.monotonic() of each request, in order
 
     def steady(self) -> float | None:
         """Replies a second from the moment 10% of them had gone out to the moment 90% had."""
@@ -58,6 +60,7 @@ def build_app(state: _State) -> Any:
     from aiohttp import web
 
     async def chat(request: web.Request) -> web.Response:
+        state.arrivals.append(time.monotonic())
         body = await request.json()
         state.requests += 1
         state.in_flight += 1
@@ -80,12 +83,16 @@ def build_app(state: _State) -> Any:
         seen = {"requests": state.requests, "max_in_flight": state.max_in_flight, "steady": state.steady()}
         if request.method == "POST":
             state.requests = state.max_in_flight = 0
-            state.replied = []
+            state.replied, state.arrivals = [], []
         return web.json_response(seen)
+
+    async def arrivals(request: web.Request) -> web.Response:
+        return web.json_response(state.arrivals)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_route("*", "/stats", stats)
+    app.router.add_get("/arrivals", arrivals)
     return app
 
 
@@ -129,6 +136,11 @@ class AsyncOpenAIServer:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def arrivals(self) -> list[float]:
+        """When each request arrived (``time.monotonic()`` of the server's process), in order."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/arrivals", timeout=10) as resp:
+            return json.loads(resp.read())
 
     def stats(self, reset: bool = False) -> dict[str, Any]:
         """Requests served, the most in flight at once and the steady rate (``reset`` starts afresh)."""

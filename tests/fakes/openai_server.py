@@ -11,6 +11,10 @@ reply, ``"ok: <last user message>"``. Fault kinds:
 - "malformed": 200 with a non-JSON body;  "empty": 200 with ``choices: []``;
 - "null": 200 with a choice whose content is null.
 
+``echo_errors`` makes every error reply quote the request's fields beyond the standard chat ones
+(``extra_body``'s), as a server's validation error does (a test that secrets sent in the request
+never reach an error message).
+
 ``delays`` maps a row key to the time each of its replies takes (a slow row), overriding ``delay_s``;
 ``holds`` maps a row key to a number of other replies that must go out before its own does (at most
 ``hang_s`` later): a slow row that a client's other rows must flow past, without timing.
@@ -38,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _ERROR_STATUSES = {"429": 429, "500": 500, "503": 503, "400": 400}
+_STANDARD_FIELDS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed"}
 
 
 class _Server(ThreadingHTTPServer):
@@ -62,6 +67,7 @@ class FakeOpenAIServer:
         usage: tuple[int, int] = (1, 1),
         keep_alive: bool = False,
         holds: dict[str, int] | None = None,
+        echo_errors: bool = False,
     ):
         self.faults = {key: list(kinds) for key, kinds in (faults or {}).items()}
         self.hang_s = hang_s  # how long a "timeout" fault stays silent
@@ -71,6 +77,7 @@ class FakeOpenAIServer:
         self.delays = dict(delays or {})  # per row key: seconds its replies take
         self.usage = usage  # (prompt_tokens, completion_tokens) reported with every reply
         self.holds = dict(holds or {})  # per row key: replies to others that must go out first
+        self.echo_errors = echo_errors  # error replies quote the request body
         self._finished_changed = threading.Condition()
         self.keep_alive = keep_alive  # HTTP/1.1 keep-alive, so that a client can reuse connections
         self.arrivals: list[float] = []  # time.monotonic() of each chat request, in arrival order
@@ -224,7 +231,9 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif fault in _ERROR_STATUSES:
                 headers = {"Retry-After": "0"} if fault == "429" else {}
-                self._send(_ERROR_STATUSES[fault], {"error": {"message": f"fake {fault}"}}, headers)
+                extra = {k: v for k, v in body.items() if k not in _STANDARD_FIELDS}
+                echo = f": unexpected fields {json.dumps(extra)}" if server.echo_errors else ""
+                self._send(_ERROR_STATUSES[fault], {"error": {"message": f"fake {fault}{echo}"}}, headers)
             elif fault == "malformed":
                 self._send_raw(200, b"<html>this is not json", "application/json")
             elif fault == "empty":

@@ -6,33 +6,34 @@ aiohttp 0.5-0.8 ms (the workspace's stack notes, "Measured later"); ``make bench
 compares this engine with a bare aiohttp client. The protocol part is small: POST a JSON body,
 read ``choices[0].message.content`` and ``usage``.
 
-One engine holds one window of ``cfg.concurrency`` requests in flight, one keep-alive HTTP session
-and the optional rate limits (``qps``, ``tokens_per_minute``). Every ``agenerate`` call on the same
-event loop shares them, so the several batches a Ray Data actor runs at once keep the window full:
-a slot is taken per attempt and given back as soon as that reply arrives (no batch barrier), and a
-row sleeping in backoff holds none.
+One engine holds one window of ``cfg.concurrency`` requests in flight and one keep-alive HTTP
+session. Every ``agenerate`` call on the same event loop shares them, so the several batches a Ray
+Data actor runs at once keep the window full: a slot is taken per attempt and given back as soon as
+that reply arrives (no batch barrier), and a row sleeping in backoff holds none. The rate limits
+(``qps``, ``tokens_per_minute``) are the whole pool's: in a pool the engine leases its request
+starts from the pool's shared limiter (``limits``), alone it keeps them itself.
 
 Each failure is classified (429, 5xx, timeout, unreachable, malformed body are retried with
 backoff, honouring a capped Retry-After; other 4xx fail at once) and a row that never succeeds
-comes back with a short reason instead of an exception. Errors never quote the API key or the
-credentials of ``base_url``.
+comes back with a short reason instead of an exception. Errors never quote the API key, the
+credentials of ``base_url`` or the string values of ``extra_body`` (a server may echo the request).
 
-``GenerationRequest.prefix`` is honoured only with ``continue_final_message`` (vLLM's way of
-continuing a final assistant message); ``choices`` are always ignored, as the protocol has no
-portable way to constrain them, and parsing copes with free text.
+A forced verdict (``prefix``, ``choices``, ``closing``) needs a server that can apply it. With
+``server: vllm`` it takes two calls, as the local vLLM engine takes two passes: the prefix is sent
+as a final assistant message to be continued (``continue_final_message``) with structured outputs'
+``choice`` over the allowed strings, then prefix + choice + closing is continued freely. Any other
+server gets the prefix only with ``continue_final_message`` and never the choices (the protocol has
+no portable way to constrain them); ``forced_format_note`` says so, for a stage's manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
 import random
-import threading
-import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,13 +42,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiohttp
 
 from themis.config import OpenAIEngineConfig
+from themis.engines import limits
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.redact import is_secret_key, redact_text, redact_url
 
 T = TypeVar("T")
 RETRY_AFTER_CAP_S = 30.0
-TPM_WINDOW_S = 60.0  # the tokens-per-minute budget looks back this far (tests shorten it)
 _SNIPPET = 200  # characters of a server's reply kept in an error message
+# Shorter extra_body strings ("en", "on") cannot be credentials, and scrubbing them would garble errors.
+_MIN_BODY_SECRET = 4
 
 
 class _Retryable(Exception):
@@ -76,9 +79,13 @@ class _Client:
 
 
 class OpenAIEngine:
-    """Generates with a remote OpenAI-compatible server, ``cfg.concurrency`` requests at a time."""
+    """Generates with a remote OpenAI-compatible server, ``cfg.concurrency`` requests at a time.
 
-    def __init__(self, cfg: OpenAIEngineConfig):
+    ``limits`` names the pool's shared limiter actor (``limits.start_shared_limits``); without it
+    the engine enforces ``qps`` and ``tokens_per_minute`` on its own.
+    """
+
+    def __init__(self, cfg: OpenAIEngineConfig, limits: str | None = None):
         self.cfg = cfg
         # Local servers (vLLM, Themis' own) accept any key; sending a placeholder keeps them happy.
         self.api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
@@ -87,9 +94,14 @@ class OpenAIEngine:
         # Credentials in base_url (a proxy's basic auth) replace the bearer key, as with the openai client.
         self._headers = {} if _has_userinfo(cfg.base_url) else {"Authorization": f"Bearer {self.api_key}"}
         self._secrets = _url_secrets(cfg.base_url) + ([self.api_key] if self.api_key != "EMPTY" else [])
-        self._pacer = _Pacer(cfg.qps) if cfg.qps else None
-        self._budget = _TokenBudget(cfg.tokens_per_minute, TPM_WINDOW_S) if cfg.tokens_per_minute else None
+        self._secrets += _body_secrets(cfg.extra_body)
+        self._gate = _build_gate(cfg, limits)
         self._shared: _Client | None = None
+
+    @property
+    def supports_forced_format(self) -> bool:
+        """Whether a request's forced verdict (opening and choices) is applied, not ignored."""
+        return self.cfg.server == "vllm"
 
     # --- entry points ---------------------------------------------------------------------------
 
@@ -156,16 +168,41 @@ class OpenAIEngine:
     # --- one row ----------------------------------------------------------------------------------
 
     async def _one(self, client: _Client, req: GenerationRequest) -> GenerationResult:
-        """Try one row up to ``1 + max_retries`` times; turn the last failure into an error."""
-        body = self._body(req)
+        """One row: a plain call, or the two calls of a forced verdict on a vLLM server."""
+        if req.choices and self.supports_forced_format:
+            return await self._forced(client, req)
+        result = await self._call(client, self._body(req))
+        return _after(self._prefix(req), result) if result.ok else result
+
+    async def _forced(self, client: _Client, req: GenerationRequest) -> GenerationResult:
+        """Pick one of ``choices`` right after the prefix (structured outputs), then continue freely
+        from prefix + choice + closing; the reply and the usage are both calls' together."""
+        picked = await self._call(client, self._choice_body(req))
+        if not picked.ok:
+            return picked
+        if picked.text not in req.choices:
+            return _failed(picked, f"constrained generation gave {picked.text!r}, not one of {list(req.choices)}")
+        forced = req.prefix + picked.text + req.closing
+        rest = await self._call(client, self._body(req, opening=forced), allow_empty=True)
+        if not rest.ok:
+            return rest
+        return GenerationResult(
+            forced + rest.text,
+            None,
+            picked.prompt_tokens + rest.prompt_tokens,
+            picked.completion_tokens + rest.completion_tokens,
+        )
+
+    async def _call(self, client: _Client, body: dict[str, Any], allow_empty: bool = False) -> GenerationResult:
+        """Try one body up to ``1 + max_retries`` times; turn the last failure into an error."""
         attempts = self.cfg.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 # The slot is held per attempt, so a row sleeping in backoff does not block others.
                 async with client.window:
-                    if self._budget is not None or self._pacer is not None:
-                        await self._wait_for_limits()
-                    return await self._attempt(client.session, body, req)
+                    if self._gate is not None:
+                        await self._gate.wait()
+                    return await self._attempt(client.session, body, allow_empty)
             except _Permanent as exc:
                 return GenerationResult(error=self._scrub(str(exc)))
             except _Retryable as exc:
@@ -176,12 +213,6 @@ class OpenAIEngine:
                 return GenerationResult(error=self._scrub(f"{type(exc).__name__}: {exc}"))
         raise AssertionError("unreachable")  # the loop always returns
 
-    async def _wait_for_limits(self) -> None:
-        if self._budget is not None:
-            await self._budget.wait()
-        if self._pacer is not None:
-            await self._pacer.wait()
-
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before the next attempt: the server's hint, else doubling backoff."""
         if retry_after is not None:
@@ -191,7 +222,7 @@ class OpenAIEngine:
         return base + random.uniform(0, 0.1 * base)
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, body: dict[str, Any], req: GenerationRequest
+        self, session: aiohttp.ClientSession, body: dict[str, Any], allow_empty: bool
     ) -> GenerationResult:
         """One HTTP call; returns the row's result or raises ``_Retryable`` / ``_Permanent``."""
         try:
@@ -207,14 +238,15 @@ class OpenAIEngine:
         except aiohttp.ClientError as exc:  # e.g. an invalid URL: another attempt will not help
             raise _Permanent(f"{type(exc).__name__}: {exc}") from exc
         if status != 200:
-            raise _classify_status(status, raw, retry_after)
-        content, prompt_tokens, completion_tokens = _parse_reply(raw)
-        if self._budget is not None:
-            self._budget.record(prompt_tokens + completion_tokens)
-        return GenerationResult(self._prefix(req) + content, None, prompt_tokens, completion_tokens)
+            raise _classify_status(status, raw, retry_after, self._scrub)
+        content, prompt_tokens, completion_tokens = _parse_reply(raw, self._scrub, allow_empty)
+        if self._gate is not None:
+            self._gate.record(prompt_tokens + completion_tokens)
+        return GenerationResult(content, None, prompt_tokens, completion_tokens)
 
-    def _body(self, req: GenerationRequest) -> dict[str, Any]:
-        """The JSON body; ``extra_body`` keys go to the top level, as the openai client sends them."""
+    def _body(self, req: GenerationRequest, opening: str | None = None) -> dict[str, Any]:
+        """The JSON body; ``extra_body`` keys go to the top level, as the openai client sends them.
+        ``opening`` (default: the prefix this engine forces) is sent as an assistant message to continue."""
         messages: list[dict[str, str]] = list(req.messages)
         body: dict[str, Any] = {
             "model": self.cfg.model,
@@ -226,75 +258,56 @@ class OpenAIEngine:
         if req.seed is not None:
             body["seed"] = req.seed
         body.update(self.cfg.extra_body)
-        if self._prefix(req):
-            messages.append({"role": "assistant", "content": req.prefix})
+        opening = self._prefix(req) if opening is None else opening
+        if opening:
+            messages.append({"role": "assistant", "content": opening})
             body.update(continue_final_message=True, add_generation_prompt=False)
+        return body
+
+    def _choice_body(self, req: GenerationRequest) -> dict[str, Any]:
+        """The first call of a forced verdict: one of ``choices`` right after the prefix."""
+        body = self._body(req, opening=req.prefix)
+        # A choice takes at most one token per byte; the grammar ends the reply once one is complete.
+        body["max_tokens"] = max(len(c.encode()) for c in req.choices) + 1
+        body["structured_outputs"] = {"choice": list(req.choices)}
         return body
 
     def _prefix(self, req: GenerationRequest) -> str:
         """The forced opening this engine sends, or "" when the server cannot continue one."""
-        return req.prefix if self.cfg.continue_final_message else ""
+        continues = self.cfg.continue_final_message or self.cfg.server == "vllm"
+        return req.prefix if continues else ""
 
     def _scrub(self, message: str) -> str:
-        """An error message without the URL's credentials or the API key."""
+        """An error message without the URL's credentials, the API key or extra_body's values."""
         return redact_text(message.replace(self.cfg.base_url, self._shown_url), self._secrets)
 
 
-# --- rate limits: plain arithmetic under a thread lock, so they work on any loop -------------------
+def _after(prefix: str, result: GenerationResult) -> GenerationResult:
+    """The result with the forced opening in front of its text."""
+    return GenerationResult(prefix + result.text, None, result.prompt_tokens, result.completion_tokens)
 
 
-class _Pacer:
-    """Evenly spaced request starts, at most ``qps`` a second: each start books the next free time."""
-
-    def __init__(self, qps: float):
-        self.interval = 1.0 / qps
-        self.next_start = 0.0
-        self.lock = threading.Lock()
-
-    async def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+def _failed(result: GenerationResult, error: str) -> GenerationResult:
+    """A failed row that keeps the usage its calls cost."""
+    return GenerationResult("", error, result.prompt_tokens, result.completion_tokens)
 
 
-class _TokenBudget:
-    """Tokens the server reported over the last ``window_s``; a start waits while they reach the budget."""
-
-    def __init__(self, budget: int, window_s: float):
-        self.budget, self.window_s = budget, window_s
-        self.spent: collections.deque[tuple[float, int]] = collections.deque()
-        self.total = 0
-        self.lock = threading.Lock()
-
-    def record(self, tokens: int) -> None:
-        with self.lock:
-            self.spent.append((time.monotonic(), tokens))
-            self.total += tokens
-
-    async def wait(self) -> None:
-        while (delay := self._delay()) > 0:
-            await asyncio.sleep(delay)
-
-    def _delay(self) -> float:
-        """0 when under budget, else the seconds until the oldest spending leaves the window."""
-        with self.lock:
-            now = time.monotonic()
-            while self.spent and self.spent[0][0] <= now - self.window_s:
-                self.total -= self.spent.popleft()[1]
-            if self.total < self.budget:
-                return 0.0
-            return self.spent[0][0] + self.window_s - now + 1e-3
+def _build_gate(cfg: OpenAIEngineConfig, shared: str | None) -> limits.Gate | None:
+    """Where requests wait for the rate limits: the pool's shared limiter, else the engine's own."""
+    if not (cfg.qps or cfg.tokens_per_minute):
+        return None
+    if shared is not None:
+        return limits.Gate(limits.find_shared_limits(shared), cfg.qps)
+    own = limits.PoolLimits(cfg.qps, cfg.tokens_per_minute, limits.TPM_WINDOW_S)
+    return limits.Gate(limits.LocalLeaser(own), cfg.qps)
 
 
 # --- the protocol ---------------------------------------------------------------------------------
 
 
-def _classify_status(status: int, raw: bytes, retry_after: str | None) -> Exception:
+def _classify_status(status: int, raw: bytes, retry_after: str | None, scrub: Callable[[str], str]) -> Exception:
     """429 and 5xx are worth retrying (honouring Retry-After); other statuses are final."""
-    head, detail = f"HTTP {status}", _snippet(raw.decode("utf-8", "replace"))
+    head, detail = f"HTTP {status}", _snippet(raw, scrub)
     if status == 429 or status >= 500:
         return _Retryable(head, detail, _retry_after(retry_after))
     return _Permanent(f"{head}: {detail}")
@@ -308,19 +321,22 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _parse_reply(raw: bytes) -> tuple[str, int, int]:
-    """The first choice's content and the usage counts; a bad body is worth another attempt."""
+def _parse_reply(raw: bytes, scrub: Callable[[str], str] = str, allow_empty: bool = False) -> tuple[str, int, int]:
+    """The first choice's content and the usage counts; a bad body is worth another attempt.
+    ``allow_empty``: an empty content is a reply (a continuation the model ended at once)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise _Retryable("malformed body (not JSON)", _snippet(raw.decode("utf-8", "replace"))) from exc
+        raise _Retryable("malformed body (not JSON)", _snippet(raw, scrub)) from exc
     choices = data.get("choices") if isinstance(data, dict) else None
     if not choices or not isinstance(choices, list):
-        raise _Retryable("malformed body (no choices)", _snippet(raw.decode("utf-8", "replace")))
+        raise _Retryable("malformed body (no choices)", _snippet(raw, scrub))
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str) or not content:
-        raise _Retryable("malformed body (empty content)", _snippet(raw.decode("utf-8", "replace")))
+    if allow_empty and content is None:
+        content = ""
+    if not isinstance(content, str) or not (content or allow_empty):
+        raise _Retryable("malformed body (empty content)", _snippet(raw, scrub))
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return content, 0, 0
@@ -331,8 +347,10 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
+def _snippet(raw: bytes, scrub: Callable[[str], str]) -> str:
+    """The start of a server's reply for an error message, scrubbed before it is cut short (a
+    secret cut in half would no longer be found)."""
+    text = " ".join(scrub(raw.decode("utf-8", "replace")).split())
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
 
 
@@ -351,6 +369,21 @@ def _url_secrets(url: str) -> list[str]:
             secrets += [password, unquote(password)]
     secrets += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if is_secret_key(k)]
     return [s for s in secrets if s]
+
+
+def _body_secrets(extra_body: Any) -> list[str]:
+    """The string values of ``extra_body``, at any depth, as they appear in text and in JSON: a
+    server's error may quote the request, and a header or a token may ride in there."""
+    if isinstance(extra_body, dict):
+        return [s for v in extra_body.values() for s in _body_secrets(v)]
+    if isinstance(extra_body, list | tuple):
+        return [s for v in extra_body for s in _body_secrets(v)]
+    if not isinstance(extra_body, str) or len(extra_body) < _MIN_BODY_SECRET:
+        return []
+    forms = {extra_body}
+    for _ in range(2):  # quoted in JSON, and in JSON quoted in JSON (an error message in an error body)
+        forms |= {json.dumps(f, ensure_ascii=a)[1:-1] for f in list(forms) for a in (True, False)}
+    return sorted(forms)
 
 
 def _drop(client: _Client) -> None:
