@@ -44,6 +44,8 @@ def response(k: int, instruction_id: str = "i1", scenario: str = "open_qa") -> d
         "model": "m",
         "k": k,
         "response": f"answer {k} to {instruction_id}",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
     }
 
 

@@ -134,6 +134,42 @@ class KeyedParts:
             self.entries[row["key"]] = tuple(row[name] for name in self.schema.names[1:])
 
 
+def compact(spec: CacheSpec, schema: pa.Schema = SCHEMA) -> None:
+    """Merge a stage's parts into one file, once no actor writes there (its stream has ended).
+
+    Actors save results in small files as they finish (a kill loses little); a later run's actors
+    then load one file instead of hundreds. Streamed, a batch at a time; the merged file is in
+    place before the parts it holds are deleted, so a process killed in between leaves duplicate
+    entries, never lost ones. An unreadable part is left alone (its entries are re-paid, as ever).
+    """
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from themis.storage import RunStore
+
+    store = RunStore(spec.storage, spec.run_name)
+    fs, folder = store.fs, store.path(spec.rel)
+    info = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    files = [f.path for f in info if f.type == pafs.FileType.File and not f.base_name.startswith(("_", "."))]
+    if len(files) < 2:
+        return
+    name = f"all-{uuid.uuid4().hex[:12]}.parquet"
+    tmp, dest = f"{folder}/_tmp-{name}", f"{folder}/{name}"
+    try:
+        with pq.ParquetWriter(tmp, schema, filesystem=fs) as writer:
+            for batch in pads.dataset(files, schema=schema, filesystem=fs, format="parquet").to_batches():
+                writer.write_batch(batch)
+    except (OSError, pa.ArrowInvalid) as exc:
+        log.warning("not compacting the cache %s: %s", store.uri(spec.rel), exc)
+        if fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+        return
+    fs.move(tmp, dest)
+    for path in files:
+        fs.delete_file(path)
+
+
 class CallCache:
     """One actor's view of a stage's cache: every entry there when it opened, plus its own."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ from themis.call_cache import CacheSpec, CallCache, engine_fingerprint
 from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VLLMEngineConfig
 from themis.engines import GenerationRequest, GenerationResult, build_engine
 from themis.engines.base import request_from_row, request_to_row
+from themis.engines.limits import start_shared_limits
 from themis.models import ModelSource, resolve_model
 from themis.storage import RunStore
 from themis.tables import GENERATED, REQUEST, to_table, with_columns
@@ -39,6 +40,12 @@ from themis.tables import GENERATED, REQUEST, to_table, with_columns
 # Ray Data's own tasks around the engine (read, plan, parse, write) are light Python; asking for a
 # quarter core each leaves room beside an engine actor that holds most of a small machine.
 LIGHT = {"num_cpus": 0.25}
+
+
+# Calls that depend on answers (a judge prompt that quotes the teacher's reference answer): given a
+# batch the actor just answered, the rows to answer next in the same actor, in the batch's input
+# schema (null = none). Both leave together, so one pool (weights loaded once) serves both rounds.
+Followup = Callable[[pa.Table], pa.Table | None]
 
 
 class EngineUnavailableError(RuntimeError):
@@ -54,6 +61,7 @@ class EnginePass:
     cfg: EngineConfig
     model: ModelSource | None = None
     cache: CacheSpec | None = None
+    limits: str | None = None  # the pool's shared rate limiter (an actor's name; set by generate)
 
 
 def check_engine(engine: EnginePass) -> None:
@@ -69,11 +77,12 @@ def check_engine(engine: EnginePass) -> None:
 class _EngineWorker:
     """Shared by the sync and async actors: the engine, the cache, and row <-> request plumbing."""
 
-    def __init__(self, engine: EnginePass):
+    def __init__(self, engine: EnginePass, followup: Followup | None = None):
         import ray
 
+        self.followup = followup
         # The actor fetches the model on its own node (an s3:// export is downloaded there).
-        self.engine = build_engine(engine.cfg, engine.model.fetch() if engine.model else None)
+        self.engine = build_engine(engine.cfg, engine.model.fetch() if engine.model else None, engine.limits)
         self.cache = CallCache(engine.cache, engine_fingerprint(engine.cfg)) if engine.cache else None
         context = ray.get_runtime_context()
         self.node, self.actor = context.get_node_id(), context.get_actor_id() or ""
@@ -123,6 +132,11 @@ class EngineActor(_EngineWorker):
     """A local engine (transformers, vLLM): one batch at a time, batched on the device."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        answered = self._answer(batch)
+        more = self.followup(answered) if self.followup else None
+        return answered if more is None else pa.concat_tables([answered, self._answer(more)])
+
+    def _answer(self, batch: pa.Table) -> pa.Table:
         results, todo, requests, keys = self._plan(batch)
         cached = [r is not None for r in results]
         fresh = self.engine.generate(requests) if requests else []
@@ -134,43 +148,64 @@ class EngineActor(_EngineWorker):
 
 class AsyncEngineActor(_EngineWorker):
     """A network engine: Ray Data runs several batches at once here, on one event loop, and all of
-    them share the engine's window of requests in flight."""
+    them share the engine's window of requests in flight.
 
-    def __init__(self, engine: EnginePass):
-        super().__init__(engine)
-        self._unsaved: list[tuple[str, GenerationResult]] = []
-        # Finished calls are saved at least every batch's worth (every window's worth by default),
-        # so a crash loses at most one batch of them per actor.
+    A call keeps its place in the actor's window (``concurrency`` places) from the moment it is
+    sent until its result is saved in the call cache, so that calls in flight plus results not yet
+    saved never exceed one window: a stage killed at any moment has paid for at most that many
+    calls it will pay for again. Results are saved by group commit: whichever call finishes while
+    no save is running writes every result finished so far, in one file."""
+
+    def __init__(self, engine: EnginePass, followup: Followup | None = None):
+        super().__init__(engine, followup)
         cfg = engine.cfg
-        window = cfg.concurrency if isinstance(cfg, OpenAIEngineConfig) else 1
-        self._flush_every = min(pool_plan(cfg).batch_size, window)
+        self._window = cfg.concurrency if isinstance(cfg, OpenAIEngineConfig) else 1
+        self._places: asyncio.Semaphore | None = None  # made on the actor's event loop
+        self._saving: asyncio.Lock | None = None
+        self._unsaved: list[tuple[str, GenerationResult]] = []
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        answered = await self._answer(batch)
+        more = self.followup(answered) if self.followup else None
+        return answered if more is None else pa.concat_tables([answered, await self._answer(more)])
+
+    async def _answer(self, batch: pa.Table) -> pa.Table:
         results, todo, requests, keys = self._plan(batch)
         cached = [r is not None for r in results]
         fresh = await asyncio.gather(*(self._one(q, k) for q, k in zip(requests, keys)))
         for i, result in zip(todo, fresh):
             results[i] = result
-        await self._flush()
         return self._finish(batch, results, cached)
 
     async def _one(self, request: GenerationRequest, key: str) -> GenerationResult:
-        # One row at a time through the engine's shared window: a finished call is saved within a
-        # batch's worth of calls, not at the end of its own (possibly slow) batch.
+        if self.cache is None:
+            return await self._call(request)
+        if self._places is None:
+            self._places, self._saving = asyncio.Semaphore(self._window), asyncio.Lock()
+        async with self._places:  # held until the result is saved (or known unsaveable)
+            result = await self._call(request)
+            if result.ok:
+                self._unsaved.append((key, result))
+                await self._save()
+        return result
+
+    async def _call(self, request: GenerationRequest) -> GenerationResult:
+        # One row at a time through the engine's shared window: no row waits for its batch-mates.
         agenerate = getattr(self.engine, "agenerate", None)
         if agenerate is not None:
             (result,) = await agenerate([request])
         else:
             (result,) = await asyncio.to_thread(self.engine.generate, [request])
-        self._unsaved.append((key, result))
-        if len(self._unsaved) >= self._flush_every:
-            await self._flush()
         return result
 
-    async def _flush(self) -> None:
-        unsaved, self._unsaved = self._unsaved, []
-        if unsaved and self.cache:
-            await asyncio.to_thread(self._store, unsaved)
+    async def _save(self) -> None:
+        """Return once this call's result is saved: by this call, or by the save that was running
+        when it finished (which took every result finished before it started)."""
+        assert self._saving is not None
+        async with self._saving:
+            unsaved, self._unsaved = self._unsaved, []
+            if unsaved:
+                await asyncio.to_thread(self._store, unsaved)
 
 
 def is_network_engine(cfg: EngineConfig) -> bool:
@@ -233,9 +268,12 @@ def pool_plan(cfg: EngineConfig) -> PoolPlan:
     return PoolPlan(pool.min_actors, pool.max_actors, batch, cpus, gpus, calls)
 
 
-def generate(ds: Any, engine: EnginePass) -> Any:
-    """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming)."""
+def generate(ds: Any, engine: EnginePass, followup: Followup | None = None) -> Any:
+    """``ds`` with every row that has a ``request`` answered by ``engine`` (lazy, streaming);
+    ``followup`` adds, per batch, rows planned from its answers and answered by the same actor."""
     actor = AsyncEngineActor if is_network_engine(engine.cfg) else EngineActor
+    if is_network_engine(engine.cfg):  # qps and tokens_per_minute hold for the whole pool
+        engine = replace(engine, limits=start_shared_limits(engine.name, engine.cfg))
     plan = pool_plan(engine.cfg)
     check_room_for_tasks(engine.name, plan)
     if plan.max_actors > 1 or plan.calls_per_actor > 1:
@@ -245,25 +283,42 @@ def generate(ds: Any, engine: EnginePass) -> Any:
         # Ray runs this step as 1-CPU tasks: a pool must leave a CPU free for it.
         ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
     args = plan.map_batches_args()
-    return ds.map_batches(actor, fn_constructor_kwargs={"engine": engine}, batch_format="pyarrow", **args)
+    return ds.map_batches(
+        actor, fn_constructor_kwargs={"engine": engine, "followup": followup}, batch_format="pyarrow", **args
+    )
 
 
 def check_room_for_tasks(name: str, plan: PoolPlan) -> None:
-    """Refuse a pool that would leave a one-machine Ray no whole CPU for Ray Data's own 1-CPU
-    tasks (file listing, repartition): the stage would wait forever instead of failing."""
+    """``check_room`` for one pool (a stage with a single engine)."""
+    check_room({name: plan})
+
+
+def check_room(plans: dict[str, PoolPlan]) -> None:
+    """Refuse pools that a one-machine Ray cannot start together while keeping a whole CPU for Ray
+    Data's own 1-CPU tasks (file listing, repartition): every pool of a stage waits for its first
+    actors before rows flow, so a stage that cannot place them all would wait forever, silently."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) != 1:
         return  # a cluster: other nodes (or nodes still to come) have room
-    total = nodes[0].get("Resources", {}).get("CPU", 0)
-    reserved = plan.min_actors * plan.num_cpus
-    if total - reserved < 1:
-        raise ValueError(
-            f"engine {name!r}: {reserved:g} of this machine's {total:g} Ray CPUs go to engine actors, which leaves "
-            "none for Ray Data's own tasks and the stage would hang; lower pool.cpus_per_actor (torch threads "
-            "follow num_threads, not the reservation) or raise ray.num_cpus"
-        )
+    have = nodes[0].get("Resources", {})
+    cpus = sum(p.min_actors * p.num_cpus for p in plans.values())
+    gpus = sum(p.min_actors * p.num_gpus for p in plans.values())
+    if have.get("CPU", 0) - cpus >= 1 and gpus <= have.get("GPU", 0):
+        return
+    wants = "; ".join(
+        f"engine {name!r}: {p.min_actors} actor(s) x {p.num_cpus:g} CPU"
+        + (f" + {p.num_gpus:g} GPU" if p.num_gpus else "")
+        for name, p in sorted(plans.items())
+    )
+    raise ValueError(
+        f"the engine pools of this stage cannot all start on this machine, and the stage would hang: {wants}; "
+        f"together {cpus:g} CPU and {gpus:g} GPU, plus 1 CPU for Ray Data's own tasks; this Ray has "
+        f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU. Lower pool.cpus_per_actor or pool.min_actors "
+        "(a local model's torch threads follow num_threads, not the reservation), use one engine for the "
+        "pool, or raise ray.num_cpus"
+    )
 
 
 def generate_requests(requests: list[GenerationRequest], engine: EnginePass) -> list[GenerationResult]:
@@ -302,6 +357,7 @@ def generate_by_engine(planned: Any, engines: dict[str, EnginePass]) -> Any:
     """Each row through the engine its ``engine`` column names, one pass (one pool) per engine;
     rows without an engine pass through with empty generation columns."""
     names = sorted(engines)
+    check_room({n: pool_plan(engines[n].cfg) for n in names})  # all pools run at once
     if len(names) == 1:
         return generate(planned, engines[names[0]])  # rows without a request pass through it
     parts = [generate(_where_engine(planned, n), engines[n]) for n in names]
@@ -434,8 +490,15 @@ def write_rows(ds: Any, store: RunStore, name: str, schema: pa.Schema) -> str:
     return path
 
 
-def tally(store: RunStore, path: str, kind_column: str | None = None, tally_: StageTally | None = None) -> StageTally:
-    """Counts of the written rows, scanned a few columns at a time (the driver holds no rows)."""
+def tally(
+    store: RunStore,
+    path: str,
+    kind_column: str | None = None,
+    tally_: StageTally | None = None,
+    calls_only: str | None = None,
+) -> StageTally:
+    """Counts of the written rows, scanned a few columns at a time (the driver holds no rows).
+    Rows whose kind is ``calls_only`` count as engine calls but not as rows of the stage."""
     t = tally_ or StageTally()
     columns = ["reason", "engine", "cached", "error", "prompt_tokens", "completion_tokens", "node", "actor"]
     columns += [kind_column] if kind_column else []
@@ -444,6 +507,8 @@ def tally(store: RunStore, path: str, kind_column: str | None = None, tally_: St
         reasons = batch.column("reason").to_pylist()
         kinds = batch.column(kind_column).to_pylist() if kind_column else [""] * len(reasons)
         for reason, kind in zip(reasons, kinds):
+            if calls_only is not None and kind == calls_only:
+                continue
             t.rows_in += 1
             if reason is None:
                 t.rows_out += 1
@@ -455,34 +520,49 @@ def tally(store: RunStore, path: str, kind_column: str | None = None, tally_: St
     return t
 
 
+@dataclass(frozen=True)
+class Part:
+    """One published output of a stage: where, its schema, and which written rows go there."""
+
+    rel: str
+    schema: pa.Schema
+    where: pc.Expression
+
+
 def publish_split(
     store: RunStore, path: str, out_rel: str, out_schema: pa.Schema, rejects_rel: str, reject_schema: pa.Schema
 ) -> dict[str, str]:
-    """Split the written rows into the stage's output (reason null) and its rejects, both typed.
+    """Split the written rows into the stage's output (reason null) and its rejects, both typed."""
+    reason = pc.field("reason")
+    parts = [Part(out_rel, out_schema, reason.is_null()), Part(rejects_rel, reject_schema, reason.is_valid())]
+    return publish_parts(store, path, parts)
 
-    A streaming rewrite, one record batch at a time: cheaper than two more Ray Data runs for what
-    is a filter, and the driver never holds more than a batch.
+
+def publish_parts(store: RunStore, path: str, parts: list[Part]) -> dict[str, str]:
+    """Write each part's rows of the written rows to its own typed file.
+
+    A streaming rewrite, one record batch at a time: cheaper than more Ray Data runs for what is a
+    filter, and the driver never holds more than a batch.
     """
     import pyarrow.parquet as pq
 
-    targets = {True: (out_rel, out_schema), False: (rejects_rel, reject_schema)}
-    writers = {}
+    writers = []
     try:
-        for keep, (rel, schema) in targets.items():
-            folder = store.write_path(rel)  # the folder is what gets published
+        for part in parts:
+            folder = store.write_path(part.rel)  # the folder is what gets published
             store.fs.create_dir(folder, recursive=True)
-            writers[keep] = pq.ParquetWriter(f"{folder}/part-0.parquet", schema, filesystem=store.fs)
-        for batch in store.scan_path(path, list(dict.fromkeys(reject_schema.names + out_schema.names))):
+            writers.append(pq.ParquetWriter(f"{folder}/part-0.parquet", part.schema, filesystem=store.fs))
+        columns = list(dict.fromkeys(name for part in parts for name in part.schema.names))
+        for batch in store.scan_path(path, columns):
             table = pa.Table.from_batches([batch])
-            mask = pc.is_null(table.column("reason"))
-            for keep, (_, schema) in targets.items():
-                chosen = table.filter(mask if keep else pc.invert(mask))
+            for part, writer in zip(parts, writers):
+                chosen = table.filter(part.where)
                 if chosen.num_rows:
-                    writers[keep].write_table(chosen.select(schema.names).cast(schema))
+                    writer.write_table(chosen.select(part.schema.names).cast(part.schema))
     finally:
-        for writer in writers.values():
+        for writer in writers:
             writer.close()
-    return {rel: store.uri(rel) for rel, _ in targets.values()}
+    return {part.rel: store.uri(part.rel) for part in parts}
 
 
 def _files(store: RunStore, path: str):

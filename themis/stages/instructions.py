@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from themis import prompts
-from themis.call_cache import CacheSpec
+from themis.call_cache import CacheSpec, compact
 from themis.config import InstructionsConfig, PipelineConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
@@ -66,13 +66,14 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
 
     section = cfg.instructions
     planned = plan_rows(cfg)
+    cache = CacheSpec(store.storage, store.run_name, "instructions")
     engines = {
-        name: EnginePass(name, cfg.engines[name], cache=CacheSpec(store.storage, store.run_name, "instructions"))
-        for name in {section.engine, section.classifier_engine}
+        name: EnginePass(name, cfg.engines[name], cache=cache) for name in {section.engine, section.classifier_engine}
     }
     generated = generate_by_engine(ray.data.from_arrow(to_table(planned, PLANNED)), engines)
     parsed = map_rows(generated, lambda row: [parse_row(row, section.min_chars)], ROWS)
     path = write_rows(parsed, store, "instructions", ROWS)
+    compact(cache)
     counts = tally(store, path, "task")
     counts.check_engines()
     outputs = publish_split(

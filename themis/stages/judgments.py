@@ -20,14 +20,16 @@ verdicts; engine usage counts every sample, the parse rate is over samples.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from themis import prompts
-from themis.call_cache import CacheSpec
+from themis.call_cache import CacheSpec, compact
 from themis.config import JudgmentsConfig, PipelineConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
@@ -35,13 +37,14 @@ from themis.filters import DISAGREE, self_consistent
 from themis.generation import (
     LIGHT,
     EnginePass,
+    Part,
     StageTally,
     check_engine,
     generate,
     generation_fields,
     map_rows,
     planned_schema,
-    publish_split,
+    publish_parts,
     read_rows,
     rows_schema,
     tally,
@@ -51,7 +54,6 @@ from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdi
 from themis.parsing import ParseError
 from themis.scenarios import get_scenario
 from themis.stages import StageReport
-from themis.stages.responses import SCHEMA as RESPONSES
 from themis.storage import RunStore
 from themis.tables import MESSAGES, STRINGS, to_table, with_columns
 
@@ -86,12 +88,25 @@ PLANNED = with_columns(
     planned_schema(pa.schema([f for f in SCHEMA if f.name not in _FROM_GENERATION])), ("sample", pa.int32())
 )
 ROWS = with_columns(rows_schema(REJECT_SCHEMA), ("sample", pa.int32()))
-# A response row, or (is_reference) the teacher's reference answer for its instruction.
-GROUP = rows_schema(
-    with_columns(RESPONSES, ("is_reference", pa.bool_()), ("ref_output", pa.string()), ("ref_error", pa.string()))
+# The teacher's reference answers ride the judgments' stream as rows of this kind (their judge calls
+# are planned from them in the teacher's actor) and are published apart, with what they cost.
+REFERENCE_KIND = "reference_answer"
+REFERENCES = pa.schema(
+    [
+        SCHEMA.field(n)
+        for n in (
+            "instruction_id",
+            "scenario",
+            "instruction",
+            "messages",
+            "reference",
+            "prompt_tokens",
+            "completion_tokens",
+        )
+    ]
+    + [REJECT_SCHEMA.field("reason")]
 )
-REF_PLANNED = planned_schema(RESPONSES)
-TRACE_COLUMNS = ["engine", "cached", "error", "prompt_tokens", "completion_tokens", "node", "actor"]
+_is_judgment = pc.field("kind") != REFERENCE_KIND
 
 
 def check(cfg: PipelineConfig) -> None:
@@ -100,34 +115,39 @@ def check(cfg: PipelineConfig) -> None:
 
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
-    """Plan, generate and parse every judgment; write judgments, rejects and the parse rate."""
-    import ray
-
+    """Plan, generate and parse every judgment; write judgments, rejects, references and the parse rate."""
     section = cfg.judgments
     if store.count_rows(INPUT) == 0:
         raise ValueError(f"no responses in {store.uri(INPUT)}: nothing to judge")
-    teacher = EnginePass(
-        section.engine, cfg.engines[section.engine], cache=CacheSpec(store.storage, store.run_name, "judgments")
-    )
-    responses = read_rows(store, INPUT)
-    references = write_references(responses, teacher, section, store, cfg.run.seed)
-    groups = responses.map_batches(_as_group_rows, batch_format="pyarrow", **LIGHT)
-    if references is not None:
-        groups = groups.union(ray.data.read_parquet(references, filesystem=store.fs, **LIGHT))
+    cache = CacheSpec(store.storage, store.run_name, "judgments")
+    teacher = EnginePass(section.engine, cfg.engines[section.engine], cache=cache)
+    seed = cfg.run.seed
     # Planned before the teacher's pool starts: the shuffle's workers and the engine actors never
     # compete for a small machine's CPUs. The plan waits in the object store, not in the driver.
     planned = (
-        groups.groupby("instruction_id", num_partitions=partitions(store))
-        .map_groups(lambda group: _plan_group(group, section, cfg.run.seed), batch_format="pyarrow", **LIGHT)
+        read_rows(store, INPUT)
+        .groupby("instruction_id", num_partitions=partitions(store))
+        .map_groups(lambda group: plan_group(group, section, seed), batch_format="pyarrow", **LIGHT)
         .materialize()
     )
-    parsed = map_rows(generate(planned, teacher), lambda row: [parse_judgment(row)], ROWS)
+    # One teacher pool: an instruction that needs a reference answer sends that request first, and
+    # its judge calls follow from the answer in the same actor (the weights load once per stage).
+    generated = generate(
+        planned, teacher, followup=functools.partial(plan_after_references, section=section, seed=seed)
+    )
+    parsed = map_rows(generated, lambda row: [parse_judgment(row)], ROWS)
     path, counts, parse_rate = write_items(parsed, store, section)
-    if references is not None:
-        for batch in store.scan_path(references, TRACE_COLUMNS):
-            counts.add_calls(batch, placed=False)  # the reference calls cost tokens too, but are not rows of this stage
+    compact(cache)
     counts.check_engines()
-    outputs = publish_split(store, path, "judgments/data.parquet", SCHEMA, "rejects/judgments.parquet", REJECT_SCHEMA)
+    outputs = publish_parts(
+        store,
+        path,
+        [
+            Part("judgments/data.parquet", SCHEMA, _is_judgment & pc.field("reason").is_null()),
+            Part("rejects/judgments.parquet", REJECT_SCHEMA, _is_judgment & pc.field("reason").is_valid()),
+            Part("judgments/references.parquet", REFERENCES, ~_is_judgment),
+        ],
+    )
     report = {
         "rows_in": counts.rows_in,
         "rows_out": counts.rows_out,
@@ -154,26 +174,32 @@ def write_items(parsed: Any, store: RunStore, section: JudgmentsConfig) -> tuple
     """
     if section.self_consistency.samples == 1:
         path = write_rows(parsed, store, "judgments", ROWS)
-        counts = tally(store, path, "kind")
+        counts = tally(store, path, "kind", calls_only=REFERENCE_KIND)
         return path, counts, parse_rates(counts)
     import ray
 
     samples_path = write_rows(parsed, store, "judgment-samples", ROWS)
-    samples = tally(store, samples_path, "kind")
+    samples = tally(store, samples_path, "kind", calls_only=REFERENCE_KIND)
     tolerance = section.self_consistency.score_tolerance
+    written = ray.data.read_parquet(samples_path, filesystem=store.fs, **LIGHT)
     items = (
-        ray.data.read_parquet(samples_path, filesystem=store.fs, **LIGHT)
+        _where(written, _is_judgment)
         .groupby("judgment_id", num_partitions=partitions(store))
         .map_groups(
             lambda g: to_table([self_consistent(g.to_pylist(), tolerance)], ROWS), batch_format="pyarrow", **LIGHT
         )
     )
-    path = write_rows(items, store, "judgments", ROWS)
-    counts = tally(store, path, "kind", StageTally())
+    references = _where(written, ~_is_judgment)
+    path = write_rows(items.union(references), store, "judgments", ROWS)
+    counts = tally(store, path, "kind", StageTally(), calls_only=REFERENCE_KIND)
     # Rows are items; calls, tokens and placement are the samples' (an item row repeats one of them).
     counts.calls, counts.tokens, counts.first_error = samples.calls, samples.tokens, samples.first_error
     counts.rows_by_node, counts.rows_by_actor = samples.rows_by_node, samples.rows_by_actor
     return path, counts, parse_rates(samples)
+
+
+def _where(ds: Any, expr: pc.Expression) -> Any:
+    return ds.map_batches(lambda batch: batch.filter(expr), batch_format="pyarrow", **LIGHT)
 
 
 def parse_rates(counts: StageTally) -> dict[str, float]:
@@ -214,29 +240,13 @@ def needs_reference(scenario_id: str, section: JudgmentsConfig) -> bool:
 # --- references ---------------------------------------------------------------------------------
 
 
-def write_references(responses: Any, teacher: EnginePass, section: JudgmentsConfig, store: RunStore, seed: int):
-    """The teacher's reference answers for reference-guided instructions that have none, written
-    as group rows to a scratch folder; None when no instruction needs one (no engine starts)."""
-    if not section.reference_guided:
-        return None
-    wanted = (
-        responses.groupby("instruction_id", num_partitions=partitions(store))
-        .map_groups(
-            lambda group: _reference_request(group, section, teacher.name, seed), batch_format="pyarrow", **LIGHT
-        )
-        .materialize()  # in the object store, not the driver; counted before any engine starts
-    )
-    if wanted.count() == 0:
-        return None
-    answered = map_rows(generate(wanted, teacher), lambda row: [_reference_row(row)], GROUP)
-    return write_rows(answered, store, "references", GROUP)
-
-
-def _reference_request(group: pa.Table, section: JudgmentsConfig, engine: str, seed: int) -> pa.Table:
-    """One reference request for an instruction's group of responses, or none."""
-    first = group.slice(0, 1).to_pylist()[0]
+def plan_group(group: pa.Table, section: JudgmentsConfig, seed: int) -> pa.Table:
+    """One instruction's planned rows: its judge calls, or, when it needs a reference answer that
+    it lacks, the teacher's reference request (its judge calls follow the answer)."""
+    responses = sorted(group.to_pylist(), key=lambda r: r["k"])
+    first = responses[0]
     if not needs_reference(first["scenario"], section) or first["reference"]:
-        return REF_PLANNED.empty_table()
+        return to_table(plan_judgments(responses, None, section, seed), PLANNED)
     request = GenerationRequest(
         messages=prompts.render_reference_answer_prompt(first["instruction"], first["passage"] or None),
         max_tokens=section.reference_sampling.max_tokens,
@@ -244,41 +254,38 @@ def _reference_request(group: pa.Table, section: JudgmentsConfig, engine: str, s
         top_p=section.reference_sampling.top_p,
         seed=seed,
     )
-    row = {c: first[c] for c in RESPONSES.names} | {
-        "reason": None,
-        "engine": engine,
+    row = _row(REFERENCE_KIND, "", responses, None) | {
+        "judgment_id": f"{REFERENCE_KIND}:{first['instruction_id']}",
+        "messages": request.messages,
+        "engine": section.engine,
         "request": request_to_row(request),
+        "sample": 0,
     }
-    return to_table([row], REF_PLANNED)
+    return to_table([row], PLANNED)
 
 
-def _reference_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A generated reference as a group row of its instruction."""
+def plan_after_references(answered: pa.Table, section: JudgmentsConfig, seed: int) -> pa.Table | None:
+    """The judge calls of the instructions whose reference answers this batch holds (run in the
+    teacher's actor, right after it answered them)."""
+    kinds = answered.column("kind").to_pylist()
+    if REFERENCE_KIND not in kinds:
+        return None
+    rows = []
+    for ref in answered.filter(pc.equal(answered.column("kind"), REFERENCE_KIND)).to_pylist():
+        carried = {c: ref[c] for c in ("instruction_id", "scenario", "instruction")} | {"reference": ""}
+        responses = [
+            carried | {"response_id": rid, "response": text} for rid, text in zip(ref["response_ids"], ref["responses"])
+        ]
+        rows += plan_judgments(responses, _generated_reference(ref), section, seed)
+    return to_table(rows, PLANNED)
+
+
+def _generated_reference(row: dict[str, Any]) -> dict[str, Any]:
     text = (row["output"] or "").strip()
-    error = row["error"] or (None if text else "empty output")
-    base = {c: row[c] for c in RESPONSES.names} | generation_fields(row)
-    return base | {"is_reference": True, "ref_output": text or None, "ref_error": error}
-
-
-def _as_group_rows(batch: pa.Table) -> pa.Table:
-    """Response rows in the group schema (no reference columns, no generation)."""
-    n = batch.num_rows
-    fill = {"is_reference": False, "prompt_tokens": 0, "completion_tokens": 0, "cached": False}
-    columns = {name: batch.column(name) if name in batch.column_names else None for name in GROUP.names}
-    arrays = [
-        columns[f.name] if columns[f.name] is not None else pa.array([fill.get(f.name)] * n, type=f.type) for f in GROUP
-    ]
-    return pa.Table.from_arrays(arrays, schema=GROUP)
+    return {"ref_output": text or None, "ref_error": row["error"] or (None if text else "empty output")}
 
 
 # --- planning and parsing -------------------------------------------------------------------------
-
-
-def _plan_group(group: pa.Table, section: JudgmentsConfig, seed: int) -> pa.Table:
-    rows = group.to_pylist()
-    responses = sorted((r for r in rows if not r["is_reference"]), key=lambda r: r["k"])
-    generated = next((r for r in rows if r["is_reference"]), None)
-    return to_table(plan_judgments(responses, generated, section, seed), PLANNED)
 
 
 def plan_judgments(
@@ -367,6 +374,12 @@ def parse_judgment(row: dict[str, Any]) -> dict[str, Any]:
     out = {c: row.get(c) for c in REJECT_SCHEMA.names} | generation_fields(row) | {"sample": row["sample"]}
     if row["reason"] is not None:
         return out
+    if row["kind"] == REFERENCE_KIND:  # the teacher's reference answer, kept for the record
+        ref = _generated_reference(row)
+        return out | {
+            "reference": ref["ref_output"],
+            "reason": ref["ref_error"] and f"no reference answer: {ref['ref_error']}",
+        }
     if row["error"]:
         return out | {"reason": f"engine error: {row['error']}"}
     try:

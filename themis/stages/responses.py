@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from themis import prompts
-from themis.call_cache import CacheSpec
+from themis.call_cache import CacheSpec, compact
 from themis.config import PipelineConfig, ResponsesConfig
 from themis.engines import GenerationRequest
 from themis.engines.base import request_to_row
@@ -37,9 +37,12 @@ from themis.tables import string_schema, with_columns
 
 CARRIED = ["instruction_id", "instruction", "scenario", "passage", "reference"]
 COLUMNS = ["response_id", *CARRIED, "model", "k", "response"]
-SCHEMA = string_schema(COLUMNS, k=pa.int32())
+# What each answer's call cost, as the server reported it (a call reused from the cache keeps the
+# figures of the call that paid for it).
+ANSWER = string_schema(COLUMNS, k=pa.int32())
+SCHEMA = with_columns(ANSWER, ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()))
 REJECT_SCHEMA = with_columns(SCHEMA, ("reason", pa.string()))
-PLANNED = planned_schema(SCHEMA)
+PLANNED = planned_schema(ANSWER)
 ROWS = rows_schema(REJECT_SCHEMA)
 INPUT = "instructions/data.parquet"
 
@@ -62,6 +65,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     engines = {m.engine: EnginePass(m.engine, cfg.engines[m.engine], cache=cache) for m in section.pool}
     parsed = map_rows(generate_by_engine(planned, engines), lambda row: [parse_answer(row)], ROWS)
     path = write_rows(parsed, store, "responses", ROWS)
+    compact(cache)
     counts = tally(store, path)
     counts.check_engines()
     outputs = publish_split(store, path, "responses/data.parquet", SCHEMA, "rejects/responses.parquet", REJECT_SCHEMA)
