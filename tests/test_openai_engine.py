@@ -10,6 +10,7 @@ import time
 import warnings
 
 from tests.fakes.openai_server import FakeOpenAIServer
+from themis.call_cache import engine_fingerprint
 from themis.config import OpenAIEngineConfig, TransformersEngineConfig
 from themis.engines import forced_format_note, limits
 from themis.engines.base import GenerationRequest
@@ -375,3 +376,10 @@ def test_forced_verdict_on_an_openai_server_is_not_applied_and_says_so():
     assert "cannot force the verdict opening" in note and "server: vllm" in note
     assert "forces the verdict opening" in forced_format_note(continued.cfg)
     assert forced_format_note(TransformersEngineConfig(model="x")) is None
+
+
+def test_forced_verdict_server_is_part_of_the_call_cache_fingerprint():
+    # Unforced replies cached against a plain server must not be reused once the server forces them.
+    plain, forced = _cfg("http://127.0.0.1:1/v1"), _cfg("http://127.0.0.1:1/v1", server="vllm")
+    assert engine_fingerprint(plain) != engine_fingerprint(forced)
+    assert '"server"' not in engine_fingerprint(plain)  # the keys of existing caches are unchanged
