@@ -1,17 +1,22 @@
 """Keep secrets out of everything Themis writes: manifests, rejects, reports, logs.
 
 Credentials reach configs in three places: the user-info part of a URL (``https://key@host``),
-secret-looking query parameters (``?api_key=...``), and secret-looking keys of free-form JSON such
-as an engine's ``extra_body``. Each is replaced by ``REDACTED``. Pure: standard library only.
+secret-looking query parameters (``?api_key=...``), and free-form JSON such as an engine's
+``extra_body`` (in a written config, the values of secret-looking keys; in an error message,
+which may quote the request, every string value). Each is replaced by ``REDACTED``. Pure:
+standard library only.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
+# Shorter strings ("en", "on") cannot be credentials, and scrubbing them would garble messages.
+MIN_SECRET_CHARS = 4
 # Whole words of a name, so that "max_tokens" or "monkey" are not taken for secrets.
 _SECRET_KEY = re.compile(
     r"(^|[_\-.])(api[_\-]?key|key|secret|token|password|passwd|pwd|auth|authorization|credentials?|signature"
@@ -58,3 +63,36 @@ def redact_text(text: str, secrets: list[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def url_secrets(url: str) -> list[str]:
+    """Strings of ``url`` that must not appear in messages: user info and secret query values."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    secrets: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        secrets += [userinfo, unquote(userinfo)]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            secrets += [password, unquote(password)]
+    secrets += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if is_secret_key(k)]
+    return [s for s in secrets if s]
+
+
+def string_values(tree: Any) -> list[str]:
+    """Every string value of nested dicts/lists (whatever its key), as it reads in text and quoted
+    in JSON once or twice (an error message inside an error body): what ``redact_text`` must drop
+    from a message that may quote free-form JSON such as an engine's ``extra_body``."""
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in string_values(v)]
+    if isinstance(tree, list | tuple):
+        return [s for v in tree for s in string_values(v)]
+    if not isinstance(tree, str) or len(tree) < MIN_SECRET_CHARS:
+        return []
+    forms = {tree}
+    for _ in range(2):
+        forms |= {json.dumps(f, ensure_ascii=ascii_only)[1:-1] for f in list(forms) for ascii_only in (True, False)}
+    return sorted(forms)

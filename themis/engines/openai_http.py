@@ -37,20 +37,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from themis.config import OpenAIEngineConfig
 from themis.engines import limits
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.redact import is_secret_key, redact_text, redact_url
+from themis.redact import redact_text, redact_url, string_values, url_secrets
 
 T = TypeVar("T")
 RETRY_AFTER_CAP_S = 30.0
 _SNIPPET = 200  # characters of a server's reply kept in an error message
-# Shorter extra_body strings ("en", "on") cannot be credentials, and scrubbing them would garble errors.
-_MIN_BODY_SECRET = 4
 
 
 class _Retryable(Exception):
@@ -93,8 +91,8 @@ class OpenAIEngine:
         self._shown_url = redact_url(cfg.base_url)
         # Credentials in base_url (a proxy's basic auth) replace the bearer key, as with the openai client.
         self._headers = {} if _has_userinfo(cfg.base_url) else {"Authorization": f"Bearer {self.api_key}"}
-        self._secrets = _url_secrets(cfg.base_url) + ([self.api_key] if self.api_key != "EMPTY" else [])
-        self._secrets += _body_secrets(cfg.extra_body)
+        self._secrets = url_secrets(cfg.base_url) + ([self.api_key] if self.api_key != "EMPTY" else [])
+        self._secrets += string_values(cfg.extra_body)  # a server's error may quote the request
         self._gate = _build_gate(cfg, limits)
         self._shared: _Client | None = None
 
@@ -184,14 +182,8 @@ class OpenAIEngine:
             return _failed(picked, f"constrained generation gave {picked.text!r}, not one of {list(req.choices)}")
         forced = req.prefix + picked.text + req.closing
         rest = await self._call(client, self._body(req, opening=forced), allow_empty=True)
-        if not rest.ok:
-            return rest
-        return GenerationResult(
-            forced + rest.text,
-            None,
-            picked.prompt_tokens + rest.prompt_tokens,
-            picked.completion_tokens + rest.completion_tokens,
-        )
+        tokens = (picked.prompt_tokens + rest.prompt_tokens, picked.completion_tokens + rest.completion_tokens)
+        return GenerationResult(forced + rest.text if rest.ok else "", rest.error, *tokens)
 
     async def _call(self, client: _Client, body: dict[str, Any], allow_empty: bool = False) -> GenerationResult:
         """Try one body up to ``1 + max_retries`` times; turn the last failure into an error."""
@@ -352,38 +344,6 @@ def _snippet(raw: bytes, scrub: Callable[[str], str]) -> str:
     secret cut in half would no longer be found)."""
     text = " ".join(scrub(raw.decode("utf-8", "replace")).split())
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
-
-
-def _url_secrets(url: str) -> list[str]:
-    """Strings of ``url`` that must not appear in messages: user info and secret query values."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [url]
-    secrets: list[str] = []
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        secrets += [userinfo, unquote(userinfo)]
-        if ":" in userinfo:
-            password = userinfo.split(":", 1)[1]
-            secrets += [password, unquote(password)]
-    secrets += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if is_secret_key(k)]
-    return [s for s in secrets if s]
-
-
-def _body_secrets(extra_body: Any) -> list[str]:
-    """The string values of ``extra_body``, at any depth, as they appear in text and in JSON: a
-    server's error may quote the request, and a header or a token may ride in there."""
-    if isinstance(extra_body, dict):
-        return [s for v in extra_body.values() for s in _body_secrets(v)]
-    if isinstance(extra_body, list | tuple):
-        return [s for v in extra_body for s in _body_secrets(v)]
-    if not isinstance(extra_body, str) or len(extra_body) < _MIN_BODY_SECRET:
-        return []
-    forms = {extra_body}
-    for _ in range(2):  # quoted in JSON, and in JSON quoted in JSON (an error message in an error body)
-        forms |= {json.dumps(f, ensure_ascii=a)[1:-1] for f in list(forms) for a in (True, False)}
-    return sorted(forms)
 
 
 def _drop(client: _Client) -> None:
