@@ -61,6 +61,8 @@ def engine_fingerprint(cfg: EngineConfig) -> str:
             "extra_body": redact_tree(cfg.extra_body),
             "continue_final_message": cfg.continue_final_message,
         }
+        if cfg.server != "openai":  # forced verdicts change the replies; default keys stay as they were
+            ident["server"] = cfg.server
     else:
         ident = {"kind": cfg.kind, "model": cfg.model, "dtype": cfg.dtype}
     return json.dumps(ident, sort_keys=True)
