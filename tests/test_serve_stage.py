@@ -78,7 +78,7 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
     # The gate's input: below the threshold, so the stage serves only because it is forced.
     store.write_json("reports/evaluation/trained/report.json", {"overall": {"value": 0.1}})
     port = _free_port()
-    forced = {"min_overall": 0.5, "force": True}
+    forced = {"min_overall": 0.5, "min_dual_order_consistency": None, "force": True}
     report = run(_pipeline(tiny_model_dir, tmp_path, port=port, smoke_test=True, promotion=forced), store)
 
     assert report.outputs == {"url": f"http://127.0.0.1:{port}"}

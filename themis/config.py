@@ -509,7 +509,8 @@ class BenchmarkConfig(Strict):
         None,
         description="For name=file: raw human label -> A, B or tie (pairwise) or 1-5 (pointwise), compared as "
         "stripped text (so 0 in the file matches '0'); a label outside it is an error. Without it labels are "
-        "read as A/B/tie or PandaLM's 1/2/0 (1 = first better, 0 = tie), and scores as integers 1-5.",
+        "read as A/B/tie (any case) and scores as integers 1-5; numeric pair labels need this mapping, since "
+        "datasets number them differently (PandaLM: 0 = tie, 1 = A, 2 = B; Auto-J: 0 = A, 1 = B, 2 = tie).",
     )
     subsets: Literal["scenario", "category"] | None = Field(
         None, description="An item field that splits the benchmark into subsets; reports add the mean over them."
