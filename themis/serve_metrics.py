@@ -90,7 +90,7 @@ class StatusCounter:
     """ASGI middleware: ``metrics().response(route, status)`` for every answer (500 for an exception
     that escapes). ``metrics`` is read per request: the replica sets it after the app exists."""
 
-    def __init__(self, app: Any, metrics: Callable[[], JudgeMetrics | None], routes: Callable[[], frozenset[str]]):
+    def __init__(self, app: Any, metrics: Callable[[], JudgeMetrics | None], routes: frozenset[str]):
         self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -112,5 +112,5 @@ class StatusCounter:
             status = status or (499 if isinstance(exc, asyncio.CancelledError) else 500)
             raise
         finally:
-            route = scope["path"] if scope["path"] in self.routes() else OTHER_ROUTE
+            route = scope["path"] if scope["path"] in self.routes else OTHER_ROUTE
             metrics.response(route, status)
