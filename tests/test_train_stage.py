@@ -225,3 +225,18 @@ def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(ray_local, tin
     rejects = store.read_table("rejects/train/examples.parquet").to_pylist()
     assert [(r["split"], r["example_id"]) for r in rejects] == [("train", "tr-1")]
     assert "does not fit max_seq_len=32" in rejects[0]["reason"]
+
+
+def test_an_empty_split_is_tokenized_without_a_ray_data_job(tiny_model_dir, tmp_path, monkeypatch):
+    import ray.data
+
+    from themis.train_data import open_split, tokenize_split
+
+    def no_job(*args, **kwargs):
+        raise AssertionError("a Ray Data job for an empty split")
+
+    monkeypatch.setattr(ray.data, "read_parquet", no_job)
+    store = _store(tmp_path, n_val=0)
+    path = tokenize_split(store, "dataset/validation.parquet", "validation", str(tiny_model_dir), 64)
+    split = open_split(store.fs, path)
+    assert len(split) == 0 and split.rejects == []
