@@ -96,9 +96,9 @@ def test_self_heal_worker_killed_mid_run_recovers_in_the_same_call(ray_local, ti
     print(f"killed pid {outcome['killed']}; resumed from step {report.counts['resumed_from_step']} of {planned}")
 
 
-def _bigger_model(folder: Path, tiny: Path) -> Path:
-    """A ~29M-parameter random Llama with the tiny model's tokenizer: big enough that optimizer
-    state dominates a worker's memory."""
+def _bigger_model(folder: Path, tiny: Path) -> int:
+    """A ~29M-parameter random Llama with the tiny model's tokenizer, saved to ``folder``: big
+    enough that optimizer state dominates a worker's memory. Returns its parameter count."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -114,23 +114,35 @@ def _bigger_model(folder: Path, tiny: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
+    return model.num_parameters()
+
+
+def _peak_mb_per_worker(model: Path, tmp_path: Path, zero_stage: int) -> dict[int, float]:
+    """The highest peak resident memory of a worker's training process (ru_maxrss, up to the end of
+    training) for one and two workers."""
+    peak = {}
+    for workers in (1, 2):
+        store = _store(tmp_path / f"z{zero_stage}w{workers}", n_train=4, n_val=0)
+        cfg = _cfg(str(model), zero_stage=zero_stage, num_workers=workers, max_steps=1, max_seq_len=64)
+        report = train_stage.run(cfg, store)
+        peak[workers] = max(report.details["peak_rss_mb"])
+        print(f"ZeRO-{zero_stage}, {workers} worker(s): peak RSS {report.details['peak_rss_mb']} MiB")
+    return peak
 
 
 @pytest.mark.slow
 def test_zero3_memory_per_worker_falls_with_two_workers(ray_local, tiny_model_dir, tmp_path):
-    model = _bigger_model(tmp_path / "model", tiny_model_dir)
-    growth = {}
-    for workers in (1, 2):
-        store = _store(tmp_path / f"w{workers}", n_train=4, n_val=0)
-        cfg = _cfg(str(model), zero_stage=3, num_workers=workers, max_steps=1, max_seq_len=64)
-        report = train_stage.run(cfg, store)
-        growth[workers] = max(report.details["peak_rss_growth_mb"])
-        peaks = report.details["peak_rss_mb"]
-        print(f"ZeRO-3, {workers} worker(s): peak RSS {peaks} MiB, growth since the loop began {growth[workers]} MiB")
-    assert growth[2] < growth[1]
+    """ZeRO-3 shards parameters, gradients and optimizer state: each of two workers holds half.
+    fp32 weights, gradients and two Adam moments are 4 copies of the model; halving them saves
+    each worker 2 copies, so a peak lower by 1 copy is proven sharding, beyond noise (without
+    sharding, as under ZeRO-0, each of two workers peaks as high as one worker alone)."""
+    model = tmp_path / "model"
+    one_copy_mb = _bigger_model(model, tiny_model_dir) * 4 / 2**20
+    peak = _peak_mb_per_worker(model, tmp_path, zero_stage=3)
+    assert peak[2] < peak[1] - one_copy_mb, (peak, one_copy_mb)
 
 
 @pytest.fixture(scope="module")
