@@ -1,18 +1,14 @@
 """The data plane on local Ray, with a real HTTP teacher (the fake OpenAI server in tests/fakes):
-resume after SIGKILL without re-paying the teacher, a pool of two actors, runs that cannot mislead
-(stale outputs refused, secrets kept out of the run root, bad inputs caught before Ray starts)."""
+a pool of two actors, runs that cannot mislead (stale outputs refused, secrets kept out of the
+run root, bad inputs caught before Ray starts). Resume after SIGKILL: tests/test_stage_resume.py."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -23,7 +19,6 @@ from themis.generation import EngineUnavailableError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-JUDGE_OPENINGS = ("Overall rating: [[", "Verdict: [[")
 
 
 def teacher_reply(body: dict[str, Any]) -> str:
@@ -36,10 +31,6 @@ def teacher_reply(body: dict[str, Any]) -> str:
     if "Scenario: [[" in text:
         return "Scenario: [[A]]"
     return f"A generated text of some length number {len(text)}."
-
-
-def is_judge_call(body: dict[str, Any]) -> bool:
-    return any(o in str(m.get("content")) for m in body["messages"] for o in JUDGE_OPENINGS)
 
 
 def write_config(tmp_path: Path, base_url: str, root: Path, **teacher: Any) -> Path:
@@ -75,64 +66,10 @@ def themis_command(stage: str, config: Path) -> list[str]:
     return [sys.executable, "-m", "themis.cli", stage, str(config)]
 
 
-def judgments(root: Path) -> list[dict[str, Any]]:
-    rows = pq.read_table(root / "gen" / "judgments" / "data.parquet").to_pylist()
-    return sorted(({k: v for k, v in r.items() if "tokens" not in k} for r in rows), key=lambda r: r["judgment_id"])
-
-
 @pytest.fixture
 def server():
     with FakeOpenAIServer(reply=teacher_reply, delay_s=0.15) as s:
         yield s
-
-
-@pytest.mark.slow
-def test_generation_resume_after_sigkill_repays_at_most_one_batch_per_actor(
-    server: FakeOpenAIServer, tmp_path: Path, ray_local
-) -> None:
-    config = write_config(tmp_path, server.base_url, tmp_path / "runs")
-    cfg = load(config)
-    for stage in ("instructions", "responses"):
-        runner.run_stage(stage, cfg)
-    import shutil
-
-    shutil.copytree(tmp_path / "runs", tmp_path / "clean")  # for an uninterrupted run to compare with
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    before = len(server.bodies)
-    proc = subprocess.Popen(
-        themis_command("judgments", config), env=env, start_new_session=True, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 240
-    while sum(map(is_judge_call, server.bodies[before:])) < 40 and time.monotonic() < deadline:
-        assert proc.poll() is None, f"judgments ended before it could be killed:\n{proc.stderr.read()}"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-stage
-    proc.wait()
-    first = [b for b in server.bodies[before:] if is_judge_call(b)]
-    killed = load(config)
-    assert runner.RunStore(killed.run.storage, killed.run.name).stage_status("judgments") == "running"
-
-    before = len(server.bodies)
-    report = runner.run_stage("judgments", cfg)
-    second = [b for b in server.bodies[before:] if is_judge_call(b)]
-    repaid = len({_key(b) for b in first} & {_key(b) for b in second})
-
-    clean = load(write_config(tmp_path, server.base_url, tmp_path / "clean"))
-    before = len(server.bodies)
-    runner.run_stage("judgments", clean)
-    total = sum(map(is_judge_call, server.bodies[before:]))
-
-    # A batch per actor of finished calls, plus the calls in flight when it died (never answered).
-    flush, window, actors = 8, 8, 1  # finished calls are saved every window's worth
-    assert len(first) >= 40 and len(second) < total
-    assert repaid <= actors * (flush + window), f"{repaid} calls paid twice ({len(first)} before the kill)"
-    assert report.details["usage"]["teacher"]["reused"] >= len(first) - actors * (flush + window)
-    assert judgments(tmp_path / "runs") == judgments(tmp_path / "clean")
-
-
-def _key(body: dict[str, Any]) -> str:
-    return repr(body["messages"])
 
 
 def test_two_actor_pool_sends_rows_to_both_actors(tmp_path: Path, ray_local) -> None:

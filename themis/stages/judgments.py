@@ -6,9 +6,11 @@ pairwise comparison with ties, judged in both orders (``ab`` and ``ba``). Prompt
 parsing come from ``themis.judging``, the one judging core.
 
 One Ray Data pipeline from ``responses/data.parquet``: group the responses by instruction, plan
-the judge calls, run them through the teacher's actor pool, parse, write. When some reference-
-guided instructions have no reference, a first pass has the teacher write those references (the
-judge prompts need them). A row whose call failed or whose output does not parse goes to
+the judge calls, run them through the teacher's actor pool, parse, write. A reference-guided
+instruction without a reference sends the teacher a reference request instead, and its judge
+calls (which quote the answer) are planned from that answer in the same actor: one teacher pool
+per stage, its weights loaded once. The references go to ``judgments/references.parquet`` with
+what they cost. A row whose call failed or whose output does not parse goes to
 ``rejects/judgments.parquet`` with the reason; the parse rate per kind is reported.
 
 Self-consistency (``judgments.self_consistency.samples`` = k > 1): every judge call is made k
