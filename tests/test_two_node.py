@@ -358,9 +358,8 @@ def test_two_node_ray_job_submit_runs_judgments_on_both_nodes(two_node_cluster, 
         "judgments",
         [
             *common,
-            # No teacher-written references: that would be a second pass with its own pool (minutes
-            # of actor start-up on this box) and adds nothing to where rows run.
-            "judgments.reference_guided=false",
+            # Reference-guided grading stays on: the teacher writes references in the same pool
+            # (one pool per stage), so the two actors are the only engine actors.
             "engines.local.batch_size=2",
             "engines.local.pool.min_actors=2",
             "engines.local.pool.max_actors=2",
