@@ -7,6 +7,7 @@ is its batch); a stage that finished re-pays nothing. On a local run root and on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -145,15 +146,19 @@ def _boto(creds: dict[str, str]) -> dict[str, str]:
 
 
 def test_s3_resume_repays_nothing_finished_and_one_batch_killed(
-    server: FakeOpenAIServer, s3_endpoint: tuple[str, dict[str, str]], tmp_path: Path
+    server: FakeOpenAIServer, s3_endpoint: tuple[str, dict[str, str]], tmp_path: Path, ray_local, monkeypatch
 ) -> None:
     endpoint, creds = s3_endpoint
+    for name, value in creds.items():
+        monkeypatch.setenv(name, value)  # for this process's own look at the run root
     config = write_config(tmp_path, {"teacher": http_engine(server.base_url)}, tmp_path / "unused")
     data = yaml.safe_load(config.read_text())
     data["run"]["storage"] = {"root": "s3://runs/themis", "s3_endpoint": endpoint}
     config.write_text(yaml.safe_dump(data))
-    # Each driver starts its own Ray, whose workers get these credentials from its environment.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **creds)
+    # Each driver joins this Ray as a job whose workers get the credentials (as `ray job submit` does).
+    job = json.dumps({"runtime_env": {"env_vars": creds}})
+    address = ray_local.get_runtime_context().gcs_address
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS=address, RAY_JOB_CONFIG_JSON_ENV_VAR=job, **creds)
 
     first, again = requests_between(server, driver(config, env, "instructions", "responses", "|", "responses"))
     assert len(first) == 30 and again == []  # a finished stage re-pays nothing
