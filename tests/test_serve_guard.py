@@ -221,3 +221,17 @@ def test_proxy_callback_reads_hashes_and_keys_from_its_environment(monkeypatch):
     (middleware,) = proxy_middlewares()
     assert middleware.cls is ProxyGuard
     assert middleware.kwargs["key_hashes"] == {hash_key("alpha"), hash_key("beta")}
+
+
+def test_proxy_guard_reads_the_mounted_keys_file(tmp_path, monkeypatch) -> None:
+    from themis.serve_guard import PROXY_KEYS_FILE_ENV, hash_key, proxy_middlewares
+
+    keys = tmp_path / "keys"
+    keys.write_text("first-key\nsecond-key\n")
+    monkeypatch.delenv("THEMIS_JUDGE_API_KEYS", raising=False)
+    monkeypatch.setenv(PROXY_KEYS_FILE_ENV, str(keys))
+    (middleware,) = proxy_middlewares()
+    assert middleware.kwargs["key_hashes"] == {hash_key("first-key"), hash_key("second-key")}
+    monkeypatch.setenv(PROXY_KEYS_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):  # fail closed: no proxy without its keys
+        proxy_middlewares()

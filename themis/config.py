@@ -759,7 +759,9 @@ class ServeLimits(Strict):
         64, ge=1, description="Requests one replica works on or waits on at once (room for full batches)."
     )
     max_queued_requests: int = Field(
-        64, ge=0, description="Requests waiting for a replica, per proxy; more get 503 with Retry-After."
+        64,
+        ge=0,
+        description="Requests waiting inside a replica beyond those it works on; more get 503 with Retry-After.",
     )
     retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 for a full queue.")
     generation_deadline_s: float = Field(

@@ -40,6 +40,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # Serve's proxy reads it at start
 PROXY_KEY_HASHES_ENV = "THEMIS_PROXY_KEY_HASHES"  # hashes only: a key itself never enters Ray's env
 DEFAULT_KEYS_ENV = "THEMIS_JUDGE_API_KEYS"  # ServeAuthConfig's default, as a pod's env may set it
+PROXY_KEYS_FILE_ENV = "THEMIS_JUDGE_KEYS_FILE"  # a mounted Secret's file, read by the proxy callback
 OPEN_PATHS = frozenset({"/health"})  # what a load balancer or probe reaches without a key
 PROXY_OPEN_PATHS = frozenset({"/-/healthz"})  # Serve's proxy health check, for probes
 ERROR_TYPES = {401: "authentication_error", 503: "server_error"}  # else invalid_request_error
@@ -261,10 +262,15 @@ def proxy_env(key_hashes: Iterable[str]) -> dict[str, str]:
 
 
 def proxy_middlewares() -> list[Any]:
-    """Serve's proxy callback: ``ProxyGuard`` with the key hashes of ``$THEMIS_PROXY_KEY_HASHES``
-    and of the keys in ``$THEMIS_JUDGE_API_KEYS`` (a RayService pod may carry the Secret there)."""
+    """Serve's proxy callback: ``ProxyGuard`` with the key hashes of ``$THEMIS_PROXY_KEY_HASHES``,
+    of the keys in ``$THEMIS_JUDGE_API_KEYS``, and of the keys in the file ``$THEMIS_JUDGE_KEYS_FILE``
+    (a RayService pod mounts its Secret as a file: the keys never sit in the environment)."""
     from starlette.middleware import Middleware  # only in the proxy: this module stays plain ASGI
 
     hashes = set(split_keys(os.environ.get(PROXY_KEY_HASHES_ENV, "")))
-    hashes |= {hash_key(k) for k in split_keys(os.environ.get(DEFAULT_KEYS_ENV, ""))}
+    keys = split_keys(os.environ.get(DEFAULT_KEYS_ENV, ""))
+    keys_file = os.environ.get(PROXY_KEYS_FILE_ENV)
+    if keys_file:
+        keys += split_keys(Path(keys_file).read_text())  # a missing file stops the proxy: fail closed
+    hashes |= {hash_key(k) for k in keys}
     return [Middleware(ProxyGuard, key_hashes=frozenset(hashes))]

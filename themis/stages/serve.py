@@ -37,7 +37,7 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
     # read its settings before the local Ray's loopback-only ones are in place.
     from ray import serve
 
-    from themis.serving import APP_NAME, build_app, served_model_source
+    from themis.serving import APP_NAME, build_app, serve_start_options, served_model_source
 
     serve_cfg = cfg.serve
     source = served_model_source(serve_cfg, cfg.run.storage, cfg.run.name)
@@ -46,8 +46,8 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
     port = serve_cfg.port or free_port(serve_cfg.host)
     url = f"http://{client_host(serve_cfg.host)}:{port}"
     started_here = not serve_running()
-    # No gRPC servicers: Serve starts no gRPC proxy, so HTTP on serve.host is the only way in.
-    serve.start(http_options={"host": serve_cfg.host, "port": port}, grpc_options={"grpc_servicer_functions": []})
+    # No gRPC proxy (HTTP on serve.host is the only way in), and Serve's own routes behind the keys.
+    serve.start(**serve_start_options(serve_cfg.host, port, key_hashes))
     smoke: dict[str, Any] = {}
     try:
         serve.run(build_app(serve_cfg, source, key_hashes), name=APP_NAME, route_prefix="/", blocking=False)
