@@ -7,6 +7,7 @@ is its batch); a stage that finished re-pays nothing. On a local run root and on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -45,9 +47,17 @@ for stage in sys.argv[2:]:
 """
 
 
+def staggered_reply(body: dict[str, Any]) -> str:
+    """The teacher's reply after 20-200 ms (by request): calls finish one by one, not in lockstep,
+    so a kill finds some finished and not yet saved."""
+    answer = teacher_reply(body)
+    time.sleep(0.02 * (1 + int(hashlib.sha256(answer.encode()).hexdigest(), 16) % 10))
+    return answer
+
+
 @pytest.fixture
 def server():
-    with FakeOpenAIServer(reply=teacher_reply, delay_s=0.1, usage=(7, 3)) as s:
+    with FakeOpenAIServer(reply=staggered_reply, usage=(7, 3)) as s:
         yield s
 
 
