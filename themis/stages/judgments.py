@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections import Counter
 from typing import Any
 
@@ -32,8 +33,8 @@ import pyarrow.compute as pc
 
 from themis import prompts
 from themis.call_cache import CacheSpec, compact
-from themis.config import JudgmentsConfig, PipelineConfig
-from themis.engines import GenerationRequest
+from themis.config import EngineConfig, JudgmentsConfig, PipelineConfig
+from themis.engines import GenerationRequest, forced_format_note
 from themis.engines.base import request_to_row
 from themis.filters import DISAGREE, self_consistent
 from themis.generation import (
@@ -124,6 +125,9 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     cache = CacheSpec(store.storage, store.run_name, "judgments")
     teacher = EnginePass(section.engine, cfg.engines[section.engine], cache=cache)
     seed = cfg.run.seed
+    unconstrained = constraint_not_applied(section, cfg.engines)
+    for engine, note in unconstrained.items():
+        print(f"[themis] judgments: warning: engine {engine!r} {note}", file=sys.stderr, flush=True)
     # Planned before the teacher's pool starts: the shuffle's workers and the engine actors never
     # compete for a small machine's CPUs. The plan waits in the object store, not in the driver.
     planned = (
@@ -163,9 +167,21 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         "rows_by_node": dict(counts.rows_by_node),
         "rows_by_actor": dict(counts.rows_by_actor),
     }
+    if unconstrained:
+        details["constraint_not_applied"] = unconstrained
     if section.self_consistency.samples > 1:
         details["self_consistency"] = agreement_report(store, path, section)
     return StageReport(inputs={"responses": store.uri(INPUT)}, outputs=outputs, counts=report, details=details)
+
+
+def constraint_not_applied(section: JudgmentsConfig, engines: dict[str, EngineConfig]) -> dict[str, str]:
+    """The teacher, with what it leaves out, when ``constrain_format`` asks for forced verdicts that
+    its engine cannot apply (an OpenAI server that is not vLLM): said on stderr and in the manifest,
+    never silently dropped."""
+    if not section.constrain_format:
+        return {}
+    note = forced_format_note(engines[section.engine])
+    return {section.engine: note} if note else {}
 
 
 def write_items(parsed: Any, store: RunStore, section: JudgmentsConfig) -> tuple[str, StageTally, dict[str, float]]:
