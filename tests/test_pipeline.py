@@ -40,9 +40,32 @@ def tiny_config(model: Path, root: Path, *extra: str):
     return load_config(TINY, overrides)
 
 
-def test_every_stage_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The pipeline, then the pipeline again on its finished run root, as a user runs `make demo`
+    twice: the rerun succeeds, every teacher call comes from the first run's cache and training
+    resumes from its last checkpoint (the rerun's train stage once failed copying the first run's
+    TensorBoard events)."""
     cfg = tiny_config(tiny_model_dir, tmp_path)
     reports = runner.run_pipeline(cfg)
+    _check_every_stage(cfg, reports, tmp_path)
+    _check_rerun_finished(cfg, reports, runner.run_pipeline(cfg), tmp_path)
+
+
+def _check_rerun_finished(cfg, first: dict, again: dict, tmp_path: Path) -> None:
+    manifest = runner.RunStore(cfg.run.storage, cfg.run.name).manifest()
+    assert [(name, e["status"]) for name, e in manifest["stages"].items()] == [(n, "ok") for n in cfg.stages]
+    for stage in ("instructions", "responses", "judgments"):
+        usage = again[stage].details["usage"]
+        assert usage and all(u["reused"] == u["calls"] > 0 for u in usage.values()), (stage, usage)
+    train = again["train"]
+    assert train.counts["resumed_from_step"] == train.counts["steps"] == first["train"].counts["steps"]
+    assert train.details["train_loss"] == first["train"].details["train_loss"]  # not trained again
+    assert (tmp_path / cfg.run.name / "model" / "model.safetensors").is_file()
+    events = list((tmp_path / cfg.run.name / "train" / "tensorboard").glob("events.out.tfevents*"))
+    assert len(events) == 2  # the first run's curve kept, the rerun's file beside it
+
+
+def _check_every_stage(cfg, reports: dict, tmp_path: Path) -> None:
     run_root = tmp_path / "tiny"
     manifest = runner.RunStore(cfg.run.storage, cfg.run.name).manifest()
     assert list(manifest["stages"]) == list(cfg.stages) and len(manifest["stages"]) == 7
