@@ -42,6 +42,11 @@ DRIVER = textwrap.dedent(
 )
 
 
+def _default_signal_handling() -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_driver_stops_its_local_ray_on_a_signal(tmp_path: Path, signum: int) -> None:
@@ -50,7 +55,12 @@ def test_driver_stops_its_local_ray_on_a_signal(tmp_path: Path, signum: int) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"PYTHONPATH": str(ROOT)}
     # Its own session: Ray's processes can only be found through the driver while it lives.
     driver = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_signal_handling,  # under nohup SIGHUP arrives ignored, and the driver keeps it so
     )
     try:
         deadline = time.monotonic() + 180

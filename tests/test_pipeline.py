@@ -97,6 +97,8 @@ def test_unreachable_teacher_fails_with_the_url(ray_local, tiny_model_dir: Path,
         f"engines.remote={{kind: openai, base_url: 'http://127.0.0.1:{free_port()}/v1', "
         "model: m, max_retries: 1, backoff_s: 0.01, timeout_s: 2}",
         "instructions.engine=remote",
+        # Both of the stage's engines on the server: a local pool beside it would not fit 2 CPUs.
+        "instructions.classifier_engine=remote",
     )
     with pytest.raises(EngineUnavailableError, match="cannot reach http://127.0.0.1"):
         runner.run_stage("instructions", cfg)
