@@ -73,18 +73,16 @@ def server():
 
 
 def test_two_actor_pool_sends_rows_to_both_actors(tmp_path: Path, ray_local) -> None:
-    # Slower calls than the other tests: the first actor up must not finish everything before the
-    # second one has started on a busy machine.
-    with FakeOpenAIServer(reply=teacher_reply, delay_s=0.5) as server:
-        _two_actors(server, tmp_path)
-
-
-def _two_actors(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    config = write_config(tmp_path, server.base_url, tmp_path / "runs", pool={"min_actors": 2, "max_actors": 2})
-    cfg = load(config)
-    for stage in ("instructions", "responses"):
-        runner.run_stage(stage, cfg)
-    report = runner.run_stage("judgments", cfg)
+    with FakeOpenAIServer(reply=teacher_reply, hang_s=50) as server:
+        config = write_config(tmp_path, server.base_url, tmp_path / "runs", pool={"min_actors": 2, "max_actors": 2})
+        cfg = load(config)
+        for stage in ("instructions", "responses"):
+            runner.run_stage(stage, cfg)
+        # One actor holds at most `concurrency` (8) calls: the teacher answers nothing until 9 are
+        # in flight, so the stage moves only once both actors send, however slowly the second starts.
+        server.gate = 9
+        report = runner.run_stage("judgments", cfg)
+    assert server.max_in_flight >= 9
     by_actor = report.details["rows_by_actor"]
     assert len(by_actor) == 2 and all(n > 0 for n in by_actor.values()), by_actor
     assert report.counts["parse_rate"] == {"pairwise": 1.0, "reference": 1.0, "single": 1.0}

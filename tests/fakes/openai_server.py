@@ -18,6 +18,8 @@ never reach an error message).
 ``delays`` maps a row key to the time each of its replies takes (a slow row), overriding ``delay_s``;
 ``holds`` maps a row key to a number of other replies that must go out before its own does (at most
 ``hang_s`` later): a slow row that a client's other rows must flow past, without timing.
+``gate`` (settable between stages) holds every reply until that many requests have been in flight
+at once (at most ``hang_s``): a window no single client can fill proves that several clients send.
 Every reply reports ``usage`` (``prompt_tokens``/``completion_tokens``, settable). The server records
 ``attempts``, ``bodies``, ``arrivals`` (monotonic time of each request), ``finished`` (row keys in the
 order their replies went out), ``max_in_flight`` and ``connections`` (distinct client sockets seen).
@@ -68,6 +70,7 @@ class FakeOpenAIServer:
         keep_alive: bool = False,
         holds: dict[str, int] | None = None,
         echo_errors: bool = False,
+        gate: int | None = None,
     ):
         self.faults = {key: list(kinds) for key, kinds in (faults or {}).items()}
         self.hang_s = hang_s  # how long a "timeout" fault stays silent
@@ -79,6 +82,9 @@ class FakeOpenAIServer:
         self.holds = dict(holds or {})  # per row key: replies to others that must go out first
         self.echo_errors = echo_errors  # error replies quote the request body
         self._finished_changed = threading.Condition()
+        self.gate = gate  # replies wait until this many requests were in flight at once
+        self._gate_open = threading.Event()
+        self._gate_deadline: float | None = None
         self.keep_alive = keep_alive  # HTTP/1.1 keep-alive, so that a client can reuse connections
         self.arrivals: list[float] = []  # time.monotonic() of each chat request, in arrival order
         self.finished: list[str] = []  # row keys (last user message) in the order replies went out
@@ -139,6 +145,8 @@ class FakeOpenAIServer:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.gate is not None and self.in_flight >= self.gate:
+                self._gate_open.set()
 
     def leave(self, body: dict[str, Any]) -> None:
         with self._lock:
@@ -146,6 +154,16 @@ class FakeOpenAIServer:
             self.finished.append(_last_user_text(body))
         with self._finished_changed:
             self._finished_changed.notify_all()
+
+    def wait_for_gate(self) -> None:
+        """Hold a reply until ``gate`` requests were in flight together, or until ``hang_s`` after
+        the first reply was held, when the gate opens for good (a test fails on its counts, fast)."""
+        if self.gate is None:
+            return
+        with self._lock:
+            self._gate_deadline = self._gate_deadline or time.monotonic() + self.hang_s
+        if not self._gate_open.wait(max(0.0, self._gate_deadline - time.monotonic())):
+            self._gate_open.set()
 
     def wait_for_others(self, body: dict[str, Any]) -> None:
         """Hold a reply until ``holds[key]`` replies have gone out (or ``hang_s`` passes)."""
@@ -226,6 +244,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             if delay:
                 server._stopping.wait(delay)
             server.wait_for_others(body)
+            server.wait_for_gate()
             if fault == "timeout":
                 server._stopping.wait(server.hang_s)
                 self.close_connection = True
