@@ -34,6 +34,7 @@ PURE = [
     "themis.engines.base",
     "themis.sft",
     "themis.train_metrics",
+    "themis.scratch",
     "themis.train_data",
     "themis.lora",
     "themis.judge_api",
