@@ -842,7 +842,12 @@ class ServeConfig(Strict):
     port: int = Field(8000, ge=0, le=65535)
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     cpus_per_replica: float = Field(1.0, gt=0)
-    gpus_per_replica: float = Field(0.0, ge=0)
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each replica reserves; None = one when the cluster has GPUs (vLLM: its "
+        "tensor_parallel_size), else none. A transformers engine runs on a GPU exactly when given one.",
+    )
     sampling: Sampling = Sampling(max_tokens=96)
     batch_size: int = Field(8, ge=1, description="Requests per engine call (themis.batcher), set once here.")
     batch_wait_s: float = Field(0.01, ge=0, description="How long an idle engine waits for a batch to fill.")

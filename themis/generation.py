@@ -245,8 +245,28 @@ class PoolPlan:
         return {"compute": compute, "batch_size": self.batch_size, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
-def pool_plan(cfg: EngineConfig) -> PoolPlan:
-    """The actor pool of an engine: its config's ``pool``, with each engine kind's defaults."""
+def cluster_gpus() -> float:
+    """GPUs in the connected Ray cluster now: what a device of 'auto' resolves against."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def local_model_gpus(device: str, gpus_per_actor: float | None, gpus_in_cluster: float | None) -> float:
+    """GPUs one actor of a local model (the transformers engine, the IFD scorer) reserves: the
+    pool's ``gpus_per_actor`` where set; else one for a 'cuda' device, and for 'auto' one when the
+    cluster has GPUs (``gpus_in_cluster``; None = ask the connected Ray). The actor then runs on a
+    GPU exactly when Ray gave it one (``engines.hf``)."""
+    if gpus_per_actor is not None:
+        return gpus_per_actor
+    if device == "auto":
+        return 1 if (cluster_gpus() if gpus_in_cluster is None else gpus_in_cluster) > 0 else 0
+    return 1 if device.startswith("cuda") else 0
+
+
+def pool_plan(cfg: EngineConfig, gpus_in_cluster: float | None = None) -> PoolPlan:
+    """The actor pool of an engine: its config's ``pool``, with each engine kind's defaults; a
+    device of 'auto' counts the GPUs in the cluster (``gpus_in_cluster``, else asked of Ray)."""
     pool = cfg.pool
     calls = 1
     if isinstance(cfg, OpenAIEngineConfig):
@@ -263,8 +283,7 @@ def pool_plan(cfg: EngineConfig) -> PoolPlan:
         batch = pool.batch_size or 4 * cfg.batch_size
         # A local model gets the cores its torch threads use (Ray also sets OMP_NUM_THREADS from this).
         cpus = pool.cpus_per_actor or cfg.num_threads or 1
-        on_gpu = cfg.device.startswith("cuda")
-        gpus = (1 if on_gpu else 0) if pool.gpus_per_actor is None else pool.gpus_per_actor
+        gpus = local_model_gpus(cfg.device, pool.gpus_per_actor, gpus_in_cluster)
     return PoolPlan(pool.min_actors, pool.max_actors, batch, cpus, gpus, calls)
 
 

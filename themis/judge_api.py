@@ -489,16 +489,35 @@ def model_list(model_name: str, created: int) -> dict[str, Any]:
 # --- deployment settings -------------------------------------------------------------------------
 
 
-def serve_engine_config(serve_cfg: ServeConfig, model_path: str) -> TransformersEngineConfig | VLLMEngineConfig:
+def serve_engine_config(
+    serve_cfg: ServeConfig, model_path: str, device: str = "auto"
+) -> TransformersEngineConfig | VLLMEngineConfig:
     """The engine each replica builds: the served folder, batched by ``serve.batch_size``, with one
-    torch thread per reserved CPU (transformers) or the replica's GPUs (vLLM)."""
+    torch thread per reserved CPU on ``device`` (transformers) or the replica's GPUs (vLLM)."""
     if serve_cfg.engine == "vllm":
         return VLLMEngineConfig(model=model_path, batch_size=serve_cfg.batch_size, **serve_cfg.vllm.model_dump())
     return TransformersEngineConfig(
         model=model_path,
         batch_size=serve_cfg.batch_size,
         num_threads=max(1, int(serve_cfg.cpus_per_replica)),
+        device=device,
     )
+
+
+def replica_gpus(serve_cfg: ServeConfig, gpus_in_cluster: float | None) -> float:
+    """GPUs one replica reserves: ``serve.gpus_per_replica`` where set; else, when the cluster has
+    GPUs, one (vLLM: its tensor-parallel size), and none on a cluster without."""
+    if serve_cfg.gpus_per_replica is not None:
+        return serve_cfg.gpus_per_replica
+    if gpus_in_cluster is None:
+        raise ValueError(
+            "serve.gpus_per_replica is unset (one GPU per replica where the cluster has GPUs), but no Ray "
+            "cluster is connected to count them (`serve run <import path>` builds the app before it "
+            "connects): set serve.gpus_per_replica, or deploy from a Serve config file"
+        )
+    if gpus_in_cluster <= 0:
+        return 0.0
+    return float(serve_cfg.vllm.tensor_parallel_size) if serve_cfg.engine == "vllm" else 1.0
 
 
 def replica_capacity(serve_cfg: ServeConfig) -> int:
@@ -514,10 +533,10 @@ def replica_capacity(serve_cfg: ServeConfig) -> int:
 SERVE_ONGOING_FACTOR = 4
 
 
-def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
-    """``serve.deployment`` options: explicit autoscaling, per-replica resources, room for what the
-    replica admits or refuses itself (``replica_capacity``), Serve's bounded queue as a backstop, and
-    a health check that sees a stuck engine."""
+def deployment_options(serve_cfg: ServeConfig, gpus_in_cluster: float | None = None) -> dict[str, Any]:
+    """``serve.deployment`` options: explicit autoscaling, per-replica resources (GPUs by
+    ``replica_gpus``), room for what the replica admits or refuses itself (``replica_capacity``),
+    Serve's bounded queue as a backstop, and a health check that sees a stuck engine."""
     scaling, limits = serve_cfg.autoscaling, serve_cfg.limits
     return {
         "autoscaling_config": {
@@ -532,7 +551,7 @@ def deployment_options(serve_cfg: ServeConfig) -> dict[str, Any]:
         "health_check_timeout_s": 10.0,
         "ray_actor_options": {
             "num_cpus": serve_cfg.cpus_per_replica,
-            "num_gpus": serve_cfg.gpus_per_replica,
+            "num_gpus": replica_gpus(serve_cfg, gpus_in_cluster),
             # Serve's own switch (read when the replica imports Serve). Off, request lines still reach
             # the replica's log file under logs/serve/, but not stderr, which Ray's log monitor
             # tails and ships to the driver: with the tiny model on 2 cores that cost 3.5 ms of

@@ -67,11 +67,13 @@ class ScorerPass:
         return ifd_key(self.fingerprint, messages, self.max_seq_len)
 
 
-def scorer_plan(cfg: IFDScorerConfig) -> PoolPlan:
-    """The scorer's actor pool: its ``pool`` settings with defaults like a local engine's."""
+def scorer_plan(cfg: IFDScorerConfig, gpus_in_cluster: float | None = None) -> PoolPlan:
+    """The scorer's actor pool: its ``pool`` settings with defaults like a local engine's (a device
+    of 'auto' takes a GPU when the cluster has one: ``gpus_in_cluster``, else asked of Ray)."""
+    from themis.generation import local_model_gpus
+
     pool = cfg.pool
-    on_gpu = cfg.device.startswith("cuda")
-    gpus = (1 if on_gpu else 0) if pool.gpus_per_actor is None else pool.gpus_per_actor
+    gpus = local_model_gpus(cfg.device, pool.gpus_per_actor, gpus_in_cluster)
     cpus = pool.cpus_per_actor or cfg.num_threads or 1
     return PoolPlan(pool.min_actors, pool.max_actors, pool.batch_size or 4 * cfg.batch_size, cpus, gpus)
 

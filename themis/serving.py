@@ -173,11 +173,27 @@ async def _too_deep(_: Request, __: RecursionError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=422)
 
 
+def replica_device() -> str:
+    """Where this replica's transformers engine runs: the GPU Ray gave the replica, else the CPU
+    (Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a replica given no GPU, and the engine's child
+    process is no Ray worker, so it is told, not left to find a GPU nobody reserved)."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
+def connected_cluster_gpus() -> float | None:
+    """GPUs in the connected Ray cluster; None when no Ray is connected yet."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
+
+
 def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
     """The default engine hook: fetch the model on this node, build the configured engine (a
     transformers engine in a child process unless ``serve.engine_process`` is off)."""
     path = str(model.fetch())
-    engine_cfg = serve_engine_config(serve_cfg, path)
+    engine_cfg = serve_engine_config(serve_cfg, path, replica_device())
     if isinstance(engine_cfg, TransformersEngineConfig) and serve_cfg.engine_process:
         return EngineProcess(engine_cfg, path)
     return build_engine(engine_cfg)
@@ -464,7 +480,7 @@ def build_app(
 ) -> Application:
     """The Serve application for a model (a source, or a folder): one autoscaled deployment."""
     source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
-    deployment = JudgeServer.options(**deployment_options(serve_cfg))
+    deployment = JudgeServer.options(**deployment_options(serve_cfg, connected_cluster_gpus()))
     return deployment.bind(source, serve_cfg, frozenset(key_hashes), engine_factory)
 
 

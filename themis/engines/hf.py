@@ -8,6 +8,7 @@ without changing what the model would rate.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from itertools import groupby
 from pathlib import Path
@@ -190,9 +191,23 @@ def _sampling_key(r: GenerationRequest) -> tuple:
 
 
 def _pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """'auto': the GPU when this process was given one, else the CPU. In a Ray actor that is what
+    Ray reserved for it (``generation.local_model_gpus``): Ray 2.60 leaves CUDA_VISIBLE_DEVICES
+    alone for an actor given no GPU, so CUDA alone would put it on a GPU nobody reserved."""
+    if device != "auto":
+        return device
+    granted = _ray_actor_gpus()
+    if granted is not None:
+        return "cuda" if granted else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _ray_actor_gpus() -> list | None:
+    """The GPU ids Ray gave this process when it is a Ray actor; None elsewhere."""
+    ray = sys.modules.get("ray")  # an engine used outside Ray does not import it
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return None
+    return ray.get_gpu_ids()
 
 
 def _pick_dtype(dtype: str, device: str) -> torch.dtype:
