@@ -41,6 +41,21 @@ class StorageConfig(Strict):
         None, description="Endpoint override for S3-compatible servers, e.g. http://127.0.0.1:9000."
     )
     s3_region: str = Field("us-east-1", description="Region passed to the S3 client.")
+    transfer_part_mb: int = Field(
+        8, ge=5, le=5120, description="Part size of model and checkpoint transfers with S3 (ranged GETs, upload parts)."
+    )
+    transfer_threads: int = Field(10, ge=1, le=64, description="Requests in flight per folder transfer with S3.")
+    model_cache_dir: str | None = Field(
+        None,
+        description="The node's model cache (models downloaded from an s3:// root, one copy per node). "
+        "None: THEMIS_MODEL_CACHE, else <THEMIS_CACHE or ~/.cache/themis>/model-cache.",
+    )
+    model_cache_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Size limit of the node's model cache; least recently used models not in use are "
+        "evicted. None: THEMIS_MODEL_CACHE_GB, else 50.",
+    )
 
 
 class RunConfig(Strict):

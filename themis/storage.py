@@ -16,7 +16,8 @@ A stage writes through an *attempt* (``RunStore.begin_attempt``): its files land
 so a failed rerun never leaves half-written or stale outputs looking current. The manifest says
 which stages ended ok; the runner refuses to start a stage whose input stage did not.
 
-This is the only module that talks to storage; stages receive a ``RunStore``.
+This module (with ``themis.transfer``, its mover of whole folders on S3) is the only one that talks
+to storage; stages receive a ``RunStore``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import tempfile
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -230,26 +231,44 @@ class RunStore:
 
     # folders (models, checkpoints)
     def upload_dir(self, local: str | Path, rel: str) -> str:
-        """Copy a local folder into the run at ``rel`` (replacing it) and return its URI."""
+        """Copy a local folder into the run at ``rel`` (replacing it) and return its URI. On S3: all
+        files at once, big ones in parallel parts (``themis.transfer``)."""
+        source = Path(local).resolve()
+        if not source.is_dir():
+            raise StorageError(f"cannot upload {local}: not a folder")
         dest = self.write_path(rel)
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             self.fs.delete_dir(dest)
-        self.fs.create_dir(dest, recursive=True)
-        pafs.copy_files(str(Path(local).resolve()), dest, destination_filesystem=self.fs)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            shutil.copytree(source, dest)  # os.sendfile: the kernel copies, no Python loop
+            return self.uri(rel)
+        from themis import transfer
+
+        self.fs.create_dir(dest, recursive=True)  # so an empty folder still exists in the run
+        transfer.upload_folder(transfer.s3_client(self.storage), self.storage, source, *transfer.split_path(dest))
         return self.uri(rel)
 
     def local_dir(self, rel: str) -> Path:
-        """A local folder holding ``rel``: itself on a local root, else a downloaded copy."""
+        """A local folder holding ``rel``, to read and never to write: itself on a local root, else
+        the node's cached copy (``themis.model_cache``), downloaded once per node and content."""
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")
         if isinstance(self.fs, pafs.LocalFileSystem):
             return Path(self.read_path(rel))
-        target = Path(tempfile.mkdtemp(prefix="themis-")) / posixpath.basename(rel)
-        target.mkdir(parents=True)
-        pafs.copy_files(
-            self.read_path(rel), str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
-        )
-        return target
+        from themis import transfer
+        from themis.model_cache import NodeModelCache, content_key
+
+        client = transfer.s3_client(self.storage)
+        bucket, prefix = transfer.split_path(self.read_path(rel))
+        files = transfer.list_folder(client, bucket, prefix)
+        key = content_key([(f.rel, f.size, f.etag) for f in files])
+
+        def download(staging: Path) -> None:
+            transfer.download_folder(client, self.storage, bucket, prefix, files, staging)
+            if transfer.list_folder(client, bucket, prefix) != files:  # one more LIST: no torn copy
+                raise StorageError(f"{self.uri(rel)} changed while it was downloaded; load it again")
+
+        return NodeModelCache.for_storage(self.storage).fetch(key, sum(f.size for f in files), download)
 
     def remove(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))
