@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 import uuid
 from typing import Any
+
+from themis.scratch import scratch_dir
 
 TENSORBOARD = "train/tensorboard"
 LOSS_CURVE = "train/loss_curve.png"
@@ -65,7 +66,7 @@ class TensorBoardLog:
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import SessionLog
 
-        self.folder = tempfile.mkdtemp(prefix="themis-tb-")
+        self.folder = str(scratch_dir("tb-"))  # removed when this process ends, however it ends
         # A name of its own: tensorboardX names files by the second, and an attempt's file must
         # never overwrite one an earlier attempt wrote in the same second.
         self.events = EventsWriter(os.path.join(self.folder, "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")

@@ -23,7 +23,6 @@ import resource
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -34,6 +33,7 @@ from typing import Any
 from themis import sft
 from themis.config import TrainConfig
 from themis.models import resolve_model
+from themis.scratch import scoped_scratch_dir, scratch_dir
 from themis.storage import RunStore
 from themis.train_data import open_split
 from themis.train_metrics import TensorBoardLog, mfu, peak_bf16_flops
@@ -370,8 +370,8 @@ def _tensors(examples: list[sft.Example], pad_id: int, device: Any) -> dict[str,
 
 
 def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], link: WorkerLink) -> None:
-    """Each rank saves its DeepSpeed shards to a temp folder; Ray merges them into one folder."""
-    folder = tempfile.mkdtemp(prefix="themis-ckpt-")
+    """Each rank saves its DeepSpeed shards to a scratch folder; Ray merges them into one folder."""
+    folder = str(scratch_dir("ckpt-"))
     try:
         engine.save_checkpoint(folder, tag=DS_TAG)
         if link.rank == 0:
@@ -413,7 +413,7 @@ def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
-        with tempfile.TemporaryDirectory(prefix="themis-export-") as folder:
+        with scoped_scratch_dir("export-") as folder:
             if tcfg.lora is not None:
                 from themis.lora import export_lora
 
