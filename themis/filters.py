@@ -30,11 +30,12 @@ def prompt_key(messages: list[dict[str, str]]) -> str:
 
 
 def drop_duplicates(rows: list[Row]) -> tuple[list[Row], list[Row]]:
-    """Keep the first judgment of each distinct prompt (identical answers give identical prompts)."""
+    """Keep the first judgment of each distinct prompt (identical answers give identical prompts).
+    A row may carry its ``prompt_key`` instead of its messages (the dataset stage's key table)."""
     seen: set[str] = set()
     kept, dropped = [], []
     for row in rows:
-        key = prompt_key(row["messages"])
+        key = row["prompt_key"] if "prompt_key" in row else prompt_key(row["messages"])
         if key in seen:
             dropped.append(row)
         else:

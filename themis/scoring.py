@@ -151,7 +151,11 @@ class IFDScorer:
         if self.cache:
             self.cache.put([(k, s) for k, s in fresh.items() if isinstance(s, IFDScore)])
         clock = {"started_at": started_at, "finished_at": time.time()}
-        return to_table((self._row(k, results[k], k in cached) | clock for k in keys), SCORED)
+        out = to_table((self._row(k, results[k], k in cached) | clock for k in keys), SCORED)
+        for name in batch.column_names:  # a caller's own columns (e.g. a record id) ride along
+            if name not in INPUT.names:
+                out = out.append_column(name, batch.column(name))
+        return out
 
     def _row(self, key: str, result: IFDScore | str, cached: bool) -> dict[str, Any]:
         score = result if isinstance(result, IFDScore) else None

@@ -188,12 +188,20 @@ class RunStore:
 
     def scan(self, rel: str, columns: list[str], written: bool = False, batch_size: int = 65536):
         """Stream record batches of a few columns of a Parquet file or folder (constant memory)."""
-        yield from self._dataset(rel, written).to_batches(columns=columns, batch_size=batch_size)
+        yield from self._batches(self._dataset(rel, written).files, columns, batch_size)
 
     def scan_path(self, path: str, columns: list[str], batch_size: int = 65536):
         """``scan`` for a path as the filesystem sees it (e.g. a ``scratch_path``)."""
-        dataset = pads.dataset(path, filesystem=self.fs, format="parquet")
-        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        files = pads.dataset(path, filesystem=self.fs, format="parquet").files
+        yield from self._batches(files, columns, batch_size)
+
+    def _batches(self, files: list[str], columns: list[str], batch_size: int):
+        # File by file, row group by row group: Arrow's dataset scanner reads ahead across row
+        # groups, and its memory grew with the file (about 300 MB over 768 MB of judgments) where
+        # this stays flat (about 60 MB).
+        for path in files:
+            with self.fs.open_input_file(path) as source:
+                yield from pq.ParquetFile(source).iter_batches(batch_size=batch_size, columns=columns)
 
     def _dataset(self, rel: str, written: bool) -> pads.Dataset:
         path = posixpath.join(self.write_root, rel) if written else self.path(rel)

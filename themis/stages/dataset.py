@@ -21,6 +21,14 @@ keeps the selection's ``target`` a count of teacher judgments and spends no IFD 
 variants of one judgment. The subset regressions fit on the whole training side before selection
 (more data, and never a validation label).
 
+The judgments never sit whole in the driver. The filters, the split and the selection decide on a
+slim key table (ids, kind, order, verdict, scenario and a hash of the prompt: about 200 bytes a
+judgment, read column by column); IFD scoring streams the training records from the judgments
+file through the scorer's Ray Data actor pool, and only their scores come back; the outputs are
+written by a second streaming read, one record batch at a time, each row routed by its decision.
+Augmentation, off by default, is the exception: it draws across the selected training records and
+reads them whole (their text is what it rewrites).
+
 The filter report counts rows per reason and per step, and they reconcile at every step:
 rows in = rows kept + rows rejected; the augmentation step adds rows, so there
 rows in + rows added = rows out + rows rejected (0), and for the stage
@@ -31,14 +39,24 @@ is counted in ``augmentation.skipped_by_reason``; it is not a reject (it is stil
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from themis import augment, selection
 from themis.call_cache import CacheSpec
 from themis.config import PipelineConfig
-from themis.filters import balance, balance_key, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
+from themis.filters import (
+    balance,
+    balance_key,
+    drop_duplicates,
+    pair_consistency,
+    prompt_key,
+    split_by_instruction,
+    to_sft_example,
+)
 from themis.generation import StageTally
 from themis.parsing import ParseError
 from themis.scenarios import Criterion, get_scenario
@@ -87,6 +105,10 @@ IFD_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
+JUDGMENTS = "judgments/data.parquet"
+# What the filters, the split and the selection decide on: everything but the judgment's text.
+KEY_COLUMNS = ["judgment_id", "kind", "order", "pair_id", "scenario", "instruction_id", "score", "winner"]
+BATCH_ROWS = 1024  # rows per record batch of the streaming reads (a few MB of judgments each)
 IFD_CACHE = "dataset-ifd"  # <run>/cache/dataset-ifd/: finished scores, reused by a rerun
 PARAPHRASE_CACHE = "dataset-paraphrase"  # <run>/cache/dataset-paraphrase/: the teacher's paraphrase calls
 
@@ -111,9 +133,9 @@ def ifd_model(cfg: PipelineConfig) -> str:
 
 def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     """Build train/validation SFT sets from parsed judgments; write them, rejects and a filter report."""
-    judgments = store.read_table("judgments/data.parquet").to_pylist()
+    judgments = read_keys(store)
     if not judgments:
-        raise ValueError(f"no parsed judgments in {store.uri('judgments/data.parquet')}: nothing to train on")
+        raise ValueError(f"no parsed judgments in {store.uri(JUDGMENTS)}: nothing to train on")
     kept, rejected = filter_judgments(judgments, cfg)
     steps = [step("filters", len(judgments), kept, rejected)]
     pool, val = split_by_instruction(kept, cfg.dataset.validation_fraction, cfg.run.seed)
@@ -126,8 +148,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         )
     usage = StageTally()  # the teacher's paraphrase calls, counted as the generation stages count theirs
     added, augmented, written = augment_train(train, pool, val, cfg, store, steps, usage)
-    train = train + added
-    report = filter_report(judgments, kept, rejected, train, val) | {"steps": steps}
+    report = filter_report(judgments, kept, rejected, len(train) + len(added), len(val)) | {"steps": steps}
     if selected:
         report["selection"] = selected.pop("report")
     if augmented:
@@ -135,11 +156,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     if usage.calls:
         report["usage"] = usage.usage(cfg.engines)
     outputs = {
-        "train": store.write_table("dataset/train.parquet", to_table([to_sft_example(r) for r in train], SFT_SCHEMA)),
-        "validation": store.write_table(
-            "dataset/validation.parquet", to_table([to_sft_example(r) for r in val], SFT_SCHEMA)
-        ),
-        "rejects": store.write_table("rejects/dataset.parquet", to_table(map(as_reject, rejected), REJECT_SCHEMA)),
+        **write_splits(store, decisions(train, val, rejected), added),
         **selected,
         **written,
         "report": store.write_json("dataset/filter_report.json", report),
@@ -147,16 +164,85 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     counts = {
         "rows_in": len(judgments),
         "rows_augmented": len(added),
-        "rows_out": len(train) + len(val),
+        "rows_out": len(train) + len(added) + len(val),
         "rows_rejected": len(rejected),
-        "train": len(train),
+        "train": len(train) + len(added),
         "validation": len(val),
     }
     if counts["rows_in"] + counts["rows_augmented"] != counts["rows_out"] + counts["rows_rejected"]:
         raise AssertionError(f"dataset counts do not reconcile: {counts}")
-    return StageReport(
-        inputs={"judgments": store.uri("judgments/data.parquet")}, outputs=outputs, counts=counts, details=report
-    )
+    return StageReport(inputs={"judgments": store.uri(JUDGMENTS)}, outputs=outputs, counts=counts, details=report)
+
+
+# --- the streaming reads and writes ----------------------------------------------------------------
+
+
+def read_keys(store: RunStore) -> list[dict[str, Any]]:
+    """Every judgment's key columns, with ``prompt_key`` (the prompt's hash) in place of its text."""
+    rows = []
+    for batch in store.scan(JUDGMENTS, [*KEY_COLUMNS, "messages"], batch_size=BATCH_ROWS):
+        keys = batch.select(KEY_COLUMNS).to_pylist()
+        for row, messages in zip(keys, batch.column("messages").to_pylist()):
+            rows.append(row | {"prompt_key": prompt_key(messages)})
+    return rows
+
+
+def read_whole(store: RunStore, ids: set[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The judgments with these ids, by id (only what augmentation rewrites is read whole)."""
+    wanted = pa.array(sorted(ids), pa.string())
+    found = {}
+    for batch in store.scan(JUDGMENTS, columns or JUDGMENTS_SCHEMA.names, batch_size=BATCH_ROWS):
+        chosen = batch.filter(pc.is_in(batch.column("judgment_id"), value_set=wanted))
+        found |= {row["judgment_id"]: row for row in chosen.to_pylist()}
+    return found
+
+
+def decisions(train: list[dict], val: list[dict], rejected: list[dict]) -> dict[str, tuple[str, str | None, Any]]:
+    """Where each judgment goes, by id: (its split or "rejects", its reject reason, its IFD if scored);
+    the streaming write routes the rows by it."""
+    routes = {}
+    for split, rows in (("train", train), ("validation", val), ("rejects", rejected)):
+        for row in rows:
+            routes[row["judgment_id"]] = (split, row.get("reason"), row.get("ifd"))
+    return routes
+
+
+def write_splits(store: RunStore, routes: dict[str, tuple], added: list[dict]) -> dict[str, str]:
+    """Stream the judgments once, writing each row to its split as an SFT record or to the rejects
+    with its reason; the augmented records follow the training split's own."""
+    import pyarrow.parquet as pq
+
+    files = {
+        "train": ("dataset/train.parquet", SFT_SCHEMA),
+        "validation": ("dataset/validation.parquet", SFT_SCHEMA),
+        "rejects": ("rejects/dataset.parquet", REJECT_SCHEMA),
+    }
+    writers = {
+        split: pq.ParquetWriter(store.write_path(rel), schema, filesystem=store.fs)
+        for split, (rel, schema) in files.items()
+    }
+    try:
+        for split, rows in routed_batches(store, routes):
+            writers[split].write_table(to_table(rows, files[split][1]))
+        if added:
+            writers["train"].write_table(to_table(map(to_sft_example, added), SFT_SCHEMA))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {split: store.uri(rel) for split, (rel, _) in files.items()}
+
+
+def routed_batches(store: RunStore, routes: dict[str, tuple]) -> Iterator[tuple[str, list[dict]]]:
+    """(split, rows as that split's file holds them), one record batch of judgments at a time."""
+    for batch in store.scan(JUDGMENTS, JUDGMENTS_SCHEMA.names, batch_size=BATCH_ROWS):
+        by_split: dict[str, list[dict]] = defaultdict(list)
+        for row in batch.to_pylist():
+            split, reason, ifd = routes[row["judgment_id"]]
+            if split == "rejects":
+                by_split[split].append(as_reject(row | {"reason": reason, "ifd": ifd}))
+            else:
+                by_split[split].append(to_sft_example(row))
+        yield from by_split.items()
 
 
 def filter_judgments(judgments: list[dict], cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
@@ -187,14 +273,14 @@ def as_reject(row: dict[str, Any]) -> dict[str, Any]:
     return {c: row.get(c) for c in REJECT_SCHEMA.names}
 
 
-def filter_report(judgments: list, kept: list, rejected: list, train: list, val: list) -> dict:
+def filter_report(judgments: list, kept: list, rejected: list, train: int, val: int) -> dict:
     """Counts per reason, kind, verdict and scenario of the judgments kept (``kept``), reconciled against
-    the rows that came in; ``train`` and ``val`` are the splits as written (augmented records included).
-    Pairs are counted by their winner in the ``ab`` order."""
+    the rows that came in; ``train`` and ``val`` are the sizes of the splits as written (augmented
+    records included). Pairs are counted by their winner in the ``ab`` order."""
     return {
         "rows_in": len(judgments),
         "rows_kept": len(kept),
-        "rows_augmented": len(train) + len(val) - len(kept),
+        "rows_augmented": train + val - len(kept),
         "rows_rejected": len(rejected),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
         "kept_by_kind": dict(Counter(r["kind"] for r in kept)),
@@ -203,8 +289,8 @@ def filter_report(judgments: list, kept: list, rejected: list, train: list, val:
             for (kind, verdict), n in sorted(Counter((r["kind"], balance_key(r)[1]) for r in kept).items())
         },
         "kept_by_scenario": dict(Counter(r["scenario"] for r in kept)),
-        "train": len(train),
-        "validation": len(val),
+        "train": train,
+        "validation": val,
     }
 
 
@@ -271,9 +357,11 @@ def unscored(units: list) -> tuple[list, list[dict]]:
 
 def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[str, Any]:
     """Score every training record's IFD in the scorer's actor pool and add ``ifd``, its losses
-    and ``ifd_error`` to the rows (in place); returns what the scoring cost."""
+    and ``ifd_error`` to the rows (in place); returns what the scoring cost. The records stream from
+    the judgments file to the actors; only their scores come back to the driver."""
+    from themis.generation import LIGHT, read_rows
     from themis.runtime import init_ray
-    from themis.scoring import ScorerPass, score_records
+    from themis.scoring import ScorerPass, score_dataset
 
     scorer_cfg = cfg.dataset.selection.scorer
     scorer = ScorerPass(
@@ -282,12 +370,19 @@ def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[
         max_seq_len=scorer_cfg.max_seq_len or cfg.train.max_seq_len,
         cache=CacheSpec(store.storage, store.run_name, IFD_CACHE),
     )
-    chats = [to_sft_example(r)["messages"] for r in train]
-    keys = [scorer.key(chat) for chat in chats]
     init_ray(cfg.ray)  # only this part of the stage needs Ray
-    scored = {s["key"]: s for s in score_records(list(zip(keys, chats)), scorer)}
-    for row, key in zip(train, keys):
-        s = scored[key]
+    wanted = frozenset(r["judgment_id"] for r in train)
+    records = read_rows(store, JUDGMENTS).map_batches(
+        scoring_inputs, fn_kwargs={"wanted": wanted, "scorer": scorer}, batch_format="pyarrow", **LIGHT
+    )
+    scored: dict[str, dict[str, Any]] = {}
+    columns = ["judgment_id", "s_a_given_q", "s_a", "answer_tokens", "error", "cached", "actor"]
+    for batch in score_dataset(records, scorer).iter_batches(batch_format="pyarrow", batch_size=BATCH_ROWS):
+        scored |= {s["judgment_id"]: s for s in batch.select(columns).to_pylist()}
+    if len(scored) != len(wanted):  # a record lost on the way would be silently unselectable
+        raise AssertionError(f"IFD scoring returned {len(scored)} scores for {len(wanted)} training records")
+    for row in train:
+        s = scored[row["judgment_id"]]
         ok = s["error"] is None
         ifd = s["s_a_given_q"] / s["s_a"] if ok and s["s_a"] > 0 else None
         row.update(ifd=ifd, s_a_given_q=s["s_a_given_q"], s_a=s["s_a"], answer_tokens=s["answer_tokens"])
@@ -300,6 +395,17 @@ def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[
         "failed": sum(s["error"] is not None for s in scored.values()),
         "rows_by_actor": dict(Counter(s["actor"] for s in scored.values())),
     }
+
+
+def scoring_inputs(batch: pa.Table, wanted: frozenset[str], scorer: Any) -> pa.Table:
+    """The training records of a batch of judgments as the scorer reads them: (judgment_id, key,
+    the SFT chat). Runs in Ray Data tasks, next to the data."""
+    from themis.scoring import INPUT
+
+    mine = batch.filter(pc.is_in(batch.column("judgment_id"), value_set=pa.array(sorted(wanted), pa.string())))
+    chats = [to_sft_example(row)["messages"] for row in mine.to_pylist()]
+    table = to_table(({"key": scorer.key(chat), "messages": chat} for chat in chats), INPUT)
+    return table.append_column("judgment_id", mine.column("judgment_id"))
 
 
 def write_ifd(store: RunStore, train: list[dict], kept: list[dict], dropped: list[dict], report: dict) -> dict:
@@ -355,7 +461,10 @@ def augment_train(
             sorted({r["scenario"] for r in train}), cfg, store, usage
         )
         written["paraphrases"] = store.write_json("dataset/paraphrases.json", rows)
-    result = augment.augment_records(train, section, seed, variants, pool)
+    # Augmentation rewrites the records' text and draws across them: the one step that reads them whole.
+    whole = read_whole(store, {r["judgment_id"] for r in pool})
+    records, fit_rows = [whole[r["judgment_id"]] for r in train], [whole[r["judgment_id"]] for r in pool]
+    result = augment.augment_records(records, section, seed, variants, fit_rows)
     augment.check_sides(result.rows, train, val)
     added = len(result.rows)
     steps.append(
