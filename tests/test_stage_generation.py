@@ -149,7 +149,7 @@ def test_token_sums_and_cost_equal_the_rows_written(finished: dict[str, Any], st
     usage = json.loads((run_root / "manifest.json").read_text())["stages"][stage]["details"]["usage"]["teacher"]
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, completion) == (7 * calls, 3 * calls)
     assert usage["calls"] == calls and usage["failed"] == 0
-    assert usage["cost_usd"] == pytest.approx((prompt * 2.0 + completion * 8.0) / 1e6)
+    assert usage["cost_usd"] == pytest.approx((prompt * 2.0 + completion * 8.0) / 1e6) == usage["paid_usd"]
 
 
 # --- reruns of finished and failed stages ---------------------------------------------------------------
@@ -168,6 +168,8 @@ def test_rerun_finished_and_failed_stages_reuse_every_call(
         again = runner.run_stage(stage, cfg)  # on a root where it finished
         assert again.counts["reused_calls"] == again.counts["calls"] == first.counts["calls"], stage
         assert again.counts["rows_out"] == first.counts["rows_out"], stage
+        usage, paid = again.details["usage"]["teacher"], first.details["usage"]["teacher"]["cost_usd"]
+        assert (usage["cost_usd"], usage["paid_usd"]) == (paid, 0), stage  # what the rows cost; paid now: nothing
         with pytest.raises(EngineUnavailableError):  # a teacher that is down: every call fails
             runner.run_stage(stage, down)
         assert store.stage_status(stage) == "failed"

@@ -440,6 +440,7 @@ class StageTally:
     reasons: Counter = field(default_factory=Counter)
     calls: Counter = field(default_factory=Counter)  # per engine: calls, cached, failed
     tokens: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    paid_tokens: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # not reused
     rows_by_node: Counter = field(default_factory=Counter)
     rows_by_actor: Counter = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)
@@ -455,6 +456,9 @@ class StageTally:
             self.calls[(engine, "cached")] += bool(data["cached"][i])
             self.tokens[engine][0] += data["prompt_tokens"][i] or 0
             self.tokens[engine][1] += data["completion_tokens"][i] or 0
+            if not data["cached"][i]:
+                self.paid_tokens[engine][0] += data["prompt_tokens"][i] or 0
+                self.paid_tokens[engine][1] += data["completion_tokens"][i] or 0
             if data["error"][i]:
                 self.calls[(engine, "failed")] += 1
                 self.first_error.setdefault(engine, data["error"][i])
@@ -463,7 +467,9 @@ class StageTally:
                 self.rows_by_actor[data["actor"][i]] += 1
 
     def usage(self, engines: dict[str, EngineConfig]) -> dict[str, Any]:
-        """Per engine: calls, reused calls, failures, tokens, and the cost where prices are set."""
+        """Per engine: calls, reused calls, failures, tokens, and where prices are set the cost of
+        every call behind the rows (``cost_usd``) and of the calls this attempt made (``paid_usd``:
+        a rerun that reuses every call pays nothing)."""
         out = {}
         for name in sorted({e for e, _ in self.calls}):
             prompt, completion = self.tokens[name]
@@ -476,10 +482,8 @@ class StageTally:
             }
             cfg = engines.get(name)
             if isinstance(cfg, OpenAIEngineConfig) and cfg.price_per_million_input_tokens is not None:
-                cost = prompt * cfg.price_per_million_input_tokens + completion * (
-                    cfg.price_per_million_output_tokens or 0
-                )
-                entry["cost_usd"] = round(cost / 1e6, 6)
+                entry["cost_usd"] = price(cfg, prompt, completion)
+                entry["paid_usd"] = price(cfg, *self.paid_tokens[name])
             out[name] = entry
         return out
 
@@ -495,6 +499,14 @@ class StageTally:
                 raise EngineUnavailableError(
                     f"all {n} calls to engine {name!r} failed; first error: {self.first_error.get(name)}"
                 )
+
+
+def price(cfg: OpenAIEngineConfig, prompt_tokens: int, completion_tokens: int) -> float:
+    """What the tokens cost at the engine's prices, in US dollars."""
+    cost = prompt_tokens * cfg.price_per_million_input_tokens + completion_tokens * (
+        cfg.price_per_million_output_tokens or 0
+    )
+    return round(cost / 1e6, 6)
 
 
 def write_rows(ds: Any, store: RunStore, name: str, schema: pa.Schema) -> str:
