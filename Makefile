@@ -93,6 +93,20 @@ bench-ifd: setup
 bench-train: setup
 	$(BIN)/python tests/benchmarks/bench_train.py
 
+# Model-sized folders (0.5 GB and 2 GB) up and down through Themis (upload_dir, local_dir with a cold
+# node cache) and through bare s3transfer (8 MB parts, 10 threads) against a local moto S3 server;
+# prints, never asserts; ends with RESULT download_ratio=<ours/bare> upload_ratio=<ours/bare>. ~5 min.
+.PHONY: bench-storage
+bench-storage: setup
+	$(BIN)/python tests/benchmarks/bench_storage.py
+
+# Seconds from deploying the judge (Ray Serve, SmolLM2 export) to its first answer, from an s3://
+# run root (cold and warm node model cache) and from a local root; prints, never asserts; ends with
+# RESULT s3_over_local=<cold s3 / local> warm_s=<s3 with a warm cache>. ~5 min.
+.PHONY: bench-coldstart
+bench-coldstart: setup
+	$(BIN)/python tests/benchmarks/bench_coldstart.py
+
 # On one GPU, no Ray: a Qwen2-0.5B-shaped random model, bf16, ZeRO-3, the multi-objective loss and
 # LoRA; prints tokens/s and MFU. GPU_CHECK_ARGS="--device cpu --tiny" runs the code path on a CPU.
 GPU_CHECK_ARGS ?=

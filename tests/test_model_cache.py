@@ -19,7 +19,8 @@ import pytest
 from themis import transfer
 from themis.config import StorageConfig
 from themis.model_cache import ModelCacheError, NodeModelCache, content_key
-from themis.storage import RunStore, StorageError
+from themis.models import ModelSource
+from themis.storage import RunStore, StorageError, fetch_folder
 
 MB = 1024 * 1024
 CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -112,6 +113,19 @@ def test_local_root_copies_and_loads_in_place(tmp_path) -> None:
     local = store.local_dir("model")
     assert local == tmp_path / "runs" / "r" / "model"  # no copy: the run's own folder
     assert files_of(local) == files_of(source)
+    assert fetch_folder(store.storage, "r", "model") == local
+    with pytest.raises(StorageError, match="not found: .*/r/absent"):
+        fetch_folder(store.storage, "r", "absent")
+
+
+def test_fetch_folder_names_a_missing_export_and_an_unreachable_server(s3, cache) -> None:
+    storage = StorageConfig(root=f"s3://{s3.bucket}/runs", s3_endpoint=s3.endpoint)
+    with pytest.raises(StorageError, match=f"not found: s3://{s3.bucket}/runs/nobody/model"):
+        fetch_folder(storage, "nobody", "model")
+    offline = StorageConfig(root="s3://bucket/runs", s3_endpoint="http://127.0.0.1:9")
+    with pytest.raises(StorageError, match="cannot list s3://bucket/runs/r/model: "):
+        fetch_folder(offline, "r", "model")
+    assert not cache.exists() or not any(cache.iterdir())  # nothing staged for a failed listing
 
 
 # --- the node cache ---------------------------------------------------------------------------------
@@ -122,11 +136,12 @@ def test_node_cache_second_load_downloads_nothing(s3, cache, tmp_path) -> None:
     store_on(s3, "twice").upload_dir(source, "model")
     first = store_on(s3, "twice").local_dir("model")
     s3.log.clear()
-    second = store_on(s3, "twice").local_dir("model")  # as a second replica on the node would
+    # As a second replica on the node would: through ModelSource, which every model load takes.
+    storage = StorageConfig(root=f"s3://{s3.bucket}/runs", s3_endpoint=s3.endpoint)
+    second = ModelSource(storage=storage, run_name="twice").fetch()
     assert second == first and first.parent == cache
-    assert s3.log.object_gets() == []  # one LIST, no GET
+    assert [(r.method, r.query.split("&")[0]) for r in s3.log.requests] == [("GET", "list-type=2")]  # one LIST
     assert files_of(second) == files_of(source)
-    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in second.rglob("*") if p.is_file())
     assert all(p.stat().st_mode & 0o222 == 0 for p in second.rglob("*") if p.is_file())  # read-only
     # A re-exported model is new content: a new entry, downloaded.
     (tmp_path / "export" / "config.json").write_text('{"hidden": 128}')

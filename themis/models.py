@@ -42,9 +42,9 @@ class ModelSource:
             return resolve_model(self.spec)
         if self.storage is None or self.run_name is None:
             raise ValueError("a ModelSource needs a spec, or storage and run_name")
-        from themis.storage import RunStore  # pyarrow only where a stored export is fetched
+        from themis.storage import fetch_folder  # storage only where a stored export is fetched
 
-        return plain_model_folder(RunStore(self.storage, self.run_name).local_dir("model"))
+        return plain_model_folder(fetch_folder(self.storage, self.run_name, "model"))
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -263,20 +263,7 @@ class RunStore:
             raise StorageError(f"not found: {self.uri(rel)}")
         if isinstance(self.fs, pafs.LocalFileSystem):
             return Path(self.read_path(rel))
-        from themis import transfer
-        from themis.model_cache import NodeModelCache, content_key
-
-        client = transfer.s3_client(self.storage)
-        bucket, prefix = transfer.split_path(self.read_path(rel))
-        files = transfer.list_folder(client, bucket, prefix)
-        key = content_key([(f.rel, f.size, f.etag) for f in files])
-
-        def download(staging: Path) -> None:
-            transfer.download_folder(client, self.storage, bucket, prefix, files, staging)
-            if transfer.list_folder(client, bucket, prefix) != files:  # one more LIST: no torn copy
-                raise StorageError(f"{self.uri(rel)} changed while it was downloaded; load it again")
-
-        return NodeModelCache.for_storage(self.storage).fetch(key, sum(f.size for f in files), download)
+        return _cached_copy(self.storage, self.read_path(rel), self.uri(rel))
 
     def remove(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))
@@ -302,6 +289,46 @@ class RunStore:
 
     def manifest(self) -> dict[str, Any]:
         return self.read_json("manifest.json") if self.exists("manifest.json") else {"stages": {}}
+
+
+def fetch_folder(storage: StorageConfig, run_name: str, rel: str) -> Path:
+    """``RunStore(storage, run_name).local_dir(rel)`` for a reader that only loads (a Serve replica,
+    an engine actor): no run root is created, and an s3:// root costs no pyarrow S3 start-up
+    (about 0.5 s of a replica's cold start), only a listing when the node has the folder."""
+    parsed = urlparse(storage.root)
+    if parsed.scheme != "s3":
+        fs, base = build_filesystem(storage)
+        path = posixpath.join(base, run_name, rel)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            raise StorageError(f"not found: {path}")
+        return Path(path)
+    path = posixpath.join(parsed.netloc, parsed.path.strip("/"), run_name, rel)
+    return _cached_copy(storage, path, f"s3://{path}", must_exist=True)
+
+
+def _cached_copy(storage: StorageConfig, path: str, uri: str, must_exist: bool = False) -> Path:
+    """The node's cached copy of the S3 folder at ``path`` (``bucket/prefix``), keyed by its
+    listing; a listing after the download refuses a folder that changed meanwhile."""
+    from themis import transfer
+    from themis.model_cache import NodeModelCache, content_key
+
+    client = transfer.s3_client(storage)
+    bucket, prefix = transfer.split_path(path)
+    try:
+        files = transfer.list_folder(client, bucket, prefix)
+    except Exception as exc:  # botocore's errors: an unreachable endpoint, a missing bucket, no access
+        raise StorageError(f"cannot list {uri}: {_first_line(exc)}") from None
+    if must_exist and not files:
+        raise StorageError(f"not found: {uri}")
+
+    def download(staging: Path) -> None:
+        transfer.download_folder(client, storage, bucket, prefix, files, staging)
+        if transfer.list_folder(client, bucket, prefix) != files:
+            raise StorageError(f"{uri} changed while it was downloaded; load it again")
+
+    return NodeModelCache.for_storage(storage).fetch(
+        content_key([(f.rel, f.size, f.etag) for f in files]), sum(f.size for f in files), download
+    )
 
 
 def _first_line(exc: BaseException) -> str:

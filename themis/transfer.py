@@ -18,6 +18,7 @@ endpoint and region; credentials from the environment or boto3's usual chain, as
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ class RemoteFile:
     etag: str
 
 
+@functools.lru_cache(maxsize=16)
 def s3_client(storage: StorageConfig) -> Any:
-    """A boto3 S3 client for ``storage`` with a connection per transfer thread."""
+    """A boto3 S3 client for ``storage`` with a connection per transfer thread; one per process
+    and settings (clients are thread-safe; making one loads botocore's service model, ~0.1 s)."""
     import boto3
     from botocore.config import Config
 
