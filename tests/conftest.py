@@ -41,7 +41,7 @@ def ray_local():
     # The tests checkpoint every couple of 50 ms steps, and each report waits for the controller
     # to collect the one before: poll often here (runs default to Ray's 2 s; see themis.runtime).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=400))
+    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=400, profile="small_machine"))
     import ray
 
     yield ray

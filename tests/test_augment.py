@@ -308,7 +308,7 @@ def test_augment_dataset_stage_on_ray_never_crosses_the_split(ray_local, tmp_pat
         cfg = PipelineConfig.model_validate(
             {
                 "run": {"name": "aug", "storage": {"root": str(tmp_path)}},
-                "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+                "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
                 "engines": {"teacher": {"kind": "openai", "base_url": server.base_url, "model": "fake"}},
                 "judgments": {"engine": "teacher"},
                 "dataset": {

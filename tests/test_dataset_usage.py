@@ -30,7 +30,7 @@ def test_dataset_paraphrase_usage_is_in_the_manifest(ray_local, tmp_path: Path) 
         cfg = PipelineConfig.model_validate(
             {
                 "run": {"name": "usage", "storage": {"root": str(tmp_path)}},
-                "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+                "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
                 "engines": {"teacher": teacher, "unused": teacher | {"model": "other"}},
                 "judgments": {"engine": "teacher"},
                 "dataset": {

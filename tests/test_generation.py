@@ -37,7 +37,7 @@ def write_config(tmp_path: Path, base_url: str, root: Path, **teacher: Any) -> P
     """A three-stage config whose every engine is the HTTP teacher."""
     config = {
         "run": {"name": "gen", "storage": {"root": str(root)}},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 300},
+        "ray": {"num_cpus": 2, "object_store_memory_mb": 300, "profile": "small_machine"},
         "engines": {
             "teacher": {"kind": "openai", "base_url": base_url, "model": "fake", "concurrency": 8, "max_retries": 0}
             | teacher

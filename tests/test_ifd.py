@@ -194,7 +194,7 @@ def ifd_stage_config(model: Path, **selection) -> object:
 
     return PipelineConfig.model_validate(
         {
-            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
             "train": {"base_model": str(model), "max_seq_len": 256},
             "dataset": {
                 "balance": False,

@@ -292,13 +292,14 @@ def test_every_rayjob_entrypoint_runs_a_job_module_on_a_shipped_config(overlay: 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rayjobs_use_the_runtime_env_of_ray_job_submit(overlay: str) -> None:
-    from themis.runtime import LOCAL_ENV
+    from themis.runtime import LOCAL_ENV, SMALL_MACHINE_ENV
 
     submitted = yaml.safe_load((ROOT / "ray_cluster" / "runtime_env.yaml").read_text())
     for job in of_kind(render(overlay), "RayJob"):
         assert yaml.safe_load(job["spec"]["runtimeEnvYAML"]) == {"env_vars": submitted["env_vars"]}
-    # LOCAL_ENV is the laptop's (e.g. OMP_NUM_THREADS=1); none of it belongs in a cluster job.
-    assert not set(submitted["env_vars"]) & set(LOCAL_ENV)
+    # LOCAL_ENV and the small-machine tuning are the laptop's (e.g. OMP_NUM_THREADS=1); none of it
+    # belongs in a cluster job.
+    assert not set(submitted["env_vars"]) & set(LOCAL_ENV | SMALL_MACHINE_ENV)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -32,8 +32,9 @@ def test_local_ray_runs_workers_at_normal_priority_and_its_daemons_below(ray_loc
     assert raylet and raylet[0].nice() == 0, "the raylet keeps its priority: the workers it forks inherit it"
 
 
-def test_workers_first_off_leaves_rays_default_niceness(monkeypatch) -> None:
-    """With ray.workers_first false nothing is set, so Ray's raylet applies its own worker niceness."""
+def test_default_profile_leaves_rays_niceness_and_knobs(monkeypatch) -> None:
+    """Without the small-machine profile nothing is tuned: Ray's raylet applies its own worker
+    niceness, and neither OMP_NUM_THREADS nor Ray Data's footer readers are set for the workers."""
     from themis import runtime
     from themis.config import RayConfig
 
@@ -45,8 +46,21 @@ def test_workers_first_off_leaves_rays_default_niceness(monkeypatch) -> None:
             calls.append(kwargs)
 
     monkeypatch.setattr(runtime, "_lower_ray_daemons", lambda before: pytest.fail("daemons reniced"))
-    runtime._start_local(FakeRay(), RayConfig(num_cpus=1, workers_first=False))
+    runtime._start_local(FakeRay(), RayConfig(num_cpus=1))
     assert calls and runtime.WORKER_NICENESS not in os.environ
+    assert not set(calls[0]["runtime_env"]["env_vars"]) & set(runtime.SMALL_MACHINE_ENV)
+    tuned = runtime.local_env(RayConfig(profile="small_machine"))
+    assert tuned["OMP_NUM_THREADS"] == "1" and tuned["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "2"
+
+
+def test_small_machine_profile_was_checked_with_this_ray() -> None:
+    """The profile leans on Ray's private knobs (RAY_worker_niceness, the footer readers) and its
+    daemons' process names: on another Ray, check them again and update SMALL_MACHINE_RAY."""
+    import ray
+
+    from themis.runtime import SMALL_MACHINE_RAY
+
+    assert ray.__version__ == SMALL_MACHINE_RAY, f"re-check ray.profile=small_machine against Ray {ray.__version__}"
 
 
 # macOS sets priority per process, which lower_priority does there; only Linux has threads to check.

@@ -195,7 +195,7 @@ def test_promotion_before_ray_themis_serve_refuses_without_starting_ray(tmp_path
     config = tmp_path / "job.yaml"
     job = {
         "run": {"name": "r", "storage": {"root": str(tmp_path)}},
-        "ray": {"num_cpus": 1, "object_store_memory_mb": 200},
+        "ray": {"num_cpus": 1, "object_store_memory_mb": 200, "profile": "small_machine"},
         "serve": {"model": str(tiny_model_dir), "port": 0},
     }
     config.write_text(yaml.safe_dump(job))

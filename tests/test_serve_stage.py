@@ -48,7 +48,7 @@ def _pipeline(tiny_model_dir: Path, root: Path, **serve) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "run": {"name": "r", "storage": {"root": str(root)}},
-            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
             "engines": {"teacher": {"kind": "transformers", "model": str(tiny_model_dir)}},
             "responses": {"pool": [{"name": "a", "engine": "teacher"}]},
             "serve": _small_serve(**serve),

@@ -59,7 +59,7 @@ def write_config(folder: Path, engines: dict[str, Any], root: Path, pool: list[s
     """Instructions from a user file, three answers each from ``pool``, judged by ``teacher``."""
     config = {
         "run": {"name": "gen", "storage": {"root": str(root)}},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 300},
+        "ray": {"num_cpus": 2, "object_store_memory_mb": 300, "profile": "small_machine"},
         "engines": engines,
         "stages": ["instructions", "responses", "judgments"],
         "instructions": {

@@ -68,7 +68,7 @@ def _cfg(model: str, root: Path | None = None, **train) -> PipelineConfig:
             **run,
             "engines": {"teacher": {"kind": "transformers", "model": model}},
             "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
-            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
             "train": {
                 "base_model": model,
                 "num_workers": 2,

@@ -77,13 +77,14 @@ class RayConfig(Strict):
     )
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None = all of the machine.")
     object_store_memory_mb: int = Field(512, ge=75, description="Object store size for a local Ray.")
-    workers_first: bool = Field(
-        True,
-        description="On a local Ray: Ray's workers (the stage's compute) at normal priority and Ray's own "
-        "processes (GCS, dashboard, agents, log monitor; not the raylet, whose priority its workers inherit) "
-        "at nice 10. Ray's default is the reverse "
-        "(workers at nice 15), so on a small machine every wake-up of a daemon preempts training or "
-        "serving. False keeps Ray's default.",
+    profile: Literal["default", "small_machine"] = Field(
+        "default",
+        description="Tuning for a local Ray on a machine of a few cores (the demo's and the benches'): "
+        "'small_machine' runs Ray's workers (the stage's compute) at normal priority and Ray's own "
+        "processes (GCS, dashboard, agents, log monitor) at nice 10, where Ray's default is the reverse "
+        "(workers at nice 15, so every daemon wake-up preempts training or serving on 2 cores), one "
+        "OpenMP thread per process, and two Parquet footer readers per read instead of 32. "
+        "'default' leaves Ray as it ships. Never applied when joining a cluster.",
     )
 
 

@@ -1,9 +1,10 @@
 """Starting Ray and recording what ran: the thin shell shared by every stage.
 
 Ray is started once per process. A job submitted with ``ray job submit`` (RAY_ADDRESS set) or a
-config with ``ray.address: auto`` joins the cluster; otherwise a private local Ray starts with the
-settings a small machine needs (loopback only, no usage stats, fast Ray Train health checks, the
-stage's workers ahead of Ray's own daemons for the CPU). A local Ray listens on loopback alone,
+config with ``ray.address: auto`` joins the cluster; otherwise a private local Ray starts on
+loopback only, without usage stats. ``ray.profile: small_machine`` (the demo's, the benches') adds
+the tuning a few-core box wants: the stage's workers ahead of Ray's own daemons for the CPU, one
+OpenMP thread per process, fewer Parquet footer readers. A local Ray listens on loopback alone,
 whatever the process imported before (``ray.serve`` at import time picks the host's address), and
 is stopped when the process ends on a signal it can catch.
 """
@@ -34,10 +35,17 @@ LOCAL_ENV = {
     # within 2 s of the previous one waits for that one to be collected, and the end of a run is
     # seen up to 2 s late.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
-    "OMP_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
     "RAY_DEDUP_LOGS": "1",
+}
+
+# ray.profile=small_machine: tuning for a local Ray on a few cores (the demo, the benches), never a
+# default. It leans on Ray's private knobs and process names, so it names the Ray it was checked
+# with, and a test fails when Ray moves on, instead of the tuning silently doing nothing.
+SMALL_MACHINE_RAY = "2.60.0"
+SMALL_MACHINE_ENV = {
+    "OMP_NUM_THREADS": "1",  # engines set their own thread counts; the rest must not fight them
     # Ray Data reads Parquet footers with up to 32 actors per read, each a worker process: on one
     # machine two do the job, without a dozen process starts per stage.
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
@@ -48,7 +56,8 @@ LOCAL_ENV = {
 CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # Ray starts its workers at nice 15 so that its daemons stay responsive on a busy node; on a small
-# machine that lets each daemon wake-up preempt the stage's compute (ray.workers_first reverses it).
+# machine that lets each daemon wake-up preempt the stage's compute (the small_machine profile
+# reverses it).
 WORKER_NICENESS = "RAY_worker_niceness"
 DAEMON_NICENESS = 10  # below the workers, but not starved: ~10% of a core against a busy worker
 
@@ -59,7 +68,7 @@ def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray, unless this process already did."""
     address = os.environ.get("RAY_ADDRESS") or cfg.address
     if address == "local":
-        for key, value in LOCAL_ENV.items():
+        for key, value in local_env(cfg).items():
             os.environ.setdefault(key, value)  # before `import ray`: Ray reads some of them at import
         os.environ[CLUSTER_SWITCH] = "0"  # a private Ray never takes the host's address, whoever asked
     import ray
@@ -78,10 +87,17 @@ def init_ray(cfg: RayConfig) -> None:
     _quiet_ray_data()
 
 
+def local_env(cfg: RayConfig) -> dict[str, str]:
+    """The variables a private local Ray and its workers get: loopback and quiet always, the
+    small-machine tuning when the config's profile asks for it."""
+    return LOCAL_ENV | (SMALL_MACHINE_ENV if cfg.profile == "small_machine" else {})
+
+
 def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
     """A private local Ray. Ray gives its raylet a fixed 30 s to register, which a machine busy
     with other work can miss: start again before giving up."""
-    if cfg.workers_first:
+    workers_first = cfg.profile == "small_machine"
+    if workers_first:
         os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet it starts, for every worker
     for attempt in range(1, attempts + 1):
         before = {child.pid for child in psutil.Process().children()}
@@ -93,12 +109,12 @@ def _start_local(ray: Any, cfg: RayConfig, attempts: int = 3) -> None:
                 include_dashboard=True,
                 dashboard_host=LOOPBACK,
                 runtime_env={
-                    "env_vars": {k: os.environ[k] for k in (*LOCAL_ENV, CLUSTER_SWITCH)},
+                    "env_vars": {k: os.environ[k] for k in (*local_env(cfg), CLUSTER_SWITCH)},
                     "worker_process_setup_hook": "themis.loopback.bind_grpc_servers_to_loopback",
                 },
                 log_to_driver=True,
             )
-            if cfg.workers_first:
+            if workers_first:
                 _lower_ray_daemons(before)
             return
         except Exception as exc:

@@ -194,11 +194,11 @@ def init_ray() -> None:
     from themis.runtime import init_ray as start
 
     try:
-        start(RayConfig(num_cpus=2, object_store_memory_mb=800))
+        start(RayConfig(num_cpus=2, object_store_memory_mb=800, profile="small_machine"))
     except Exception as exc:  # Ray's start-up times out on a machine busy with other work: once more
         print(f"  Ray did not start ({str(exc).splitlines()[0]}); trying again")
         ray.shutdown()
-        start(RayConfig(num_cpus=2, object_store_memory_mb=800))
+        start(RayConfig(num_cpus=2, object_store_memory_mb=800, profile="small_machine"))
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

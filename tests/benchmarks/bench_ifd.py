@@ -105,7 +105,7 @@ def main() -> None:
 
     tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-ifd-")) / "tiny")
     resolve_model(SMOLLM2)  # converted once, before any clock
-    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=400))
+    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=400, profile="small_machine"))
     results = {}
     for label, model, n, batch in (
         ("tiny", str(tiny), args.tiny_records, 16),

@@ -196,7 +196,7 @@ def main() -> None:
     found = models()
     quick = 4 if os.environ.get("BENCH_QUICK") else 1
     ceilings = {name: Ceiling(path, max(BATCH, CEILING_REQUESTS[name] // quick)) for name, path in found.items()}
-    init_ray(RayConfig(num_cpus=CPUS, object_store_memory_mb=400))
+    init_ray(RayConfig(num_cpus=CPUS, object_store_memory_mb=400, profile="small_machine"))
     port = free_port("127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port}, grpc_options={"grpc_servicer_functions": []})
     results = {name: bench_endpoint(path, name, port, ceilings[name]) for name, path in found.items()}

@@ -125,7 +125,7 @@ def _config(model: Path):
         {
             "engines": {"teacher": {"kind": "transformers", "model": str(model)}},
             "responses": {"pool": [{"name": "m", "engine": "teacher"}]},
-            "ray": {"num_cpus": 2, "object_store_memory_mb": 400},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 400, "profile": "small_machine"},
             "train": {
                 "base_model": str(model),
                 "num_workers": 2,
