@@ -237,8 +237,6 @@ def from_validation(rows: Sequence[Mapping[str, Any]]) -> list[Item]:
 POINTWISE_FIELDS = ("instruction", "response", "scenario", "human")
 PAIRWISE_FIELDS = ("instruction", "response_a", "response_b", "scenario", "human")
 OPTIONAL_FIELDS = ("item_id", "reference", "category", "scale")  # scale: pointwise only
-# Judges that read texts (engines, the trained judge) need these; recorded verdicts do not.
-TEXT_FIELDS = ("instruction", "response", "response_a", "response_b", "scenario")
 
 # A column mapping's value: the file's column, a list of annotator columns (human), or a constant.
 Column = str | list[str] | Mapping[str, str]

@@ -31,8 +31,6 @@ from themis.evaluation.report import (
     primary,
 )
 
-TEST = "paired bootstrap over the shared items (both judges scored on the same resampled items)"
-
 
 def scored_units(items: Sequence[Item], predictions: Sequence[Prediction], s: Settings) -> dict[str, list]:
     """Columns item_id, family, features: what a paired comparison resamples, one row per unit."""
