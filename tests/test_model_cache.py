@@ -106,6 +106,23 @@ def test_upload_replaces_the_folder_and_refuses_a_missing_one(s3, cache, tmp_pat
         store.upload_dir(tmp_path / "absent", "model")
 
 
+def test_publishing_a_folder_copies_server_side_big_files_in_parts(s3, cache, tmp_path, monkeypatch) -> None:
+    # S3 copies at most 5 GB in one request; with the limit at 5 MB here, a 12 MB file takes parts.
+    monkeypatch.setattr(transfer, "COPY_THRESHOLD", 5 * MB)
+    monkeypatch.setattr(transfer, "COPY_PART", 5 * MB)
+    source = model_folder(tmp_path / "export", weights_mb=12)
+    store = store_on(s3, "publish")
+    attempt = store.begin_attempt("train")
+    attempt.upload_dir(source, "model")
+    s3.log.clear()
+    attempt.publish()
+    assert s3.log.object_gets() == []  # no byte came through this process
+    copies = [r for r in s3.log.requests if r.method == "PUT" and "partNumber=" in r.query]
+    assert len(copies) == 3  # 5 + 5 + 2 MB of model.safetensors
+    assert files_of(store.local_dir("model")) == files_of(source)
+    assert not store.exists("_attempts", attempt.attempt_id)
+
+
 def test_local_root_copies_and_loads_in_place(tmp_path) -> None:
     source = model_folder(tmp_path / "export", weights_mb=1)
     store = RunStore(StorageConfig(root=str(tmp_path / "runs")), "r")

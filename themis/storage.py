@@ -122,7 +122,10 @@ class RunStore:
             return
         # Object stores have no rename of a folder: copy, then delete the attempt's copy.
         if self.fs.get_file_info(src).type == pafs.FileType.Directory:
-            pafs.copy_files(src, dest, source_filesystem=self.fs, destination_filesystem=self.fs)
+            from themis import transfer  # server-side, every file at once, and files over 5 GB in parts
+
+            (bucket, src_prefix), (_, dest_prefix) = transfer.split_path(src), transfer.split_path(dest)
+            transfer.copy_folder(transfer.s3_client(self.storage), self.storage, bucket, src_prefix, dest_prefix)
         else:
             self.fs.copy_file(src, dest)
 

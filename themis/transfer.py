@@ -10,7 +10,9 @@ filesystem has no setting that fetches ranges of one file in parallel. s3transfe
 object above the part size into ranged GETs (downloads) or UploadPart calls (uploads) and runs the
 requests of all files of the folder on one thread pool, so ``transfer_threads`` requests are in
 flight until the folder is done; it retries a failed part, and boto3 (already a dependency) brings
-it. The bare-s3transfer bench (``make bench-storage``) holds us to its throughput.
+it. The bare-s3transfer bench (``make bench-storage``) holds us to its throughput. Publishing an
+attempt's folder is a server-side copy through the same manager (``copy_folder``), which splits the
+files S3 will not copy in one request (over 5 GB) into parts.
 
 The S3 client takes the same settings as the run root's pyarrow filesystem (``StorageConfig``'s
 endpoint and region; credentials from the environment or boto3's usual chain, as pyarrow's).
@@ -28,6 +30,11 @@ from typing import Any
 from themis.config import StorageConfig
 
 MB = 1024 * 1024
+GB = 1024 * MB
+# Server-side copies (publishing an attempt's folder): one CopyObject request up to S3's 5 GB limit
+# for it, UploadPartCopy in large parts above (transformers 5 saves a 14B bf16 judge as one 28 GB file).
+COPY_THRESHOLD = 5 * GB
+COPY_PART = 512 * MB
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,27 @@ def upload_folder(client: Any, storage: StorageConfig, local: Path, bucket: str,
         ]
         _wait(futures)
     return rels
+
+
+def copy_folder(client: Any, storage: StorageConfig, bucket: str, src_prefix: str, dest_prefix: str) -> int:
+    """Copy every object under ``src_prefix/`` to ``dest_prefix/`` inside ``bucket``, server-side
+    (no byte passes through this process); return how many."""
+    from s3transfer.manager import TransferConfig, TransferManager
+
+    files = list_folder(client, bucket, src_prefix)
+    src, dest = src_prefix.rstrip("/") + "/", dest_prefix.rstrip("/") + "/"
+    config = TransferConfig(
+        multipart_threshold=COPY_THRESHOLD,
+        multipart_chunksize=COPY_PART,
+        max_request_concurrency=storage.transfer_threads,
+    )
+    with TransferManager(client, config) as manager:
+        futures = [
+            manager.copy({"Bucket": bucket, "Key": src + f.rel}, bucket, dest + f.rel, subscribers=[_KnownSize(f.size)])
+            for f in files
+        ]
+        _wait(futures)
+    return len(files)
 
 
 def _wait(futures: list[Any]) -> None:
