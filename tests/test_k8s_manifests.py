@@ -353,3 +353,28 @@ def test_judge_service_upgrades_incrementally_on_aws() -> None:
     assert strategy["clusterUpgradeOptions"]["gatewayClassName"]
     for overlay in OVERLAYS:
         assert serve_config(overlay)["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
+def _gib(quantity: str) -> float:
+    units = {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_pod_has_a_sized_node_model_cache(overlay: str) -> None:
+    # Models from an s3:// run root land in the node model cache (themis.model_cache): on every Ray
+    # pod it is a volume of a stated size, mounted where THEMIS_MODEL_CACHE says, and the cache's own
+    # limit stays below that size (an emptyDir outgrowing its sizeLimit gets the pod evicted).
+    for doc in render(overlay):
+        for role, template in pod_templates(doc):
+            if role == "submitter":
+                continue
+            where = f"{overlay} {doc['kind']}/{doc['metadata']['name']} {role}"
+            pod = template["spec"]
+            (container,) = pod["containers"]
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env.get("THEMIS_MODEL_CACHE")]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+            assert "emptyDir" in volume and "medium" not in volume["emptyDir"], where  # disk, not memory
+            size = _gib(volume["emptyDir"]["sizeLimit"])
+            assert 0 < float(env["THEMIS_MODEL_CACHE_GB"]) < size, where  # both in GiB (model_cache.GB)
