@@ -81,6 +81,13 @@ bench-generation: setup
 bench-serve: setup
 	$(BIN)/python tests/benchmarks/bench_serve.py
 
+# Speed of the workbench (`themis view`) at the paper's scale: a synthetic 15,000-judgment run root,
+# the judgments table opened and filtered in headless Chromium, served and as a static export;
+# prints, never asserts; ends with RESULT open_ms=... filter_ms=... (target: each under 1,000 ms).
+.PHONY: bench-view
+bench-view: setup
+	$(BIN)/python tests/benchmarks/bench_view.py
+
 # Speed of IFD scoring (the dataset stage's actor pool): records/s on the tiny test model and on
 # SmolLM2 (CPU), 1 actor and 2; prints, never asserts; ends with RESULT smollm2_records_per_s=...
 .PHONY: bench-ifd

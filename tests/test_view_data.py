@@ -347,3 +347,22 @@ def test_an_s3_run_root_is_read_without_writing(run_root: Path, monkeypatch: pyt
             data.split_run_root("s3://themis")
     finally:
         server.stop()
+
+
+def test_the_pipeline_ends_with_the_view_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from themis.config import load_config
+    from themis.runner import view_command
+    from themis.storage import RunStore
+
+    cfg = load_config(Path(__file__).parents[1] / "jobs/configs/demo.yaml", [f"run.storage.root={tmp_path}"])
+    store = RunStore(cfg.run.storage, cfg.run.name)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/themis", "pipeline", "jobs/configs/demo.yaml"])
+    assert view_command(cfg, store) == f".venv/bin/themis view {tmp_path / 'demo'}"
+    cfg = load_config(
+        Path(__file__).parents[1] / "jobs/configs/demo.yaml",
+        ["run.storage.root=s3://bucket/runs", "run.storage.s3_endpoint=http://127.0.0.1:9000"],
+    )
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    assert view_command(cfg, data.read_only_store(cfg.run.storage, "demo")) == (
+        "themis view s3://bucket/runs/demo --s3-endpoint http://127.0.0.1:9000"
+    )

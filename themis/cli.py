@@ -25,6 +25,8 @@ also:
                                 see `themis evaluate compare --help`
   themis ablation CONFIG        arms from the same judgments (e.g. random-N against IFD-N), each
                                 trained and evaluated, then compared; see jobs/configs/ablation_cpu.yaml
+  themis view RUN_ROOT          the run in the browser (stages, judgments, dataset, training,
+                                evaluation); see `themis view --help`
 """
 
 
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from themis.ablation import main as ablation_main
 
         return ablation_main(argv[1:])
+    if argv[:1] == ["view"]:
+        from themis.view.server import main as view_main
+
+        return view_main(argv[1:])
     # Intermixed: `themis serve CONFIG --force k=v` keeps the overrides that follow a flag.
     args = build_parser().parse_intermixed_args(argv)
     overrides = [*args.overrides, "serve.promotion.force=true"] if args.force else args.overrides

@@ -10,6 +10,7 @@ stage ``running`` while it runs, so a stage killed midway never looks finished t
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from typing import Any
@@ -92,9 +93,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, StageReport]:
     for i, name in enumerate(cfg.stages, 1):
         say(f"stage {i}/{len(cfg.stages)}: {name}")
         reports[name] = run_stage(name, cfg)
-    manifest = RunStore(cfg.run.storage, cfg.run.name).uri("manifest.json")
-    say(f"pipeline finished in {time.monotonic() - start:.1f}s; manifest: {manifest}")
+    store = RunStore(cfg.run.storage, cfg.run.name)
+    say(f"pipeline finished in {time.monotonic() - start:.1f}s; manifest: {store.uri('manifest.json')}")
+    say(f"see it in the browser: {view_command(cfg, store)}")
     return reports
+
+
+def view_command(cfg: PipelineConfig, store: RunStore) -> str:
+    """The ``themis view`` command for this run, as the user can paste it (``.venv/bin/themis`` when
+    that is what ran, as under ``make demo``)."""
+    prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "themis" else "themis"
+    endpoint = f" --s3-endpoint {cfg.run.storage.s3_endpoint}" if cfg.run.storage.s3_endpoint else ""
+    return f"{prog} view {store.uri_root}{endpoint}"
 
 
 def _entry(cfg: PipelineConfig, name: str, seconds: float) -> dict[str, Any]:

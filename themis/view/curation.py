@@ -16,15 +16,15 @@ responses, the rationale) is read when first asked for.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from themis.filters import DISAGREE
 from themis.judging import winner_in_ab_order
 from themis.view.data import Missing, jsonable, reason_head
-from themis.view.tables import Table, snippet
+from themis.view.tables import SNIPPET, Once, Rows, Table, snippet
 
 if TYPE_CHECKING:
     from themis.view.data import RunView
@@ -41,7 +41,9 @@ def _columns(view: RunView, rel: str, extra: list[str]) -> dict[str, list]:
     if not view.store.exists(rel):
         return {c: [] for c in SHOWN + extra}
     table = view.read_columns(rel, SHOWN + extra)
-    return {c: table.column(c).to_pylist() for c in table.column_names}
+    # Only a table cell's worth of each instruction is kept: the whole text is in the record.
+    cut = pc.utf8_slice_codeunits(table.column("instruction"), 0, 2 * SNIPPET)
+    return {c: (cut if c == "instruction" else table.column(c)).to_pylist() for c in table.column_names}
 
 
 def judgments_table(view: RunView) -> Table:
@@ -52,30 +54,26 @@ def judgments_table(view: RunView) -> Table:
     cols = {c: parsed[c] + rejected[c] for c in SHOWN}
     status = ["parsed"] * n_parsed + [reason_head(r or "(no reason)") for r in rejected["reason"]]
     orders, partner = pair_agreement(cols, status)
-    rows = [
+    rows = Rows(
         {
-            "scenario": cols["scenario"][n],
-            "kind": cols["kind"][n],
-            "order": cols["order"][n] or "",
-            "verdict": verdict(cols["score"][n], cols["winner"][n]),
-            "status": status[n],
-            "orders": orders[n] if orders[n] != NOT_A_PAIR else "",
-            "instruction": snippet(cols["instruction"][n]),
-        }
-        for n in range(len(status))
-    ]
-
-    @cache
-    def full(rel: str) -> Any:
-        return view.store.read_table(rel)
+            "scenario": cols["scenario"],
+            "kind": cols["kind"],
+            "order": [o or "" for o in cols["order"]],
+            "verdict": [verdict(s, w) for s, w in zip(cols["score"], cols["winner"])],
+            "status": status,
+            "orders": [o if o != NOT_A_PAIR else "" for o in orders],
+            "instruction": cols["instruction"],
+        },
+        shorten=["instruction"],
+    )
+    verdicts = rows.columns["verdict"]
+    full = {rel: Once(lambda rel=rel: view.store.read_table(rel)) for rel in (JUDGMENTS, JUDGMENT_REJECTS)}
 
     def detail(n: int) -> dict[str, Any]:
         source, i = (JUDGMENTS, n) if n < n_parsed else (JUDGMENT_REJECTS, n - n_parsed)
-        record = jsonable(full(source).slice(i, 1).to_pylist()[0])
+        record = jsonable(full[source]().slice(i, 1).to_pylist()[0])
         other = partner.get(n)
-        pair = (
-            None if other is None else {"row": other, "order": cols["order"][other], "verdict": rows[other]["verdict"]}
-        )
+        pair = None if other is None else {"row": other, "order": cols["order"][other], "verdict": verdicts[other]}
         return record | {
             "status": status[n],
             "orders": orders[n],
@@ -106,6 +104,7 @@ def judgments_table(view: RunView) -> Table:
         detail=detail,
         note=f"{n_parsed} parsed ({view.store.uri(JUDGMENTS)}), then {len(status) - n_parsed} rejected "
         f"({view.store.uri(JUDGMENT_REJECTS)})",
+        warm=lambda: [load() for rel, load in full.items() if view.store.exists(rel)],
     )
 
 
@@ -150,13 +149,15 @@ def judgments_section(view: RunView) -> dict[str, Any]:
     kinds, scenarios, verdicts = (np.asarray(table.attrs[k], dtype=object) for k in ("kind", "scenario", "status"))
     scores: dict[str, Counter] = defaultdict(Counter)
     winners: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
-    for row in table.rows:
-        if row["status"] != "parsed":
+    columns = table.rows.columns if isinstance(table.rows, Rows) else {}
+    shown = zip(*(columns[k] for k in ("status", "kind", "scenario", "order", "verdict")))
+    for status, kind, scenario, order, given in shown:
+        if status != "parsed":
             continue
-        if row["kind"] in SCORED_KINDS:
-            scores[row["scenario"]][row["verdict"]] += 1
-        elif row["kind"] == "pairwise":
-            winners[row["scenario"]][row["order"] or "ab"][row["verdict"]] += 1
+        if kind in SCORED_KINDS:
+            scores[scenario][given] += 1
+        elif kind == "pairwise":
+            winners[scenario][order or "ab"][given] += 1
     counts = (entry or {}).get("counts", {})
     return {
         "warnings": _stage_warnings(view, "judgments"),
@@ -291,13 +292,11 @@ def records_table(view: RunView) -> Table:
     ]
     starts = {name: sum(t.num_rows for t in list(parts.values())[:i]) for i, name in enumerate(parts)}
 
-    @cache
-    def full(name: str) -> Any:
-        return view.store.read_table(SPLITS[name])
+    full = {name: Once(lambda name=name: view.store.read_table(SPLITS[name])) for name in parts}
 
     def detail(n: int) -> dict[str, Any]:
         name = split[n]
-        return jsonable(full(name).slice(n - starts[name], 1).to_pylist()[0]) | {"split": name}
+        return jsonable(full[name]().slice(n - starts[name], 1).to_pylist()[0]) | {"split": name}
 
     return Table(
         id="dataset-records",
@@ -308,4 +307,5 @@ def records_table(view: RunView) -> Table:
         attrs={"split": split, "augmentation": augmentation, "scenario": cols["scenario"], "kind": cols["kind"]},
         detail=detail,
         note="validation is never augmented: it stays the teacher's own judgments",
+        warm=lambda: [load() for load in full.values()],
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -149,14 +150,16 @@ class RunView:
         self.store = store
         self.uri = store.uri_root
         self._cache: dict[str, Any] = {}
+        self._lock = threading.RLock()  # one build at a time: the page asks for a table twice at once
         self._stamp = self._manifest_stamp()
 
     def refresh(self) -> None:
         """Forget what was computed if manifest.json changed since."""
         stamp = self._manifest_stamp()
-        if stamp != self._stamp:
-            self._cache.clear()
-            self._stamp = stamp
+        with self._lock:
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._stamp = stamp
 
     def _manifest_stamp(self) -> tuple:
         info = self.store.fs.get_file_info(self.store.path("manifest.json"))
@@ -164,9 +167,10 @@ class RunView:
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
         """``build()`` once per key (until the manifest changes)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -52,9 +52,12 @@ def find_reports(view: RunView) -> list[dict[str, str]]:
         selector = pafs.FileSelector(view.store.path(REPORTS), recursive=True, allow_not_found=True)
         base = view.store.path(REPORTS)
         found = sorted(
-            posixpath.relpath(posixpath.dirname(i.path), base)
-            for i in view.store.fs.get_file_info(selector)
-            if i.type == pafs.FileType.File and i.base_name == "report.json"
+            (
+                posixpath.relpath(posixpath.dirname(i.path), base)
+                for i in view.store.fs.get_file_info(selector)
+                if i.type == pafs.FileType.File and i.base_name == "report.json"
+            ),
+            key=lambda folder: (folder.split("/")[0] != "trained", folder),  # this run's judge first
         )
         return [{"id": f, "folder": posixpath.join(REPORTS, f)} for f in found]
 

@@ -13,8 +13,9 @@ export filter in the browser without a second implementation of the rules: it sh
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,43 @@ DETAIL_CHUNK = 50  # whole records per static chunk file (they carry prompts and
 SNIPPET = 140  # characters of a long text shown in a table cell
 
 
+class Once:
+    """A value read on first use, once, whichever thread asks first (a request, or a prefetch)."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._lock, self._value = load, threading.Lock(), None
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._value is None:
+                self._value = self._load()
+            return self._value
+
+
 def snippet(text: str | None, most: int = SNIPPET) -> str:
     """A long text cut to one table cell: one line, at most ``most`` characters."""
     flat = " ".join((text or "").split())
     return flat if len(flat) <= most else flat[: most - 1] + "…"
+
+
+class Rows(Sequence):
+    """A table's summaries kept as columns (one list per key): a row's dict is made only when the
+    row is shown, and the keys in ``shorten`` are cut to one table cell then (15,000 judgments:
+    about 0.2 s less per table than a list of dicts)."""
+
+    def __init__(self, columns: dict[str, Sequence[Any]], shorten: Iterable[str] = ()):
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of unequal lengths: { {k: len(v) for k, v in columns.items()} }")
+        self.columns, self.shorten, self._n = columns, set(shorten), lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, n):  # type: ignore[override]
+        if isinstance(n, slice):
+            return [self[i] for i in range(*n.indices(self._n))]
+        return {k: snippet(v[n]) if k in self.shorten else v[n] for k, v in self.columns.items()}
 
 
 @dataclass
@@ -40,11 +74,13 @@ class Table:
     title: str
     columns: list[tuple[str, str]]  # (key in a summary, column label)
     filters: list[tuple[str, str]]  # (attribute, label)
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]  # a list, or ``Rows``
     attrs: dict[str, Sequence[str]]
     detail: Callable[[int], dict[str, Any]]
     note: str = ""
+    warm: Callable[[], Any] | None = None  # reads what ``detail`` needs, ahead of the first click
     _codes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _warming: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         for key, _ in self.filters:
@@ -88,6 +124,13 @@ class Table:
         hits = self.matching(filters)
         rows = [{"_row": int(n), **self.rows[n]} for n in hits[offset : offset + limit]]
         return {"total": int(len(hits)), "offset": offset, "limit": limit, "rows": rows}
+
+    def prefetch(self) -> None:
+        """Start reading the whole records in the background (once): the server calls it after the
+        first page went out, so the first click on a row does not wait for the read."""
+        if self.warm is not None and not self._warming:
+            self._warming = True
+            threading.Thread(target=self.warm, daemon=True, name=f"prefetch-{self.id}").start()
 
     def record(self, n: int) -> dict[str, Any]:
         """The whole record of row ``n``."""
