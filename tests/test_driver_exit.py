@@ -69,7 +69,7 @@ def test_driver_stops_its_local_ray_on_a_signal(tmp_path: Path, signum: int) -> 
         ray_processes = psutil.Process(driver.pid).children(recursive=True)
         assert len(ray_processes) >= 4, ray_processes  # GCS, raylet, agents, a worker
         driver.send_signal(signum)
-        driver.wait(timeout=60)
+        assert driver.wait(timeout=60) == 128 + signum  # SystemExit: atexit hooks ran (not an abort)
         _, alive = psutil.wait_procs(ray_processes, timeout=30)
         assert not alive, f"left behind after {signal.Signals(signum).name}: {[p.name() for p in alive]}"
     finally:

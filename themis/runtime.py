@@ -152,8 +152,15 @@ def _stop_on_exit(ray: Any) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set signal handlers
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+        if _replaceable(signal.getsignal(signum)):
             signal.signal(signum, _exit_on_signal)
+
+
+def _replaceable(handler: Any) -> bool:
+    """No handler, or the one ``ray.init`` sets for SIGTERM (``sys.exit``): Ray's core worker then
+    installs its C++ crash handler over it, and a SIGTERM aborted the driver (rc 134) without
+    running atexit. Setting ours again after ``ray.init`` puts a Python handler back in front."""
+    return handler in (signal.SIG_DFL, None) or getattr(handler, "__module__", None) == "ray._private.worker"
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
