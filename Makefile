@@ -114,11 +114,26 @@ bench-storage: setup
 bench-coldstart: setup
 	$(BIN)/python tests/benchmarks/bench_coldstart.py
 
-# On one GPU, no Ray: a Qwen2-0.5B-shaped random model, bf16, ZeRO-3, the multi-objective loss and
-# LoRA; prints tokens/s and MFU. GPU_CHECK_ARGS="--device cpu --tiny" runs the code path on a CPU.
+# On one GPU, in one process, no Ray: the train stage's own loop on Qwen2-0.5B- and 1.5B-shaped random
+# models (ZeRO-3 bf16, gradient checkpointing, multi-objective loss, full then LoRA, stopped at a
+# checkpoint and resumed, export reloaded), then the transformers engine against a bare generate()
+# loop; prints tokens/s, MFU and peak GPU memory per part, ends with RESULT (README, "The GPU check").
+# GPU_CHECK_ARGS="--device cpu --tiny" runs the same code on a CPU.
 GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-wheels
 gpu-check:
 	$(or $(wildcard $(BIN)/python),python3) tests/gpu/gpu_check.py $(GPU_CHECK_ARGS)
+
+# What a GPU machine with only torch, transformers, accelerate, peft and pyarrow lacks, as wheels for
+# its Python 3.12 in .whl/ (19 MB). transformers 5.24 is the oldest with the `cache` output the
+# engine reads, and the newest that needs no huggingface-hub 2.
+GPU_WHEELS = transformers==5.24.0 peft==0.21.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0 hjson==3.1.0 tensorboardX==2.6.5
+gpu-wheels: $(BIN)/themis
+	rm -rf .whl && mkdir .whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf runs .pytest_cache
