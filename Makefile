@@ -102,7 +102,7 @@ bench-train: setup
 
 # Model-sized folders (0.5 GB and 2 GB) up and down through Themis (upload_dir, local_dir with a cold
 # node cache) and through bare s3transfer (8 MB parts, 10 threads) against a local moto S3 server;
-# prints, never asserts; ends with RESULT download_ratio=<ours/bare> upload_ratio=<ours/bare>. ~5 min.
+# prints, never asserts; ends with RESULT download_ratio=<ours/bare> upload_ratio=<ours/bare>. ~15 min.
 .PHONY: bench-storage
 bench-storage: setup
 	$(BIN)/python tests/benchmarks/bench_storage.py

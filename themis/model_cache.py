@@ -115,6 +115,7 @@ class NodeModelCache:
             fetch_fd = _lock(fetch_file, fcntl.LOCK_EX)  # waits while another process downloads it
             try:
                 if entry.is_dir():  # that process finished it: use its copy
+                    os.unlink(fetch_file)  # the lock file this process made after it was done
                     continue
                 os.ftruncate(fetch_fd, 0)
                 os.pwrite(fetch_fd, str(size).encode(), 0)

@@ -46,25 +46,30 @@ class RemoteFile:
     etag: str
 
 
-@functools.lru_cache(maxsize=16)
 def s3_client(storage: StorageConfig) -> Any:
-    """A boto3 S3 client for ``storage`` with a connection per transfer thread; one per process
-    and settings (clients are thread-safe; making one loads botocore's service model, ~0.1 s)."""
+    """A boto3 S3 client for ``storage``'s endpoint with a connection per transfer thread; one per
+    process and endpoint (clients are thread-safe; making one loads botocore's model, ~0.2 s)."""
+    return _client(storage.s3_endpoint, storage.s3_region, storage.transfer_threads)
+
+
+@functools.lru_cache(maxsize=16)
+def _client(endpoint: str | None, region: str, threads: int) -> Any:
     import boto3
     from botocore.config import Config
 
     checksums = {}
-    if storage.s3_endpoint:
+    if endpoint:
         # As for pyarrow (themis.storage): S3-compatible servers reject AWS's newer checksum trailers.
         checksums = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
     config = Config(
-        max_pool_connections=storage.transfer_threads + 2,  # + a listing beside a full pool of parts
+        max_pool_connections=threads + 2,  # + a listing beside a full pool of parts
         retries={"mode": "standard", "max_attempts": 5},
+        # A server may assemble a big multipart object for minutes before CompleteMultipartUpload
+        # answers; a retry after botocore's default 60 s would race the first call.
+        read_timeout=300,
         **checksums,
     )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=storage.s3_endpoint, region_name=storage.s3_region, config=config
-    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def transfer_manager(client: Any, storage: StorageConfig) -> Any:

@@ -76,14 +76,13 @@ def serve() -> None:
 
 
 def start(tmpdir: Path) -> tuple[str, subprocess.Popen]:
-    """Start the server in its own process (its spooled objects under ``tmpdir``); return
-    (endpoint, process). Credentials for it are put in this process's environment."""
+    """Start the server in its own process (its spooled objects and ``server.log`` under
+    ``tmpdir``); return (endpoint, process). Credentials for it are put in this process's environment."""
     creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(creds)
     env = os.environ | {"TMPDIR": str(tmpdir)}
-    proc = subprocess.Popen(
-        [sys.executable, __file__], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    log = open(tmpdir / "server.log", "w")  # noqa: SIM115 (the server's, open as long as it runs)
+    proc = subprocess.Popen([sys.executable, __file__], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     port = proc.stdout.readline().strip()
     if not port.isdigit():
         proc.kill()
