@@ -338,6 +338,15 @@ def test_an_s3_run_root_is_read_without_writing(run_root: Path, monkeypatch: pyt
         assert all(view.section(name)["status"] == "ok" for name in SECTIONS)
         assert view.table("judgments").record(0)["messages"]
         assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="themis")["Contents"]) == before
+        from themis.view.export import export  # the static page beside the run, in the bucket
+
+        written = export(view, "s3://themis/runs/view-page", s3_endpoint=endpoint)
+        keys = {
+            o["Key"] for o in s3.list_objects_v2(Bucket="themis", Prefix="runs/view-page/", MaxKeys=5000)["Contents"]
+        }
+        assert {"runs/view-page/index.html", "runs/view-page/data/section/run.js"} <= keys
+        files = {k for k in keys if not k.endswith("/")}  # pyarrow's create_dir leaves folder markers
+        assert len(files) == written["files"] and written["index"] == "s3://themis/runs/view-page/index.html"
         with pytest.raises(
             ViewError,
             match="not a run root: s3://themis/runs has no manifest.json; it holds run roots: s3://themis/runs/view",

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"themis: error: {exc}", file=sys.stderr)
         return 1
     url = url_of(server)
-    print(f"themis view: {view.uri} at {url} (Ctrl-C stops)", flush=True)
+    taken = f" (port {DEFAULT_PORT} is taken)" if args.port is None and server.server_address[1] != DEFAULT_PORT else ""
+    print(f"themis view: {view.uri} at {url}{taken} (Ctrl-C stops)", flush=True)
     if not args.no_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
