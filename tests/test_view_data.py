@@ -310,7 +310,7 @@ def test_a_changed_manifest_is_read_again(copy: Path) -> None:
 
 
 def test_the_data_layer_is_pure() -> None:
-    modules = [f"themis.view.{m}" for m in ("data", "tables", "curation", "training", "evaluation", "events")]
+    modules = [f"themis.view.{m}" for m in ("data", "tables", "run", "curation", "training", "evaluation", "events")]
     code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
     code += "print([h for h in ('ray', 'torch', 'deepspeed', 'vllm') if h in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -195,7 +195,7 @@ def _not_there(view: RunView, stage: str, rel: str) -> str:
 
 def _stage_warnings(view: RunView, stage: str) -> list[str]:
     """What the reader should know before trusting a stage's outputs: stale, or a newer run unfinished."""
-    from themis.view.data import stale_stages
+    from themis.view.run import stale_stages
 
     entry = view.stage(stage) or {}
     out = [f"stale: {why}" for why in stale_stages(view.manifest.get("stages", {})).get(stage, [])]
