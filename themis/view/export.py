@@ -12,7 +12,8 @@ same equality the server applies; ``table/<id>/rows/<k>`` holds 1,000 rows' summ
 ``table/<id>/detail/<k>`` 50 whole records, loaded only for the page shown or the row opened.
 Comparisons are precomputed for every ordered pair of the first ``COMPARE_CAP`` reports. The
 run's plots are copied under ``files/``. DIR may be local or ``s3://`` (through ``themis.storage``),
-e.g. beside the run itself; it must be empty or an earlier export, which is replaced.
+e.g. beside the run itself; it must be empty or an earlier export, which is replaced. A table that
+cannot be read is written as its error, which the page shows where the table would be.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.fs as pafs
 
 from themis.config import StorageConfig
 from themis.storage import build_filesystem
-from themis.view.data import SECTIONS, RunView, ViewError, jsonable
+from themis.view.data import READ_ERRORS, SECTIONS, RunView, ViewError, jsonable
 from themis.view.evaluation import COMPARE_CAP, find_reports
 from themis.view.server import ASSETS, asset, config_js
 
@@ -43,8 +44,14 @@ def export(view: RunView, out: str, s3_endpoint: str | None = None) -> dict[str,
     writer.write("config.js", config_js("static"))
     for name in SECTIONS:
         writer.document(f"section/{name}", view.section(name))
+    skipped = {}
     for table_id in view.tables():
-        table = view.table(table_id)
+        try:
+            table = view.table(table_id)
+        except READ_ERRORS as exc:  # its section already says it cannot be read; the table says why too
+            skipped[table_id] = f"cannot read table {table_id}: {str(exc).splitlines()[0]}"
+            writer.document(f"table/{table_id}/index", {"error": skipped[table_id]})
+            continue
         writer.document(f"table/{table_id}/index", table.index())
         rows, details = table.chunks()
         for k in range(rows):
@@ -58,7 +65,7 @@ def export(view: RunView, out: str, s3_endpoint: str | None = None) -> dict[str,
         writer.write(f"files/{rel}", view.read_bytes(rel))
     writer.write(MARKER, f"a themis view export of {view.uri}\n".encode())
     index = posixpath.join(out.rstrip("/"), "index.html") if "://" in out else posixpath.join(root, "index.html")
-    return {"files": writer.files, "bytes": writer.bytes, "index": index}
+    return {"files": writer.files, "bytes": writer.bytes, "index": index, "skipped": skipped}
 
 
 def _prepare(fs: pafs.FileSystem, root: str, out: str) -> None:

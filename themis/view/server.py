@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
             written = export(view, args.out, s3_endpoint=args.s3_endpoint)
             print(f"themis view: wrote {written['files']} files ({written['bytes'] / 1e6:.1f} MB) to {args.out}")
+            for reason in written["skipped"].values():
+                print(f"themis view: warning: {reason}", file=sys.stderr)
             print(f"open {written['index']} in a browser (no server needed)")
             return 0
         server = _bind(args.host, args.port, view)

@@ -10,15 +10,22 @@
 
   T.receive = function (key, value) { received.set(key, value); };
 
+  // A document the export could not write holds only {error}: it rejects, as a failed request does.
+  function settle(key) {
+    const value = received.get(key);
+    const failed = value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 1 && value.error;
+    return failed ? Promise.reject(new Error(value.error)) : Promise.resolve(value);
+  }
+
   function loadStatic(key) {
-    if (received.has(key)) return Promise.resolve(received.get(key));
+    if (received.has(key)) return settle(key);
     if (loading.has(key)) return loading.get(key);
     const promise = new Promise(function (resolve, reject) {
       const script = document.createElement("script");
       script.src = "data/" + key + ".js";
       script.onload = function () {
         script.remove();
-        if (received.has(key)) resolve(received.get(key));
+        if (received.has(key)) settle(key).then(resolve, reject);
         else reject(new Error("data/" + key + ".js holds no data"));
       };
       script.onerror = function () {
