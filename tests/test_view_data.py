@@ -375,3 +375,15 @@ def test_the_pipeline_ends_with_the_view_command(tmp_path: Path, monkeypatch: py
     assert view_command(cfg, data.read_only_store(cfg.run.storage, "demo")) == (
         "themis view s3://bucket/runs/demo --s3-endpoint http://127.0.0.1:9000"
     )
+
+
+def test_an_unreadable_table_is_exported_as_its_error(copy: Path, tmp_path: Path) -> None:
+    from themis.view.export import export
+
+    (copy / "judgments/data.parquet").write_bytes(b"not parquet")
+    written = export(open_run(str(copy)), str(tmp_path / "page"))
+    assert list(written["skipped"]) == ["judgments"]
+    index = (tmp_path / "page/data/table/judgments/index.js").read_text()
+    assert index.startswith('Themis.receive("table/judgments/index",{"error":"cannot read table judgments')
+    section = (tmp_path / "page/data/section/judgments.js").read_text()
+    assert '"status":"missing"' in section and (tmp_path / "page/data/table/rejects-judgments/index.js").exists()
