@@ -25,8 +25,13 @@ def free_port() -> int:
 
 
 def tiny_config(model: Path, root: Path, *extra: str):
+    return load_config(TINY, tiny_overrides(model, root, *extra))
+
+
+def tiny_overrides(model: Path, root: Path | str, *extra: str) -> list[str]:
+    """``key=value`` overrides of jobs/configs/tiny.yaml for the tiny model and run root ``root``."""
     # A random model writes empty text when greedy; sampling keeps every stage fed.
-    overrides = [
+    return [
         f"engines.local.model={model}",
         f"train.base_model={model}",
         f"run.storage.root={root}",
@@ -37,7 +42,6 @@ def tiny_config(model: Path, root: Path, *extra: str):
         "judgments.reference_sampling.temperature=1.0",
         *extra,
     ]
-    return load_config(TINY, overrides)
 
 
 def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:

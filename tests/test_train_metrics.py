@@ -38,6 +38,7 @@ def test_tensorboard_log_writes_every_scalar_of_each_step_to_the_run(tmp_path):
     log.scalars(1, {"loss/total": 2.5, "lr": 1e-3, "throughput/mfu": None})
     log.scalars(2, {"loss/total": 2.0, "lr": 2e-3, "throughput/mfu": None})
     log.close()
+    assert not Path(log.folder).exists()  # the local copy (scratch) goes once the run has the events
     seen = _scalars(Path(store.read_path(TENSORBOARD)))
     assert seen.keys() == {(1, "loss/total"), (1, "lr"), (2, "loss/total"), (2, "lr")}  # None is skipped
     assert seen[(2, "loss/total")] == 2.0 and abs(seen[(1, "lr")] - 1e-3) < 1e-9

@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from themis import scratch  # noqa: F401  (before Ray starts: its processes join this one's scratch tree)
 from themis.config import RayConfig
 from themis.loopback import LOOPBACK, is_loopback
 

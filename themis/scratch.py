@@ -14,7 +14,8 @@ tree's folder in ``THEMIS_SCRATCH_TREE``; processes started under it (a local Ra
 the driver's environment, training processes their worker's) put their folders inside it, and the
 tree's first process removes, when it ends, its own folder and those of every process in the tree
 that is dead or is its own descendant (a Ray it stopped). Its exit hook is registered when this
-module is imported, before Ray registers its own, so it runs after Ray has stopped.
+module is imported; ``themis.runtime`` imports it before it starts Ray and registers Ray's
+shutdown, so (atexit being last in, first out) the hook runs after Ray has stopped.
 
 Besides, every ``scratch_dir`` call sweeps the folders of processes that are dead (a whole tree
 once its first process and all of its processes are), so a tree whose first process was killed is
@@ -238,7 +239,6 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through `finally` blocks and atexit
 
 
-# Processes started from here (a local Ray's workers, subprocesses) join this process's tree, and
-# the hook is registered before any Ray's own, so it runs after Ray has stopped (atexit is LIFO).
+# Processes started from here (a local Ray's workers, subprocesses) join this process's tree.
 os.environ[TREE_ENV] = str(tree_folder())
 atexit.register(_clean_up_at_exit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 import uuid
 from typing import Any
@@ -117,9 +118,11 @@ class TensorBoardLog:
         pafs.copy_files(self.folder, dest, destination_filesystem=self.store.fs)
 
     def close(self) -> None:
+        """Upload the last events and remove the local copy."""
         if self.enabled:
             self.upload()
             self.events.close()
+            shutil.rmtree(self.folder, ignore_errors=True)  # the run holds the events now
 
 
 def render_loss_curve(summary: dict[str, Any]) -> bytes:
