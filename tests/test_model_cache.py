@@ -104,6 +104,8 @@ def test_upload_replaces_the_folder_and_refuses_a_missing_one(s3, cache, tmp_pat
     assert files_of(store.local_dir("model")) == {"config.json": b"{}"}  # nothing of the first left
     with pytest.raises(StorageError, match="not a folder"):
         store.upload_dir(tmp_path / "absent", "model")
+    with pytest.raises(StorageError, match=f"not found: s3://{s3.bucket}/runs/replace/absent"):
+        store.local_dir("absent")
 
 
 def test_publishing_a_folder_copies_server_side_big_files_in_parts(s3, cache, tmp_path, monkeypatch) -> None:

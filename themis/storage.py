@@ -262,11 +262,11 @@ class RunStore:
     def local_dir(self, rel: str) -> Path:
         """A local folder holding ``rel``, to read and never to write: itself on a local root, else
         the node's cached copy (``themis.model_cache``), downloaded once per node and content."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return _cached_copy(self.storage, self.read_path(rel), self.uri(rel), must_exist=True)
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            return Path(self.read_path(rel))
-        return _cached_copy(self.storage, self.read_path(rel), self.uri(rel))
+        return Path(self.read_path(rel))
 
     def remove(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))

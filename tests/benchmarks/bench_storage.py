@@ -18,7 +18,9 @@ upload and download (the server's first multipart upload costs it seconds of sta
     RESULT download_ratio=<ours over bare> upload_ratio=<ours over bare>
 
 throughput ratios over both folders (goal: at least 0.9). Not a pytest test: figures are printed,
-not asserted. ``BENCH_SIZES_GB=0.5`` runs the small folder only. Data lives in a Themis scratch
+not asserted. ``BENCH_SIZES_GB=0.5`` runs the small folder only; ``BENCH_S3_LATENCY_MS=20`` gives
+every request the first-byte latency of a remote S3 (loopback has none, which flatters requests
+made one after another). Data lives in a Themis scratch
 folder, removed at the end (also when the bench fails or is stopped with Ctrl-C / SIGTERM).
 """
 

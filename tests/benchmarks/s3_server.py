@@ -8,6 +8,8 @@ it, so the 8 MB parts of a 2 GB file would cost 256 reads of 2 GB (and ten at on
 A real server reads the range alone; so does this one (``get_object`` hands moto's range handler a
 view that reads only the slice asked for). Both sides of a bench talk to the same server. moto
 spools objects above 8 MB to files in TMPDIR: point TMPDIR at the bench's scratch folder.
+``BENCH_S3_LATENCY_MS`` delays every answer by that much, as a remote server's time to first
+byte does (S3 in the same region: tens of ms), which loopback lacks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +72,13 @@ def serve() -> None:
     from werkzeug.serving import make_server
 
     _patch_moto()
-    app = DomainDispatcherApplication(create_backend_app)
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    latency = float(os.environ.get("BENCH_S3_LATENCY_MS", "0")) / 1000
+
+    def app(environ: dict, start_response: Any) -> Any:
+        time.sleep(latency)  # a remote server's time to first byte, which loopback lacks
+        return moto_app(environ, start_response)
+
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
