@@ -315,3 +315,25 @@ def test_node_cache_partial_download_is_never_visible(tmp_path) -> None:
     entry = cache.fetch(key("m"), 1000, fill_with(1000))  # the next fetch starts over
     assert files_of(entry) == {"weights.bin": b"w" * 1000}
     assert not list(folder.glob("*.staging"))
+
+
+def test_node_cache_settings_config_then_environment_then_home(monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    from themis.model_cache import cache_limit_bytes, cache_root
+
+    for name in ("THEMIS_MODEL_CACHE", "THEMIS_MODEL_CACHE_GB", "THEMIS_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    default = cache_root(StorageConfig())
+    assert default == Path.home() / ".cache" / "themis" / "model-cache"
+    assert not default.is_relative_to(tempfile.gettempdir())  # nodes clean their temp folder
+    assert cache_limit_bytes(StorageConfig()) == 50 * 2**30
+    monkeypatch.setenv("THEMIS_MODEL_CACHE", str(tmp_path / "env"))
+    monkeypatch.setenv("THEMIS_MODEL_CACHE_GB", "2.5")
+    assert cache_root(StorageConfig()) == tmp_path / "env"
+    assert cache_limit_bytes(StorageConfig()) == int(2.5 * 2**30)
+    configured = StorageConfig(model_cache_dir=str(tmp_path / "cfg"), model_cache_gb=1)
+    assert (cache_root(configured), cache_limit_bytes(configured)) == (tmp_path / "cfg", 2**30)
+    monkeypatch.setenv("THEMIS_MODEL_CACHE_GB", "lots")
+    with pytest.raises(ModelCacheError, match="THEMIS_MODEL_CACHE_GB='lots' is not a number"):
+        cache_limit_bytes(StorageConfig())
