@@ -108,6 +108,13 @@ def test_upload_replaces_the_folder_and_refuses_a_missing_one(s3, cache, tmp_pat
         store.local_dir("absent")
 
 
+def test_a_key_pointing_outside_the_folder_is_refused(tmp_path) -> None:
+    files = [transfer.RemoteFile(rel="../../escaped.txt", size=1, etag="x")]
+    with pytest.raises(ValueError, match="points outside"):
+        transfer.download_folder(None, StorageConfig(), "bucket", "prefix", files, tmp_path / "dest")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
 def test_publishing_a_folder_copies_server_side_big_files_in_parts(s3, cache, tmp_path, monkeypatch) -> None:
     # S3 copies at most 5 GB in one request; with the limit at 5 MB here, a 12 MB file takes parts.
     monkeypatch.setattr(transfer, "COPY_THRESHOLD", 5 * MB)

@@ -112,6 +112,10 @@ def download_folder(
 ) -> None:
     """Download ``files`` (from ``list_folder``) into ``dest``, all at once, big ones in parts."""
     files = list(files)
+    inside = dest.resolve()
+    for f in files:  # a key such as "model/../../x" must not write outside the folder
+        if not (inside / f.rel).resolve().is_relative_to(inside):
+            raise ValueError(f"refusing to download {f.rel!r}: it points outside {dest}")
     for parent in {(dest / f.rel).parent for f in files}:
         parent.mkdir(parents=True, exist_ok=True)
     base = prefix.rstrip("/") + "/"
