@@ -3,21 +3,20 @@
 on a CPU in the test suite (tests/test_training_gpu_check.py), so it cannot rot.
 
 Training goes through ``themis.training_loop.train``, the function each Ray Train worker's
-training process runs, with a local stand-in for the worker's link (``LocalLink``: checkpoints
-kept in a folder, as Ray Train keeps them). For each shape (random-init models shaped like
-Qwen2-0.5B and Qwen2-1.5B, built from transformers' Qwen2Config; no hub) and each mode (full
+training process runs, with ``LocalLink`` standing in for the worker's side (rank 0 of 1,
+checkpoints kept in a folder as Ray Train keeps them). For each shape (random-init models shaped
+like Qwen2-0.5B and Qwen2-1.5B, from transformers' Qwen2Config; no hub) and each mode (full
 fine-tuning, then LoRA through ``themis.lora``), with ZeRO-3, bf16 weights under ``zero.Init``,
 gradient checkpointing and the multi-objective loss (cosine on rationale tokens):
 1. train to the checkpoint at step ``--resume-at`` and stop there, as a worker that dies after it;
-2. resume from that checkpoint to ``--steps`` and check that the step and the loss go on from it;
-3. export, and reload the export with the transformers engine (``themis.engines.hf``) for one
-   forced single and pairwise verdict.
-Then, per shape, on the full fine-tune's export: the engine's batched generation and forced
-verdicts (single and pairwise) with tokens/s, and the same model's ``generate()`` in a bare loop
-over the same prompts for the ratio. Each part prints tokens/s, MFU against the card's dense bf16
-peak (``themis.train_metrics``: 6 FLOPs per parameter per trained token, 2 per generated or read
-one; LoRA counted like full fine-tuning, so its MFU overstates useful work) and peak GPU memory.
-The last line is ``RESULT key=value ...``.
+2. resume from that checkpoint to ``--steps``; the step and the loss must go on from it;
+3. export, and reload the export with the transformers engine for a forced verdict of each kind.
+Then, per shape, on the full fine-tune's export, the engine parts (``engine_check``): batched
+generation and forced verdicts with tokens/s, against ``generate()`` in a bare loop. Each part
+prints tokens/s, MFU against the card's dense bf16 peak (6 FLOPs per parameter per trained token,
+2 per generated or read one; LoRA counted like full fine-tuning, so its MFU overstates useful
+work) and peak GPU memory. Problems are listed as ``PROBLEM ...`` lines, the last line is
+``RESULT key=value ...``, and the exit status is 1 if any part failed.
 """
 
 from __future__ import annotations
@@ -38,6 +37,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from tests.gpu.engine_check import (  # noqa: E402 - after the path that makes it importable
+    generation_part,
+    judge_requests,
+    mfu,
+    peak_gib,
+    release_device,
+    reload_export,
+    reset_peak,
+)
 
 # Qwen2's published shapes (tied embeddings, grouped-query attention); weights are random.
 SHAPES = {
@@ -105,6 +114,8 @@ def main() -> None:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     failed = [part for part, r in results.items() if r.get("problems")]
+    for problem in (p for r in results.values() for p in r.get("problems", [])):
+        print(f"PROBLEM {problem}", flush=True)
     print(result_line(card, results, failed, time.perf_counter() - began), flush=True)
     if failed:
         sys.exit(1)
@@ -136,7 +147,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--gen-tokens", type=int, default=None, help="new tokens per request (128; tiny 8)")
     parser.add_argument("--gen-batch", type=int, default=None, help="the engine's batch size (32; tiny 4)")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch CPU threads")
-    parser.add_argument("--workdir", default=None, help="keep models and checkpoints here (default: a temp dir)")
+    parser.add_argument("--workdir", default=None, help="where models and checkpoints go (default: a temp dir)")
     args = parser.parse_args()
     tiny = args.tiny
     defaults = {
@@ -297,9 +308,10 @@ def train_config(base: Path, mode: str, args: argparse.Namespace) -> Any:
 def train_part(base: Path, n_params: int, mode: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Train to ``--resume-at`` and stop after its checkpoint; resume to ``--steps``; check the
     step and loss went on from the checkpoint; export and reload the export with the engine."""
+    import torch
+
     from themis.config import StorageConfig
     from themis.storage import RunStore
-    from themis.training_loop import SUMMARY, train
 
     name = f"{base.name.removeprefix('base-')}-{mode}"
     store = RunStore(StorageConfig(root=str(work)), "run")
@@ -313,10 +325,31 @@ def train_part(base: Path, n_params: int, mode: str, work: Path, args: argparse.
         "steps_per_epoch": args.steps,
         "total_steps": args.steps,
     }
-    kept = work / "checkpoints"
-    kept.mkdir(parents=True, exist_ok=True)
-    _reset_peak(args.device)
+    reset_peak(args.device)
     began = time.perf_counter()
+    state, summary = stopped_and_resumed(name, config, work / "checkpoints", args)
+    seconds = time.perf_counter() - began
+    result = _training_figures(summary, n_params, args)
+    result |= {"peak_gpu_gib": peak_gib(args.device), "seconds": round(seconds, 1)}
+    result["problems"] = check_resumed(name, state, summary, args)
+    _free(args.device)
+    result["engines_left"] = _engines_alive()  # each would hold its model and optimizer state
+    if result["engines_left"]:
+        result["problems"].append(f"{name}: {result['engines_left']} DeepSpeed engine(s) still alive after the runs")
+    if args.device == "cuda":  # what the runs left on the device: about 0 unless something holds them
+        result["gpu_gib_held_after"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    result["export"] = str(store.local_dir("model"))
+    result |= reload_export(result["export"], args)
+    print(f"{name}: {json.dumps({k: v for k, v in result.items() if k != 'export'})}", flush=True)
+    return result
+
+
+def stopped_and_resumed(name: str, config: dict[str, Any], kept: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Train to the checkpoint at ``--resume-at`` and stop there, as a worker that dies after it;
+    then resume from that checkpoint to the end. Returns the checkpoint's state and the summary."""
+    from themis.training_loop import SUMMARY, train
+
+    kept.mkdir(parents=True, exist_ok=True)
     first = LocalLink(kept, stop_at=args.resume_at)
     try:
         train(config | {"train": config["train"].model_copy(update={"checkpoint_every": args.resume_at})}, first)
@@ -327,17 +360,8 @@ def train_part(base: Path, n_params: int, mode: str, work: Path, args: argparse.
     checkpoint = first.reported[-1][1]
     state = json.loads((checkpoint / "themis_state.json").read_text())
     train(config, LocalLink(kept, checkpoint=checkpoint))
-    summary = store.read_json(SUMMARY)
-    seconds = time.perf_counter() - began
-    result = _training_figures(summary, n_params, args)
-    result |= {"peak_gpu_gib": _peak_gib(args.device), "seconds": round(seconds, 1)}
-    result["problems"] = check_resumed(name, state, summary, args)
-    shutil.rmtree(kept, ignore_errors=True)
-    _free(args.device)
-    result["export"] = str(store.local_dir("model"))
-    result |= reload_export(result["export"], args)
-    print(f"{name}: {json.dumps({k: v for k, v in result.items() if k != 'export'})}", flush=True)
-    return result
+    shutil.rmtree(kept, ignore_errors=True)  # DeepSpeed checkpoints: 12 bytes a parameter
+    return state, config["store"].read_json(SUMMARY)
 
 
 def check_resumed(name: str, state: dict[str, Any], summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -359,8 +383,6 @@ def check_resumed(name: str, state: dict[str, Any], summary: dict[str, Any], arg
         )
     elif losses[k] >= losses[0] - drop / 2:
         problems.append(f"{name}: the resumed run's loss went back towards the first step's: {losses}")
-    for problem in problems:
-        print(f"PROBLEM {problem}", flush=True)
     return problems
 
 
@@ -371,149 +393,10 @@ def _training_figures(summary: dict[str, Any], n_params: int, args: argparse.Nam
     tokens_per_s = args.batch * args.seq * len(steady) / sum(steady)
     return {
         "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": _mfu(6 * n_params * tokens_per_s, args.device),
+        "mfu": mfu(6 * n_params * tokens_per_s, args.device),
         "loss_first": round(summary["train_loss"][0], 4),
         "loss_last": round(summary["train_loss"][-1], 4),
-        "peak_rss_mb": summary["peak_rss_mb"][0],
     }
-
-
-def reload_export(folder: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Load the export with the transformers engine and have it give one forced verdict of each
-    kind; their verdicts must parse."""
-    from themis.judging import parse_verdict
-
-    engine = build_check_engine(folder, args)
-    requests = judge_requests(1, 2, constrain=True)
-    kinds = ["single", "pairwise"]
-    for kind, result in zip(kinds, engine.generate([requests[0], requests[1]])):
-        assert result.ok, f"{folder}: {kind} verdict failed: {result.error}"
-        parse_verdict(kind, result.text)  # raises ParseError if the forced sentence is not there
-    del engine
-    _free(args.device)
-    return {"export_reloaded": True}
-
-
-# --- the transformers engine on the export ----------------------------------------------------------
-
-
-def build_check_engine(folder: str, args: argparse.Namespace, batch_size: int | None = None) -> Any:
-    from themis.config import TransformersEngineConfig
-    from themis.engines.hf import TransformersEngine
-
-    cfg = TransformersEngineConfig(
-        model=folder, device=args.device, dtype="bfloat16", batch_size=batch_size or args.gen_batch
-    )
-    return TransformersEngine(cfg)
-
-
-def judge_requests(n: int, max_tokens: int, constrain: bool) -> list[Any]:
-    """``n`` single-grading requests, then ``n`` pairwise ones, over the shipped passages."""
-    from themis.config import Sampling
-    from themis.judging import judge_request, pairwise_calls, single_call
-    from themis.scenarios import load_scenarios
-
-    passages = [p.read_text() for p in sorted((ROOT / "themis" / "data" / "passages").glob("*.txt"))]
-    scenarios = list(load_scenarios())
-    sampling = Sampling(max_tokens=max(1, max_tokens))
-    calls = []
-    for kind in ("single", "pairwise"):
-        for i in range(n):
-            scenario, text = scenarios[i % len(scenarios)], passages[i % len(passages)]
-            question = f"Summarise this passage in two sentences ({i}):\n{text}"
-            first, second = text[: 200 + 7 * i], text[-(200 + 5 * i) :]
-            single = single_call(scenario, question, first)
-            calls.append(
-                single if kind == "single" else pairwise_calls(scenario, question, first, second, both_orders=False)[0]
-            )
-    return [judge_request(c, sampling, constrain=constrain) for c in calls]
-
-
-def generation_part(folder: str, name: str, n_params: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's batched generation and forced verdicts (single, pairwise) on the export, with
-    tokens/s, and the same model's ``generate()`` in a bare loop over the same prompts; the ratio
-    is bare tokens/s over the engine's (the goal: at most 2)."""
-    engine = build_check_engine(folder, args)
-    free = judge_requests(args.gen_requests // 2, args.gen_tokens, constrain=False)
-    forced = judge_requests(args.gen_requests // 2, args.gen_tokens, constrain=True)
-    engine.generate(free)  # warm-up: kernels, allocator, the batch's shapes
-    engine.generate(forced)
-    _reset_peak(args.device)
-    half = len(forced) // 2
-    parts = {
-        "generate": _timed(engine, free, args),
-        "verdicts_single": _timed(engine, forced[:half], args),
-        "verdicts_pairwise": _timed(engine, forced[half:], args),
-        "bare_generate": bare_generate(engine, free, args),
-    }
-    for part in parts.values():
-        part["mfu"] = _mfu(2 * n_params * part.pop("all_tokens_per_s"), args.device)
-    result: dict[str, Any] = parts | {"peak_gpu_gib": _peak_gib(args.device)}
-    result["bare_over_engine"] = round(parts["bare_generate"]["tokens_per_s"] / parts["generate"]["tokens_per_s"], 3)
-    del engine
-    _free(args.device)
-    print(f"{name}: {json.dumps(result)}", flush=True)
-    return result
-
-
-def _timed(engine: Any, requests: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    from themis.judging import parse_verdict
-
-    began = _sync_time(args.device)
-    results = engine.generate(requests)
-    seconds = _sync_time(args.device) - began
-    failed = [r.error for r in results if not r.ok]
-    assert not failed, f"engine calls failed: {failed[:3]}"
-    if requests[0].choices:  # forced verdicts: every one parses
-        for req, res in zip(requests, results):
-            parse_verdict("pairwise" if "A" in req.choices else "single", res.text)
-    new = sum(r.completion_tokens for r in results)
-    read = sum(r.prompt_tokens for r in results)
-    return {
-        "requests": len(requests),
-        "tokens_per_s": round(new / seconds, 1),
-        "requests_per_s": round(len(requests) / seconds, 2),
-        "all_tokens_per_s": (new + read) / seconds,
-    }
-
-
-def bare_generate(engine: Any, requests: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    """``model.generate()`` on the engine's own model and tokenizer, batch by batch in the same
-    batches the engine forms (sorted by length), greedy, the same new-token limit."""
-    import torch
-
-    tok, model = engine.tokenizer, engine.model
-    texts = sorted((engine.render_prompt(r.messages) for r in requests), key=len)
-    began, new, read = _sync_time(args.device), 0, 0
-    with torch.inference_mode():
-        for start in range(0, len(texts), args.gen_batch):
-            enc = tok(
-                texts[start : start + args.gen_batch], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            enc = enc.to(model.device)
-            out = model.generate(**enc, max_new_tokens=args.gen_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            new += int((out[:, enc["input_ids"].shape[1] :] != tok.pad_token_id).sum())
-            read += int(enc["attention_mask"].sum())
-    seconds = _sync_time(args.device) - began
-    return {
-        "requests": len(texts),
-        "tokens_per_s": round(new / seconds, 1),
-        "requests_per_s": round(len(texts) / seconds, 2),
-        "all_tokens_per_s": (new + read) / seconds,
-    }
-
-
-# --- figures ------------------------------------------------------------------------------------------
-
-
-def _mfu(flops_per_s: float, device: str) -> float | None:
-    """Model FLOPs utilisation against the card's dense bf16 peak; None off a known GPU."""
-    import torch
-
-    from themis.train_metrics import peak_bf16_flops
-
-    peak = peak_bf16_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
-    return round(flops_per_s / peak, 4) if peak else None
 
 
 def result_line(card: str, results: dict[str, dict[str, Any]], failed: list[str], seconds: float) -> str:
@@ -538,34 +421,45 @@ def _tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
-def _sync_time(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def _reset_peak(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_gib(device: str) -> float | None:
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
-
-
 def _free(device: str) -> None:
-    """Drop what a finished part left (DeepSpeed engines hold reference cycles)."""
-    import torch
+    """Drop what a finished run left, so the next one finds the device empty."""
+    _release_deepspeed()
+    release_device(device)
+
+
+def _engines_alive() -> int:
+    from deepspeed import DeepSpeedEngine
 
     gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    return sum(1 for o in gc.get_objects() if isinstance(o, DeepSpeedEngine))
+
+
+def _release_deepspeed() -> None:
+    """Let go of the DeepSpeed engines finished runs left. The training loop never destroys its
+    engine (its process ends instead), and DeepSpeed 0.19 keeps a ZeRO-3 engine alive from two
+    places: its gradient hooks in torch's C++ autograd nodes, out of the garbage collector's sight,
+    until ``destroy()`` removes them, and module globals that hold its model (the forward stack
+    ``parameter_offload.FWD_MODULE_STACK``, pushed at set-up and never popped, and a class-wide
+    ``lru_cache`` of ``PartitionedParameterCoordinator``). Either alone frees nothing: seen on a
+    CPU, after two parts all four engines were alive; with both, none. On a GPU each would keep
+    its model and optimizer state there."""
+    if "deepspeed" not in sys.modules:
+        return
+    from deepspeed import DeepSpeedEngine
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    gc.collect()
+    engines = [o for o in gc.get_objects() if isinstance(o, DeepSpeedEngine)]
+    while engines:
+        engines.pop().destroy()
+    parameter_offload.FWD_MODULE_STACK.clear()
+    wrapper = PartitionedParameterCoordinator._PartitionedParameterCoordinator__params_to_release
+    caches = [c.cell_contents for c in wrapper.__closure__ or () if hasattr(c.cell_contents, "cache_clear")]
+    for cache in caches:
+        cache.cache_clear()
+    if not caches:
+        print("warning: DeepSpeed's parameter cache was not found: earlier runs may stay in memory", flush=True)
 
 
 if __name__ == "__main__":
