@@ -83,12 +83,29 @@ def test_the_ifd_scorer_takes_a_gpu_where_the_cluster_has_one():
     assert scorer_plan(IFDScorerConfig(), TWO_GPUS).num_gpus == 1
 
 
+def test_an_autoscaling_cluster_counts_the_gpus_it_may_add(monkeypatch):
+    import ray
+    from ray._private.state import state
+
+    from themis.generation import cluster_gpus
+
+    # KubeRay's GPU worker group scaled to zero: none up now, four in the autoscaler's config.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"CPU": 36, "GPU": 4})
+    assert cluster_gpus() == 4
+    assert pool_plan(TransformersEngineConfig(model="trained")).num_gpus == 1  # asked of Ray
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: None)  # no autoscaler
+    assert cluster_gpus() == 0
+    assert scorer_plan(IFDScorerConfig()).num_gpus == 0
+
+
 # A Ray with one logical GPU; CUDA made to look present, as on a GPU node where Ray 2.60 leaves
 # CUDA_VISIBLE_DEVICES alone for an actor given no GPU.
 ACTORS = """
 import json, sys
 import ray, torch
 from themis.engines.hf import _pick_device
+from themis.generation import cluster_gpus
 from themis.serving import replica_device
 
 @ray.remote
@@ -103,6 +120,7 @@ seen = {
     "with_gpu": ray.get(Probe.options(num_cpus=0, num_gpus=1).remote().devices.remote()),
     "without_gpu": ray.get(Probe.options(num_cpus=0, num_gpus=0).remote().devices.remote()),
     "driver": _pick_device("auto"),  # not an actor: CUDA's own answer
+    "cluster_gpus": cluster_gpus(),  # a local Ray: no autoscaler config, the GPUs it has
 }
 print(json.dumps(seen))
 """
@@ -117,4 +135,4 @@ def test_an_actor_runs_on_a_gpu_exactly_when_ray_gave_it_one():
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["with_gpu"] == {"engine": "cuda", "replica": "cuda", "explicit": "cpu"}
     assert seen["without_gpu"] == {"engine": "cpu", "replica": "cpu", "explicit": "cpu"}
-    assert seen["driver"] == "cuda"
+    assert seen["driver"] == "cuda" and seen["cluster_gpus"] == 1

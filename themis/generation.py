@@ -246,10 +246,14 @@ class PoolPlan:
 
 
 def cluster_gpus() -> float:
-    """GPUs in the connected Ray cluster now: what a device of 'auto' resolves against."""
+    """GPUs the connected Ray cluster has, or may add: what a device of 'auto' resolves against. An
+    autoscaling cluster (KubeRay's GPU workers, min 0) may have none up while the driver plans;
+    its autoscaler's config says how many it can start, which Ray Train and Ray Data read too."""
     import ray
+    from ray._private.state import state
 
-    return float(ray.cluster_resources().get("GPU", 0))
+    most = state.get_max_resources_from_cluster_config() or {}  # None without an autoscaler
+    return max(float(ray.cluster_resources().get("GPU", 0)), float(most.get("GPU", 0)))
 
 
 def local_model_gpus(device: str, gpus_per_actor: float | None, gpus_in_cluster: float | None) -> float:

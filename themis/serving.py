@@ -183,10 +183,13 @@ def replica_device() -> str:
 
 
 def connected_cluster_gpus() -> float | None:
-    """GPUs in the connected Ray cluster; None when no Ray is connected yet."""
+    """GPUs the connected Ray cluster has or may add (``generation.cluster_gpus``); None when no
+    Ray is connected yet."""
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
+    from themis.generation import cluster_gpus
+
+    return cluster_gpus() if ray.is_initialized() else None
 
 
 def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
