@@ -94,7 +94,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --tiny to check the code path on a CPU")
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"device: {card}; shapes: {', '.join(args.shapes)}", flush=True)
+    print(f"device: {card}; shapes: {', '.join(args.shapes)}; {_versions()}", flush=True)
     began = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="themis-gpu-check-"))
     results: dict[str, dict[str, Any]] = {}
@@ -113,6 +113,8 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # the loop's group (NCCL on a GPU)
     failed = [part for part, r in results.items() if r.get("problems")]
     for problem in (p for r in results.values() for p in r.get("problems", [])):
         print(f"PROBLEM {problem}", flush=True)
@@ -128,7 +130,7 @@ def attempt(name: str, part: Any, *args: Any) -> dict[str, Any]:
         return part(*args)
     except Exception as exc:  # noqa: BLE001 - reported here, counted in RESULT, exit status 1
         traceback.print_exc()
-        _free(args[-1].device)
+        _free(args[-1].device)  # every part takes the check's arguments last
         return {"problems": [f"{name}: {type(exc).__name__}: {exc}"]}
 
 
@@ -170,6 +172,18 @@ def _args() -> argparse.Namespace:
     if unknown := set(args.shapes) - set(SHAPES):
         parser.error(f"unknown shapes {sorted(unknown)}; known: {', '.join(SHAPES)}")
     return args
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} missing"
+
+    return ", ".join(one(n) for n in ("torch", "transformers", "deepspeed", "peft", "accelerate", "pydantic"))
 
 
 def _single_process_env(device: str) -> None:
