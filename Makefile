@@ -114,6 +114,13 @@ bench-storage: setup
 bench-coldstart: setup
 	$(BIN)/python tests/benchmarks/bench_coldstart.py
 
+# The whole demo pipeline on an s3:// run root (moto on loopback, cold node model cache) against a
+# local root; prints each stage's seconds, never asserts; ends with
+# RESULT s3_over_local=<s3 / local> local_s=... s3_s=... (goal: within 1.3x). ~10 min.
+.PHONY: bench-s3-demo
+bench-s3-demo: setup
+	$(BIN)/python tests/benchmarks/bench_s3_demo.py
+
 # On one GPU, in one process, no Ray: the train stage's own loop on Qwen2-0.5B- and 1.5B-shaped random
 # models (ZeRO-3 bf16, gradient checkpointing, multi-objective loss, full then LoRA, stopped at a
 # checkpoint and resumed, export reloaded), then the transformers engine against a bare generate()
