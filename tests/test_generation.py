@@ -73,8 +73,11 @@ def server():
 
 
 def test_two_actor_pool_sends_rows_to_both_actors(tmp_path: Path, ray_local) -> None:
-    with FakeOpenAIServer(reply=teacher_reply, hang_s=50) as server:
-        config = write_config(tmp_path, server.base_url, tmp_path / "runs", pool={"min_actors": 2, "max_actors": 2})
+    # The gate holds replies for up to 240 s (the client waits 300): a second actor can be slow to
+    # start on a loaded machine, and only a pool that never uses it should fail here.
+    with FakeOpenAIServer(reply=teacher_reply, hang_s=240) as server:
+        pool = {"min_actors": 2, "max_actors": 2}
+        config = write_config(tmp_path, server.base_url, tmp_path / "runs", pool=pool, timeout_s=300)
         cfg = load(config)
         for stage in ("instructions", "responses"):
             runner.run_stage(stage, cfg)
