@@ -83,8 +83,15 @@ def test_two_actor_pool_sends_rows_to_both_actors(tmp_path: Path, ray_local) -> 
             runner.run_stage(stage, cfg)
         # One actor holds at most `concurrency` (8) calls: the teacher answers nothing until 9 are
         # in flight, so the stage moves only once both actors send, however slowly the second starts.
+        # Ray Data hands an actor up to 8 batches at once; without waiting for the pool, the first
+        # actor up could take every block there was while the second started (seen in CI).
         server.gate = 9
-        report = runner.run_stage("judgments", cfg)
+        context = ray_local.data.DataContext.get_current()
+        waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 200
+        try:
+            report = runner.run_stage("judgments", cfg)
+        finally:
+            context.wait_for_min_actors_s = waited
     assert server.max_in_flight >= 9
     by_actor = report.details["rows_by_actor"]
     assert len(by_actor) == 2 and all(n > 0 for n in by_actor.values()), by_actor
