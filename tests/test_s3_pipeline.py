@@ -145,9 +145,10 @@ def test_no_scratch_left_when_training_is_killed_and_the_driver_stopped(run_of) 
     second = _wait_for_scratch(run.temp, "tb-", proc, besides=first)  # the restarted group's
     proc.send_signal(signal.SIGTERM)
     code, out = run.finish(proc, timeout=300)
-    # An exit, not an abort: Ray's wait turns the SystemExit(143) that themis.runtime raises into
-    # SystemExit(1); either way atexit ran (Ray stopped, scratch removed).
-    assert code == 1 and store.stage_status("train") == "failed", out[-4000:]
+    # An exit, not an abort (134) or a bare kill (-15): themis.runtime raises SystemExit(143), and
+    # when the signal lands inside a Ray wait, Ray turns it into SystemExit(1). Which one depends on
+    # where the driver is; either way atexit ran (Ray stopped, scratch removed).
+    assert code in (1, 143) and store.stage_status("train") == "failed", (code, out[-4000:])
     assert second != first and run.left_over() == []
 
 
