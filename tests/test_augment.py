@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from themis.augment import (
+from themis.config import AugmentConfig, PipelineConfig, SubsetsConfig
+from themis.curation.augment import (
     NotFittable,
     OverallFit,
     add_scales,
@@ -28,11 +29,10 @@ from themis.augment import (
     scale_record,
     subset_record,
 )
-from themis.config import AugmentConfig, PipelineConfig, SubsetsConfig
-from themis.filters import render_target, split_by_instruction, to_sft_example
-from themis.judging import judge_request, pairwise_calls, single_call
-from themis.parsing import ParseError
-from themis.scenarios import get_scenario
+from themis.curation.filters import render_target, split_by_instruction, to_sft_example
+from themis.judge.call import judge_request, pairwise_calls, single_call
+from themis.judge.parsing import ParseError
+from themis.judge.scenarios import get_scenario
 
 OPEN_QA = [c.name for c in get_scenario("open_qa").criteria]  # Helpfulness, Relevance, Accuracy, Depth, ...
 TAIL = "Strengths:\n- on topic [[4]]\nShortcomings:\n- brief [[3]]"
@@ -121,7 +121,7 @@ def test_augment_regression_refuses_too_little_or_singular_data() -> None:
 
 def test_augment_prompt_is_re_rendered_by_the_judging_core() -> None:
     row = graded(1, 4, {"Helpfulness": 4})
-    from themis.judging import render_call
+    from themis.judge.call import render_call
 
     assert render_call(call_of(row)).messages == row["messages"]  # the same prompt the teacher saw
 
@@ -298,10 +298,10 @@ def stage_judgments() -> list[dict]:
 @pytest.mark.integration
 def test_augment_dataset_stage_on_ray_never_crosses_the_split(ray_local, tmp_path: Path) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer
+    from themis.dataplane.tables import to_table
     from themis.stages import dataset
     from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
     from themis.storage import RunStore
-    from themis.tables import to_table
 
     judgments = stage_judgments()
     with FakeOpenAIServer(reply=fake_teacher) as server:
@@ -378,7 +378,7 @@ def test_augment_is_pure_even_after_a_fit() -> None:
     import sys
 
     code = (
-        "import sys; from themis.augment import fit_overall; "
+        "import sys; from themis.curation.augment import fit_overall; "
         "fit_overall([({'a': x}, x) for x in range(1, 6)], ('a',), 5); "
         "print([m for m in ('ray', 'torch', 'deepspeed', 'vllm') if m in sys.modules])"
     )

@@ -10,10 +10,10 @@ import pytest
 
 from themis.config import Sampling
 from themis.engines.base import GenerationRequest
-from themis.judging import JudgeCall, judge_request, parse_verdict, render_call
-from themis.parsing import ParseError, parse_score
-from themis.prompts import SCORE_OPENING
-from themis.scales import SCALES, convert_score, get_scale
+from themis.judge.call import JudgeCall, judge_request, parse_verdict, render_call
+from themis.judge.parsing import ParseError, parse_score
+from themis.judge.prompts import SCORE_OPENING
+from themis.judge.scales import SCALES, convert_score, get_scale
 
 Q = "What is the capital of France?"
 OTHER_SCALES = ("0-1", "1-3", "1-10")
@@ -357,7 +357,7 @@ def _serve(body: dict) -> dict:
     """What the deployment does for one /v1/judge body (``serving.JudgeServer._judge_one`` with a
     given scenario), on the fake judge engine, without Ray."""
     from tests.fakes.judge_engine import FakeJudgeEngine
-    from themis.judge_api import JudgeRequest, check_judge_request, judge_call, judge_response
+    from themis.serving.api import JudgeRequest, check_judge_request, judge_call, judge_response
 
     req = JudgeRequest.model_validate(body)
     kind = check_judge_request(req)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from themis.batcher import EngineBatcher
+from themis.serving.batcher import EngineBatcher
 
 
 class SlowEngine:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from themis.call_cache import SCHEMA, CacheSpec, CallCache, KeyedParts, call_key
 from themis.config import StorageConfig
+from themis.dataplane.call_cache import SCHEMA, CacheSpec, CallCache, KeyedParts, call_key
 from themis.engines.base import GenerationRequest, GenerationResult
 
 

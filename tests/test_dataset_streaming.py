@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 
 from tests.test_filters import single
 from themis.config import StorageConfig
+from themis.dataplane.tables import to_table
 from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
 from themis.storage import RunStore
-from themis.tables import to_table
 
 RATIONALE_CHARS = 12_000
 MiB = 2**20

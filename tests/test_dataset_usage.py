@@ -14,10 +14,10 @@ from themis.config import PipelineConfig
 def test_dataset_paraphrase_usage_is_in_the_manifest(ray_local, tmp_path: Path) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer
     from tests.test_augment import fake_teacher, stage_judgments
+    from themis.dataplane.tables import to_table
     from themis.runner import run_stage
     from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
     from themis.storage import RunStore
-    from themis.tables import to_table
 
     with FakeOpenAIServer(reply=fake_teacher, usage=(11, 3)) as server:
         teacher = {

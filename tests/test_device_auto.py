@@ -22,9 +22,9 @@ from themis.config import (
     TransformersEngineConfig,
     load_config,
 )
-from themis.generation import local_model_gpus, pool_plan
-from themis.judge_api import deployment_options, replica_gpus, serve_engine_config
-from themis.scoring import scorer_plan
+from themis.dataplane.generation import local_model_gpus, pool_plan
+from themis.dataplane.ifd_scoring import scorer_plan
+from themis.serving.api import deployment_options, replica_gpus, serve_engine_config
 from themis.stages.evaluate import judge_engine
 from themis.storage import RunStore
 
@@ -87,7 +87,7 @@ def test_an_autoscaling_cluster_counts_the_gpus_it_may_add(monkeypatch):
     import ray
     from ray._private.state import state
 
-    from themis.generation import cluster_gpus
+    from themis.dataplane.generation import cluster_gpus
 
     # KubeRay's GPU worker group scaled to zero: none up now, four in the autoscaler's config.
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
@@ -105,8 +105,8 @@ ACTORS = """
 import json, sys
 import ray, torch
 from themis.engines.hf import _pick_device
-from themis.generation import cluster_gpus
-from themis.serving import replica_device
+from themis.dataplane.generation import cluster_gpus
+from themis.serving.deployment import replica_device
 
 @ray.remote
 class Probe:

@@ -13,7 +13,7 @@ from themis.evaluation.benchmarks import PairwiseItem
 from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import paired_differences, scored_units
 from themis.evaluation.report import PAIR_ACCURACY, Settings, build_report
-from themis.judging import flip_winner
+from themis.judge.call import flip_winner
 
 HEADER = {
     "judge": {"name": "j", "kind": "recorded"},

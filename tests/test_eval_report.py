@@ -18,7 +18,7 @@ from themis.evaluation.benchmarks import PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import paired_differences, scored_units
 from themis.evaluation.report import Settings, build_report
-from themis.judging import flip_winner
+from themis.judge.call import flip_winner
 
 EVERY_PAIR_METRIC = ("accuracy", "precision", "recall", "f1", "kappa")
 

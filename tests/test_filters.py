@@ -1,7 +1,7 @@
 import pyarrow as pa
 
 from themis.config import PipelineConfig, StorageConfig
-from themis.filters import (
+from themis.curation.filters import (
     balance,
     balance_key,
     drop_duplicates,
@@ -10,11 +10,11 @@ from themis.filters import (
     split_by_instruction,
     to_sft_example,
 )
+from themis.dataplane.tables import to_table
 from themis.stages import dataset
 from themis.stages.dataset import REJECT_SCHEMA, SFT_SCHEMA
 from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
 from themis.storage import RunStore
-from themis.tables import to_table
 
 
 def judgment(**fields) -> dict:

@@ -15,9 +15,9 @@ import pytest
 
 from tests.fakes.async_openai_server import AsyncOpenAIServer
 from themis.config import OpenAIEngineConfig
+from themis.dataplane.tables import REQUEST, to_table
 from themis.engines import limits
 from themis.engines.base import GenerationRequest, request_to_row
-from themis.tables import REQUEST, to_table
 
 ACTORS = 4
 
@@ -26,7 +26,7 @@ def _run_pool(cfg: OpenAIEngineConfig, rows: int) -> dict[str, int]:
     """Answer ``rows`` requests through a pool of 4 actors; rows answered per actor."""
     import ray
 
-    from themis.generation import EnginePass, generate
+    from themis.dataplane.generation import EnginePass, generate
 
     schema = pa.schema([("n", pa.int64()), ("request", REQUEST)])
     requests = [GenerationRequest([{"role": "user", "content": f"row-{n}"}], max_tokens=8) for n in range(rows)]

@@ -10,9 +10,9 @@ import pytest
 
 from tests.test_filters import pair, single
 from themis.config import IFDScorerConfig, ScenarioMix, SelectionConfig
-from themis.filters import to_sft_example
-from themis.ifd import build_ifd_examples, mean_loss, score_from_token_losses
-from themis.selection import (
+from themis.curation.filters import to_sft_example
+from themis.curation.ifd import build_ifd_examples, mean_loss, score_from_token_losses
+from themis.curation.selection import (
     NOT_SELECTED,
     OUTLIER,
     OVER_MIX,
@@ -75,7 +75,7 @@ def direct_ifd(model, ids: list[int], n_answer: int) -> float:
 
 
 def test_ifd_scorer_matches_a_direct_computation_on_a_tiny_model(tiny_model_dir: Path) -> None:
-    from themis.scoring import IFDScorer, ScorerPass
+    from themis.dataplane.ifd_scoring import IFDScorer, ScorerPass
 
     scorer = IFDScorer(ScorerPass(str(tiny_model_dir), IFDScorerConfig(batch_size=3), max_seq_len=512))
     # Records of different lengths in one batch: left padding and kept logits must not change a score.
@@ -180,7 +180,7 @@ def test_ifd_selection_config_is_checked() -> None:
 
 
 def test_ifd_plot_is_a_png() -> None:
-    from themis.selection import render_ifd_plot
+    from themis.curation.selection import render_ifd_plot
 
     png = render_ifd_plot({"open_qa": [0.5, 0.7, 0.9], "math_qa": [1.1]}, {"open_qa": [0.9]})
     assert png.startswith(b"\x89PNG") and math.isfinite(len(png))
@@ -220,10 +220,10 @@ def test_ifd_dataset_stage_scores_in_an_actor_pool_and_resumes(ray_local, tiny_m
     import pyarrow.fs as pafs
 
     from themis.config import StorageConfig
+    from themis.dataplane.tables import to_table
     from themis.stages import dataset
     from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
     from themis.storage import RunStore
-    from themis.tables import to_table
 
     store = RunStore(StorageConfig(root=str(tmp_path)), "r")
     store.write_table("judgments/data.parquet", to_table(ifd_judgments(), JUDGMENTS_SCHEMA))

@@ -10,7 +10,11 @@ from pydantic import ValidationError
 
 from themis.config import AutoscalingConfig, Sampling, ServeConfig, ServeLimits
 from themis.engines.base import GenerationResult
-from themis.judge_api import (
+from themis.judge.call import classifier_request, judge_request, render_call
+from themis.judge.parsing import ParseError
+from themis.judge.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_OPENING
+from themis.judge.scenarios import load_scenarios
+from themis.serving.api import (
     ApiError,
     ChatCompletionRequest,
     JudgeRequest,
@@ -30,10 +34,6 @@ from themis.judge_api import (
     unclassified_response,
     validation_error_body,
 )
-from themis.judging import classifier_request, judge_request, render_call
-from themis.parsing import ParseError
-from themis.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_OPENING
-from themis.scenarios import load_scenarios
 
 Q = "What is the capital of France?"
 
@@ -49,7 +49,7 @@ def _chat(**fields) -> ChatCompletionRequest:
 
 def test_importing_the_api_pulls_in_no_ray_torch_or_fastapi():
     code = (
-        "import sys, themis.judge_api; "
+        "import sys, themis.serving.api; "
         "print(sorted(m for m in ('ray', 'torch', 'fastapi', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -140,8 +140,8 @@ def test_scale_errors_name_the_known_scales_or_the_kind():
 def test_scale_names_in_the_schema_are_the_known_scales():
     from typing import get_args
 
-    from themis.judge_api import ScaleName
-    from themis.scales import SCALES
+    from themis.judge.scales import SCALES
+    from themis.serving.api import ScaleName
 
     assert set(get_args(ScaleName)) == set(SCALES)
     assert JudgeRequest.model_json_schema()["properties"]["scale"]["anyOf"][0]["enum"] == list(SCALES)

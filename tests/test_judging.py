@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from themis.config import Sampling
-from themis.judging import (
+from themis.judge.call import (
     CLASSIFIER_SAMPLING,
     JudgeCall,
     Verdict,
@@ -20,9 +20,9 @@ from themis.judging import (
     single_call,
     winner_in_ab_order,
 )
-from themis.parsing import ParseError
-from themis.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_CHOICES, SCORE_OPENING
-from themis.scenarios import load_scenarios
+from themis.judge.parsing import ParseError
+from themis.judge.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_CHOICES, SCORE_OPENING
+from themis.judge.scenarios import load_scenarios
 
 Q = "What is the capital of France?"
 SAMPLING = Sampling(max_tokens=9, temperature=0.3, top_p=0.8)

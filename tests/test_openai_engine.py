@@ -10,8 +10,8 @@ import time
 import warnings
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from themis.call_cache import engine_fingerprint
 from themis.config import OpenAIEngineConfig, TransformersEngineConfig
+from themis.dataplane.call_cache import engine_fingerprint
 from themis.engines import forced_format_note, limits
 from themis.engines.base import GenerationRequest
 from themis.engines.openai_http import OpenAIEngine, _parse_reply

@@ -1,6 +1,6 @@
 import pytest
 
-from themis.parsing import ParseError, parse_instruction, parse_pairwise, parse_scenario, parse_score
+from themis.judge.parsing import ParseError, parse_instruction, parse_pairwise, parse_scenario, parse_score
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from themis import cli, runner
 from themis.config import load_config
-from themis.generation import EngineUnavailableError
+from themis.dataplane.generation import EngineUnavailableError
 from themis.models import ModelNotFoundError
 
 pytestmark = pytest.mark.integration

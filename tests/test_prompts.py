@@ -1,5 +1,5 @@
-from themis import prompts
-from themis.scenarios import get_scenario, load_scenarios
+from themis.judge import prompts
+from themis.judge.scenarios import get_scenario, load_scenarios
 
 
 def test_ten_scenarios_with_ordered_criteria() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from themis.config import JudgmentsConfig
-from themis.filters import DISAGREE, samples_agree, self_consistent
+from themis.curation.filters import DISAGREE, samples_agree, self_consistent
 from themis.stages.judgments import plan_judgments
 
 
@@ -74,10 +74,10 @@ def seeded_teacher(body: dict[str, Any]) -> str:
 def test_self_consistency_judgments_stage_keeps_agreeing_items(ray_local, tmp_path: Path) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer
     from themis.config import PipelineConfig, StorageConfig
+    from themis.dataplane.tables import to_table
     from themis.stages import judgments
     from themis.stages.responses import SCHEMA as RESPONSES
     from themis.storage import RunStore
-    from themis.tables import to_table
 
     store = RunStore(StorageConfig(root=str(tmp_path)), "r")
     rows = [response(k, i, s) for i, s in (("i1", "open_qa"), ("i2", "open_qa"), ("i3", "math_qa")) for k in (0, 1)]

@@ -51,7 +51,7 @@ LIMITS = {
 
 
 def test_args_are_checked() -> None:
-    from themis.serve_app import build_judge_app
+    from themis.serving.app import build_judge_app
 
     with pytest.raises(ValidationError, match="storage_roots"):
         build_judge_app(ARGS | {"storage_roots": "s3://x"})
@@ -60,7 +60,7 @@ def test_args_are_checked() -> None:
 
 
 def test_a_missing_trained_model_is_named_and_no_folder_is_created(tmp_path: Path) -> None:
-    from themis.serve_app import build_judge_app
+    from themis.serving.app import build_judge_app
 
     with pytest.raises(FileNotFoundError, match=f"no trained model to serve at {tmp_path}/cluster/model"):
         build_judge_app(ARGS | {"storage_root": str(tmp_path)})
@@ -68,8 +68,8 @@ def test_a_missing_trained_model_is_named_and_no_folder_is_created(tmp_path: Pat
 
 
 def test_promotion_gate_refuses_in_the_app_builder(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from themis.promotion import PromotionRefused
-    from themis.serve_app import build_judge_app
+    from themis.serving.app import build_judge_app
+    from themis.serving.promotion import PromotionRefused
 
     RunStore(StorageConfig(root=str(tmp_path)), "cluster").upload_dir(tiny_model_dir, "model")
     args = ARGS | {"storage_root": str(tmp_path), "overrides": ["serve.auth.required=false"]}
@@ -80,7 +80,7 @@ def test_promotion_gate_refuses_in_the_app_builder(tmp_path: Path, tiny_model_di
 
 
 def test_relative_config_paths_resolve_from_the_project_root(tmp_path: Path, monkeypatch) -> None:
-    from themis.serve_app import resolve_config_path
+    from themis.serving.app import resolve_config_path
 
     monkeypatch.chdir(tmp_path)  # Ray may start the builder anywhere
     assert resolve_config_path("jobs/configs/cluster.yaml") == ROOT / "jobs" / "configs" / "cluster.yaml"
@@ -88,7 +88,7 @@ def test_relative_config_paths_resolve_from_the_project_root(tmp_path: Path, mon
 
 
 def test_metrics_name_every_route_of_the_app():
-    from themis.serving import ROUTE_PATHS, api
+    from themis.serving.deployment import ROUTE_PATHS, api
 
     assert ROUTE_PATHS == set(api.openapi()["paths"])
 
@@ -154,8 +154,8 @@ def judge_url(ray_local):
     from ray import serve
 
     import tests.fakes.judge_engine as fake
-    from themis.serve_guard import hash_key
-    from themis.serving import build_app, serve_start_options
+    from themis.serving.deployment import build_app, serve_start_options
+    from themis.serving.guard import hash_key
     from themis.stages.serve import free_port, wait_until_healthy
 
     for module in (fake, sys.modules[__name__]):  # replicas need not find the tests package
@@ -602,7 +602,7 @@ def s3_endpoint():
 @pytest.mark.integration
 def test_replicas_fetch_the_model_from_s3_themselves(s3_endpoint, tiny_model_dir: Path, ray_local) -> None:
     from themis.models import ModelSource
-    from themis.serve_app import build_judge_app
+    from themis.serving.app import build_judge_app
 
     root = "s3://runs/themis"
     storage = StorageConfig(root=root, s3_endpoint=s3_endpoint)

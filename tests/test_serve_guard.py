@@ -8,7 +8,7 @@ import json
 import pytest
 
 from themis.config import ServeAuthConfig
-from themis.serve_guard import (
+from themis.serving.guard import (
     Guard,
     GuardSettings,
     KeyConfigError,
@@ -113,7 +113,7 @@ def test_guard_and_promotion_import_no_heavy_stack():
     import sys
 
     code = (
-        "import sys, themis.serve_guard, themis.promotion, themis.judge_api; "
+        "import sys, themis.serving.guard, themis.serving.promotion, themis.serving.api; "
         "print([m for m in ('ray', 'torch', 'fastapi', 'vllm') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -213,7 +213,7 @@ def test_serve_plain_text_errors_become_openai_errors_with_their_headers():
 
 def test_proxy_callback_reads_hashes_and_keys_from_its_environment(monkeypatch):
     env = proxy_env({hash_key("alpha")})
-    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "themis.serve_guard:proxy_middlewares"
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "themis.serving.guard:proxy_middlewares"
     assert "alpha" not in str(env)  # hashes only: a key never enters Ray's environment
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -224,7 +224,7 @@ def test_proxy_callback_reads_hashes_and_keys_from_its_environment(monkeypatch):
 
 
 def test_proxy_guard_reads_the_mounted_keys_file(tmp_path, monkeypatch) -> None:
-    from themis.serve_guard import PROXY_KEYS_FILE_ENV, hash_key, proxy_middlewares
+    from themis.serving.guard import PROXY_KEYS_FILE_ENV, hash_key, proxy_middlewares
 
     keys = tmp_path / "keys"
     keys.write_text("first-key\nsecond-key\n")

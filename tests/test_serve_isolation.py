@@ -14,9 +14,9 @@ import asyncio
 import pytest
 
 from tests.fakes.judge_engine import FakeJudgeEngine
-from themis.batcher import EngineBatcher
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.serving import generate_isolated
+from themis.serving.batcher import EngineBatcher
+from themis.serving.deployment import generate_isolated
 
 
 class SubBatchEngine(FakeJudgeEngine):

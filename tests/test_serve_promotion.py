@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from themis.config import PromotionConfig, StorageConfig, load_config
-from themis.promotion import PromotionRefused, check_promotion, failed_thresholds, metric_value
+from themis.serving.promotion import PromotionRefused, check_promotion, failed_thresholds, metric_value
 
 ROOT = Path(__file__).parents[1]
 
@@ -134,8 +134,8 @@ def test_promotion_defaults_refuse_a_judge_at_chance_and_say_what_they_compared(
 
 
 def test_promotion_defaults_from_a_config_without_a_promotion_section(tmp_path: Path, capsys):
-    """``python -m themis.promotion check`` (make deploy-judge) on a config that names no thresholds."""
-    from themis.promotion import main
+    """``python -m themis.serving.promotion check`` (make deploy-judge) on a config that names no thresholds."""
+    from themis.serving.promotion import main
 
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({"run": {"name": "r", "storage": {"root": str(tmp_path)}}}))
@@ -158,7 +158,8 @@ def test_promotion_defaults_from_a_config_without_a_promotion_section(tmp_path: 
 GATE_IN_A_FRESH_PROCESS = """
 import json, sys
 import psutil
-from themis import cli, promotion
+from themis import cli
+from themis.serving.deployment import promotion
 command, config = sys.argv[1], sys.argv[2]
 rc = promotion.main(["check", config]) if command == "check" else cli.main([command, config])
 ray = sys.modules.get("ray")

@@ -18,8 +18,8 @@ import openai
 import pytest
 
 from themis.config import PipelineConfig, ServeConfig, StorageConfig
-from themis.prompts import PAIR_OPENING, SCORE_OPENING
-from themis.scenarios import load_scenarios
+from themis.judge.prompts import PAIR_OPENING, SCORE_OPENING
+from themis.judge.scenarios import load_scenarios
 from themis.storage import RunStore
 
 MODEL_NAME = "tiny-judge"
@@ -104,7 +104,7 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
 def judge_url(ray_local, tiny_model_dir):
     from ray import serve
 
-    from themis.serving import build_app
+    from themis.serving.deployment import build_app
     from themis.stages.serve import wait_until_healthy
 
     port = _free_port()

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from themis import sft
 from themis.config import TrainConfig
+from themis.curation import sft
 
 CHAT = [
     {"role": "system", "content": "You are a judge."},
@@ -104,6 +104,9 @@ def test_deepspeed_config_per_stage(stage):
 
 
 def test_sft_imports_no_heavy_stack():
-    code = "import sys, themis.sft; print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
+    code = (
+        "import sys, themis.curation.sft; "
+        "print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,10 +4,10 @@ import pytest
 
 from themis.config import TransformersEngineConfig
 from themis.engines.base import GenerationRequest
+from themis.judge.parsing import parse_pairwise, parse_score
+from themis.judge.prompts import render_pairwise_prompt, render_single_prompt
+from themis.judge.scenarios import get_scenario
 from themis.models import SMOLLM2, resolve_model
-from themis.parsing import parse_pairwise, parse_score
-from themis.prompts import render_pairwise_prompt, render_single_prompt
-from themis.scenarios import get_scenario
 
 pytestmark = pytest.mark.smoke
 

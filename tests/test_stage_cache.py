@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from themis.call_cache import CacheSpec, CallCache, compact
 from themis.config import StorageConfig
+from themis.dataplane.call_cache import CacheSpec, CallCache, compact
 from themis.engines.base import GenerationRequest, GenerationResult
 
 

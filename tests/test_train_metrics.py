@@ -7,7 +7,7 @@ from pathlib import Path
 
 from themis.config import StorageConfig
 from themis.storage import RunStore
-from themis.train_metrics import TENSORBOARD, TensorBoardLog
+from themis.training.metrics import TENSORBOARD, TensorBoardLog
 
 
 def _records(path: Path) -> list[bytes]:

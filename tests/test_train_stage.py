@@ -22,7 +22,7 @@ from themis.models import ModelNotFoundError
 from themis.stages import train as train_stage
 from themis.stages.dataset import SFT_SCHEMA
 from themis.storage import RunStore, StorageError
-from themis.train_metrics import TENSORBOARD
+from themis.training.metrics import TENSORBOARD
 
 SYSTEM = "You are a judge. Rate the response on a scale of 1 to 5."
 
@@ -230,7 +230,7 @@ def test_chats_whose_target_cannot_fit_are_rejected_with_a_reason(ray_local, tin
 def test_an_empty_split_is_tokenized_without_a_ray_data_job(tiny_model_dir, tmp_path, monkeypatch):
     import ray.data
 
-    from themis.train_data import open_split, tokenize_split
+    from themis.training.data import open_split, tokenize_split
 
     def no_job(*args, **kwargs):
         raise AssertionError("a Ray Data job for an empty split")

@@ -21,7 +21,7 @@ SCRIPT = """
 import json, os, sys
 import ray, ray.train
 from ray.train import RunConfig, ScalingConfig
-from themis import train_worker
+from themis.training import worker as train_worker
 
 def report_env(config):
     ctx = ray.train.get_context()

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from themis import sft
 from themis.config import LossConfig, TrainConfig
-from themis.judge_loss import judge_loss, similarity_loss
+from themis.curation import sft
+from themis.training.loss import judge_loss, similarity_loss
 
 # Vocabulary of 3, hidden size 2; one sequence of 4 positions, so 3 predictions.
 EMB = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

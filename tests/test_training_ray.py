@@ -161,7 +161,7 @@ def s3_root():
 
 
 def test_tokenized_shards_are_written_to_and_read_from_s3(ray_local, tiny_model_dir, s3_root):
-    from themis.train_data import open_split, tokenize_split
+    from themis.training.data import open_split, tokenize_split
 
     store = RunStore(s3_root, "shards").begin_attempt("train")
     table = _rows(5, "tr")

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from themis.config import StorageConfig
-from themis.filters import pair_consistency
+from themis.curation.filters import pair_consistency
 from themis.view import data
 from themis.view.data import SECTIONS, ViewError, open_run
 from themis.view.events import read_scalars
@@ -136,7 +136,7 @@ def test_events_of_a_resumed_run_and_a_cut_file(tmp_path: Path) -> None:
     """A resumed run's purge marker hides what the dead attempt logged past its checkpoint; a file
     cut mid-record is read up to the cut and said so."""
     from themis.storage import RunStore
-    from themis.train_metrics import TensorBoardLog
+    from themis.training.metrics import TensorBoardLog
 
     store = RunStore(StorageConfig(root=str(tmp_path)), "run")
     first = TensorBoardLog(True, store, 0)

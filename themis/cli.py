@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from themis.config import STAGES, ConfigError, StorageConfig, load_config
-from themis.generation import EngineUnavailableError
+from themis.dataplane.generation import EngineUnavailableError
 from themis.storage import StorageError
 
 # Errors that mean "fix your input": printed as one line, without a traceback.

@@ -327,7 +327,7 @@ class ScenarioMix(Strict):
             raise ValueError("dataset.mix: weights and quotas cannot be negative")
         if self.weights is not None and not any(v > 0 for v in self.weights.values()):
             raise ValueError("dataset.mix.weights: at least one scenario needs a positive weight")
-        from themis.scenarios import load_scenarios  # pure: the scenarios file
+        from themis.judge.scenarios import load_scenarios  # pure: the scenarios file
 
         unknown = sorted(set(given) - set(load_scenarios()))
         if unknown:
@@ -377,7 +377,7 @@ class ScalesAugmentConfig(Strict):
     @field_validator("names")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        from themis.scales import SCALES, TEACHER_SCALE  # pure: a table of scales
+        from themis.judge.scales import SCALES, TEACHER_SCALE  # pure: a table of scales
 
         unknown = [n for n in names if n not in SCALES]
         if unknown:
@@ -865,7 +865,7 @@ class ServeConfig(Strict):
         "tensor_parallel_size), else none. A transformers engine runs on a GPU exactly when given one.",
     )
     sampling: Sampling = Sampling(max_tokens=96)
-    batch_size: int = Field(8, ge=1, description="Requests per engine call (themis.batcher), set once here.")
+    batch_size: int = Field(8, ge=1, description="Requests per engine call (themis.serving.batcher), set once here.")
     batch_wait_s: float = Field(0.01, ge=0, description="How long an idle engine waits for a batch to fill.")
     engine_process: bool = Field(
         True,

@@ -26,9 +26,9 @@ def main(settings_path: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from themis import sft
     from themis.config import TrainConfig
-    from themis.train_data import open_split
+    from themis.curation import sft
+    from themis.training.data import open_split
 
     settings = json.loads(Path(settings_path).read_text())
     tcfg = TrainConfig.model_validate(settings["train"])
@@ -63,7 +63,7 @@ def main(settings_path: str) -> None:
 def _step(engine, micro_batches, pad_id: int) -> float:
     import torch
 
-    from themis import sft
+    from themis.curation import sft
 
     engine.train()
     losses = []

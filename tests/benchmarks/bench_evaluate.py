@@ -24,7 +24,7 @@ from themis.evaluation import benchmarks, judges, markdown, plots  # noqa: E402
 from themis.evaluation.benchmarks import PairwiseItem  # noqa: E402
 from themis.evaluation.judges import Prediction  # noqa: E402
 from themis.evaluation.report import Settings, build_report  # noqa: E402
-from themis.judging import flip_winner  # noqa: E402
+from themis.judge.call import flip_winner  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "pandalm"
 JUDGES = {

@@ -1,6 +1,6 @@
 """Throughput of the HTTP engine through the generation path: `make bench-generation`.
 
-Runs judge prompts (``themis.judging``) through ``themis.generation.generate`` (the judgments
+Runs judge prompts (``themis.judge.call``) through ``themis.dataplane.generation.generate`` (the judgments
 stage's path: Ray Data, an async engine actor, ``OpenAIEngine``) against a local OpenAI-compatible
 server (``tests/fakes/async_openai_server.py``, asyncio, in its own process) and prints:
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fakes.async_openai_server import AsyncOpenAIServer  # noqa: E402
 from themis.config import OpenAIEngineConfig, RayConfig, Sampling  # noqa: E402
 from themis.engines.base import request_to_row  # noqa: E402
-from themis.judging import judge_request, single_call  # noqa: E402
+from themis.judge.call import judge_request, single_call  # noqa: E402
 
 CONCURRENCY = 64
 RAYDATA_LLM_DEADLINE_S = 300  # its pipeline can stall on a small machine; the bench must still end
@@ -62,7 +62,7 @@ def request_batch(batch: Any) -> Any:
     """Ray Data UDF: ids -> (id, request) rows, built in the workers so the driver holds none."""
     import pyarrow as pa
 
-    from themis.tables import REQUEST
+    from themis.dataplane.tables import REQUEST
 
     ids = batch.column("id").to_pylist()
     return pa.table({"id": ids, "request": pa.array([judge_row(i) for i in ids], type=REQUEST)})
@@ -117,7 +117,7 @@ def themis_run(url: str, n: int) -> dict[str, float]:
     """Stream ``n`` judge rows through ``generation.generate``; rates and failures."""
     import pyarrow.compute as pc
 
-    from themis.generation import EnginePass, generate
+    from themis.dataplane.generation import EnginePass, generate
 
     out = generate(input_rows(n), EnginePass(name="teacher", cfg=engine_cfg(url), model=None, cache=None))
     return _consume(
@@ -347,7 +347,7 @@ def memory() -> dict[str, float]:
 
 def main(only: str) -> None:
     t0 = time.perf_counter()
-    print(f"OpenAIEngine through themis.generation.generate; {CONCURRENCY} requests in flight per engine")
+    print(f"OpenAIEngine through themis.dataplane.generation.generate; {CONCURRENCY} requests in flight per engine")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work here skews every figure)")
     results: dict[str, float] = {}
     if "s" in only:

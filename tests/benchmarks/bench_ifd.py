@@ -1,8 +1,8 @@
 """Throughput of IFD scoring through its Ray Data actor pool: `make bench-ifd`.
 
-Scores judge records (a real single-answer judge prompt from ``themis.judging`` and a judgment of
+Scores judge records (a real single-answer judge prompt from ``themis.judge.call`` and a judgment of
 45-80 tokens as the answer: 550-640 tokens in all with SmolLM2's tokenizer) with
-``themis.scoring.score_dataset``, the dataset stage's path, with no score cache, and prints records/s:
+``themis.dataplane.ifd_scoring.score_dataset``, the dataset stage's path, with no score cache, and prints records/s:
 
 - on the tiny random model of the tests (2 layers, hidden 64), 1 actor and 2 actors;
 - on SmolLM2-135M-Instruct (``builtin:smollm2-135m-instruct``, CPU, float32), 1 actor and 2 actors.
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from themis.config import IFDScorerConfig, RayConfig  # noqa: E402
-from themis.filters import render_target  # noqa: E402
-from themis.judging import render_call, single_call  # noqa: E402
+from themis.curation.filters import render_target  # noqa: E402
+from themis.judge.call import render_call, single_call  # noqa: E402
 from themis.models import SMOLLM2  # noqa: E402
 
 SCENARIOS = ("close_qa", "open_qa", "math_qa", "creative_writing")
@@ -62,8 +62,8 @@ def measure(model: str, records: list, actors: int, batch: int) -> dict[str, flo
     """One pass over ``records`` with ``actors`` scoring actors; rates end to end and steady."""
     import ray
 
-    from themis.scoring import INPUT, ScorerPass, score_dataset
-    from themis.tables import to_table
+    from themis.dataplane.ifd_scoring import INPUT, ScorerPass, score_dataset
+    from themis.dataplane.tables import to_table
 
     cfg = IFDScorerConfig(
         batch_size=batch,

@@ -182,7 +182,7 @@ def _bare_shard(work: Path, cfg, store) -> Path:
     the same row order), without Ray: the bare side's input, ready before ours starts Ray."""
     import pyarrow.parquet as pq
 
-    from themis.train_data import _tokenize_batch
+    from themis.training.data import _tokenize_batch
 
     folder = work / "bare-shard"
     folder.mkdir()

@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from themis.config import EvaluateConfig, StorageConfig
+from themis.curation.filters import balance, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
+from themis.dataplane.tables import to_table
 from themis.evaluation import benchmarks
 from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import scored_units
 from themis.evaluation.report import Settings, build_report
-from themis.filters import balance, drop_duplicates, pair_consistency, split_by_instruction, to_sft_example
-from themis.judging import flip_winner, pairwise_calls, render_call, single_call
+from themis.judge.call import flip_winner, pairwise_calls, render_call, single_call
 from themis.stages import dataset as dataset_stage
 from themis.stages import evaluate as evaluate_stage
 from themis.stages import judgments as judgments_stage
 from themis.storage import RunStore
-from themis.tables import to_table
 
 SCENARIOS = ["close_qa", "open_qa", "math_qa", "creative_writing", "programming"]
 GUIDED = {"close_qa", "math_qa"}  # reference-guided grading where there is one right answer
@@ -150,7 +150,7 @@ def judgment_row(n: int, call: Any, shown: list[tuple[str, str]], instruction: s
 def write_dataset(store: RunStore, rng: random.Random, judgments: list[dict], plots: bool) -> tuple[list, list]:
     """The dataset stage's filters, split, an IFD selection and a few augmented records; the filter
     report has the stage's keys (``stages.dataset.filter_report``) and steps."""
-    from themis import selection
+    from themis.curation import selection
 
     unique, dupes = drop_duplicates(judgments)
     pairs = [r for r in unique if r["kind"] == "pairwise"]
@@ -236,7 +236,7 @@ def step(name: str, rows_in: int, kept: list, rejected: list) -> dict[str, Any]:
 
 def write_training(store: RunStore, rng: random.Random, plots: bool, steps: int = 24) -> None:
     """train/summary.json, TensorBoard events (by the training loop's own writer) and the loss curve."""
-    from themis.train_metrics import TensorBoardLog, render_loss_curve
+    from themis.training.metrics import TensorBoardLog, render_loss_curve
 
     log = TensorBoardLog(True, store, 0)
     summary: dict[str, Any] = {"step": steps, "val_loss": [], "train_loss": [], "score_loss": [], "rationale_loss": []}

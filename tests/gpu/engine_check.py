@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def reload_export(folder: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load the export with the transformers engine and have it give one forced verdict of each
     kind; their verdicts must parse."""
-    from themis.judging import parse_verdict
+    from themis.judge.call import parse_verdict
 
     engine = build_check_engine(folder, args)
     requests = judge_requests(1, 2, constrain=True)
@@ -45,8 +45,8 @@ def build_check_engine(folder: str, args: argparse.Namespace, batch_size: int | 
 def judge_requests(n: int, max_tokens: int, constrain: bool) -> list[Any]:
     """``n`` single-grading requests, then ``n`` pairwise ones, over the shipped passages."""
     from themis.config import Sampling
-    from themis.judging import judge_request, pairwise_calls, single_call
-    from themis.scenarios import load_scenarios
+    from themis.judge.call import judge_request, pairwise_calls, single_call
+    from themis.judge.scenarios import load_scenarios
 
     passages = [p.read_text() for p in sorted((ROOT / "themis" / "data" / "passages").glob("*.txt"))]
     scenarios = list(load_scenarios())
@@ -92,7 +92,7 @@ def generation_part(folder: str, name: str, n_params: int, args: argparse.Namesp
 
 
 def _timed(engine: Any, requests: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    from themis.judging import parse_verdict
+    from themis.judge.call import parse_verdict
 
     began = sync_time(args.device)
     results = engine.generate(requests)
@@ -145,7 +145,7 @@ def mfu(flops_per_s: float, device: str) -> float | None:
     """Model FLOPs utilisation against the card's dense bf16 peak; None off a known GPU."""
     import torch
 
-    from themis.train_metrics import peak_bf16_flops
+    from themis.training.metrics import peak_bf16_flops
 
     peak = peak_bf16_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
     return round(flops_per_s / peak, 4) if peak else None

@@ -2,11 +2,11 @@
 `make gpu-check` (or `python tests/gpu/gpu_check.py`); `--device cpu --tiny` runs the same code
 on a CPU in the test suite (tests/test_training_gpu_check.py), so it cannot rot.
 
-Training goes through ``themis.training_loop.train``, the function each Ray Train worker's
+Training goes through ``themis.training.loop.train``, the function each Ray Train worker's
 training process runs, with ``LocalLink`` standing in for the worker's side (rank 0 of 1,
 checkpoints kept in a folder as Ray Train keeps them). For each shape (random-init models shaped
 like Qwen2-0.5B and Qwen2-1.5B, from transformers' Qwen2Config; no hub) and each mode (full
-fine-tuning, then LoRA through ``themis.lora``), with ZeRO-3, bf16 weights under ``zero.Init``,
+fine-tuning, then LoRA through ``themis.training.lora``), with ZeRO-3, bf16 weights under ``zero.Init``,
 gradient checkpointing and the multi-objective loss (cosine on rationale tokens):
 1. train to the checkpoint at step ``--resume-at`` and stop there, as a worker that dies after it;
 2. resume from that checkpoint to ``--steps``; the step and the loss must go on from it;
@@ -259,7 +259,7 @@ def build_base_model(shape: str, tokenizer: Any, folder: Path, args: argparse.Na
 
 
 def write_shards(store: Any, vocab: int, args: argparse.Namespace) -> dict[str, str]:
-    """Tokenised splits as the train stage writes them (``themis.train_data.SCHEMA``): rows of
+    """Tokenised splits as the train stage writes them (``themis.training.data.SCHEMA``): rows of
     ``--seq`` tokens, the first half a prompt of random tokens, the second the target, drawn from
     eight tokens: learnable in a few steps by full fine-tuning and LoRA alike, so the loss falls
     enough to tell a resumed run from a fresh start. Every 16th target token and the last are
@@ -268,8 +268,8 @@ def write_shards(store: Any, vocab: int, args: argparse.Namespace) -> dict[str, 
 
     import pyarrow as pa
 
-    from themis.sft import IGNORE, PROMPT, RATIONALE, SCORE
-    from themis.train_data import SCHEMA, TOKENIZED
+    from themis.curation.sft import IGNORE, PROMPT, RATIONALE, SCORE
+    from themis.training.data import SCHEMA, TOKENIZED
 
     rng = random.Random(0)
     half, targets = args.seq // 2, rng.sample(range(len(SPECIAL_IDS), vocab), 8)
@@ -361,7 +361,7 @@ def train_part(base: Path, n_params: int, mode: str, work: Path, args: argparse.
 def stopped_and_resumed(name: str, config: dict[str, Any], kept: Path, args: argparse.Namespace) -> tuple[dict, dict]:
     """Train to the checkpoint at ``--resume-at`` and stop there, as a worker that dies after it;
     then resume from that checkpoint to the end. Returns the checkpoint's state and the summary."""
-    from themis.training_loop import SUMMARY, train
+    from themis.training.loop import SUMMARY, train
 
     kept.mkdir(parents=True, exist_ok=True)
     first = LocalLink(kept, stop_at=args.resume_at)

@@ -2,7 +2,7 @@
 
 - ``PointwiseItem``: instruction, response, optional reference, scenario, and one human score
   per annotator in ``human``; ``human_score`` is the gold score. Scores are on the item's ``scale``
-  (``themis.scales``: 1-5 unless the item says 0-1, 1-3 or 1-10), the judge's verdict too.
+  (``themis.judge.scales``: 1-5 unless the item says 0-1, 1-3 or 1-10), the judge's verdict too.
 - ``PairwiseItem``: instruction, responses A and B, optional reference, scenario, and one human
   winner ("A", "B" or "tie") per annotator in ``human``; ``human_winner`` is the gold winner.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from themis.evaluation import sources
 from themis.evaluation.records import BenchmarkError, Record, read_records
-from themis.scales import DEFAULT_SCALE, Scale, get_scale
+from themis.judge.scales import DEFAULT_SCALE, Scale, get_scale
 
 # How human labels are read when a benchmark gives no ``values`` mapping: A, B or tie, nothing else.
 # Numbers are refused: published sets disagree on what 0/1/2 mean (PandaLM: 0 = tie, 1 = first

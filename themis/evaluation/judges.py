@@ -10,7 +10,7 @@ Three kinds of judge:
   outputs), joined to the benchmark by item id, in one order or both; raw values are mapped
   through ``values``; the join is checked (``load_recorded``);
 - an engine (any OpenAI-compatible endpoint, or a local checkpoint via transformers): the stage
-  builds ``item_calls`` (``themis.judging`` calls, pairs in both orders), turns them into requests
+  builds ``item_calls`` (``themis.judge.call`` calls, pairs in both orders), turns them into requests
   with ``judging.judge_request``, generates, and turns results into predictions with ``parse_call``;
 - this run's trained judge, which is an engine over the exported model.
 """
@@ -27,8 +27,8 @@ from themis.engines.base import GenerationRequest, GenerationResult
 from themis.evaluation import sources
 from themis.evaluation.benchmarks import BenchmarkError, Item, PairwiseItem, label_key
 from themis.evaluation.records import Record, read_records
-from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
-from themis.parsing import ParseError
+from themis.judge.call import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
+from themis.judge.parsing import ParseError
 
 
 @dataclass(frozen=True)

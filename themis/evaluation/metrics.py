@@ -1,6 +1,6 @@
 """Agreement between a judge and human labels, on scipy and scikit-learn. Pure: no Ray or torch.
 
-Scores (1-5, or another scale of ``themis.scales``): MAE, the paper's Agr(p, q), Pearson, Spearman,
+Scores (1-5, or another scale of ``themis.judge.scales``): MAE, the paper's Agr(p, q), Pearson, Spearman,
 Kendall and quadratic-weighted kappa. Agr(p, q) = mean over items of 1/(|judge - human| + 1)^q where
 the gap is below p, else 0; Agr(2, 2) gives 1 for an exact match and 0.25 for off by one. Items on
 different scales (``mixed_score_metrics``): Agr and exact agreement from each item's gap on its own
@@ -9,7 +9,7 @@ scale, MAE and the correlations on normalised scores (0-1), and no kappa (it nee
 Pairs (winners "A", "B", "tie" for the order shown): accuracy, macro precision/recall/F1, Cohen's
 kappa, and the position-bias figures that need both orders (dual-order
 consistency, correct in both orders) or none (how often the first or second position wins). A
-``ba`` winner is compared with an ``ab`` one through ``themis.judging.flip_winner``. An unparsable
+``ba`` winner is compared with an ``ab`` one through ``themis.judge.call.flip_winner``. An unparsable
 winner is the string ``UNPARSABLE``: it matches no class, so it is always wrong.
 
 Macro averages run over the classes that occur (in the gold labels or the verdicts) by default:
@@ -39,7 +39,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
-from themis.judging import flip_winner
+from themis.judge.call import flip_winner
 
 SCORES = (1, 2, 3, 4, 5)
 WINNERS = ("tie", "A", "B")  # in the order of their codes (confusion matrix rows and columns)
@@ -109,7 +109,7 @@ def mixed_score_metrics(
 def normalised(
     values: Sequence[float] | np.ndarray, low: Sequence[float] | np.ndarray, high: Sequence[float] | np.ndarray
 ) -> np.ndarray:
-    """Scores on 0-1 (each scale's low -> 0, high -> 1), as ``themis.scales.Scale.normalise``."""
+    """Scores on 0-1 (each scale's low -> 0, high -> 1), as ``themis.judge.scales.Scale.normalise``."""
     low = np.asarray(low, float)
     return (np.asarray(values, float) - low) / (np.asarray(high, float) - low)
 

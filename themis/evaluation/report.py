@@ -29,8 +29,8 @@ from themis.evaluation import metrics as m
 from themis.evaluation import stats
 from themis.evaluation.benchmarks import Item, PairwiseItem, PointwiseItem
 from themis.evaluation.judges import Prediction
-from themis.judging import flip_winner
-from themis.scales import SCALES, Scale, get_scale
+from themis.judge.call import flip_winner
+from themis.judge.scales import SCALES, Scale, get_scale
 
 POLICIES = {
     "tie": "an unparsable pairwise verdict counts as a tie",

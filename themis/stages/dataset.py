@@ -12,7 +12,7 @@ are compared on the same items), the train stage keeps reading ``dataset/train.p
 report reconciles every record of the run's judgments. It is the only part of the stage that
 needs Ray, and it starts Ray only when it scores IFD.
 
-Custom-prompt augmentation (``dataset.augment``, off by default; ``themis.augment``) comes last,
+Custom-prompt augmentation (``dataset.augment``, off by default; ``themis.curation.augment``) comes last,
 on the selected training records only. Validation is never augmented: it stays the teacher's own
 judgments on the 1-5 scale, the same items whether an arm augments or not (so an ablation with
 and without augmentation compares on the same items), and an augmented record, which keeps its
@@ -45,10 +45,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from themis import augment, selection
-from themis.call_cache import CacheSpec
 from themis.config import PipelineConfig
-from themis.filters import (
+from themis.curation import augment, selection
+from themis.curation.filters import (
     balance,
     balance_key,
     drop_duplicates,
@@ -57,13 +56,14 @@ from themis.filters import (
     split_by_instruction,
     to_sft_example,
 )
-from themis.generation import StageTally
-from themis.parsing import ParseError
-from themis.scenarios import Criterion, get_scenario
+from themis.dataplane.call_cache import CacheSpec
+from themis.dataplane.generation import StageTally
+from themis.dataplane.tables import MESSAGES, STRINGS, to_table, with_columns
+from themis.judge.parsing import ParseError
+from themis.judge.scenarios import Criterion, get_scenario
 from themis.stages import StageReport
 from themis.stages.judgments import SCHEMA as JUDGMENTS_SCHEMA
 from themis.storage import RunStore
-from themis.tables import MESSAGES, STRINGS, to_table, with_columns
 
 # Every judgment this stage drops, as the judgments stage wrote it, with the reason and (for
 # records dropped by selection) its IFD.
@@ -85,7 +85,7 @@ SFT_SCHEMA = pa.schema(
         ("responses", STRINGS),
         ("reference", pa.string()),
         # The score's scale (null = 1-5), the augmentation kind ("" = a teacher judgment) and the
-        # judgment an augmented record comes from (``themis.augment``).
+        # judgment an augmented record comes from (``themis.curation.augment``).
         ("scale", pa.string()),
         ("augmentation", pa.string()),
         ("source_example_id", pa.string()),
@@ -121,7 +121,7 @@ def check(cfg: PipelineConfig) -> None:
 
         resolve_model(ifd_model(cfg))
     if cfg.dataset.augment.paraphrase.enabled:
-        from themis.generation import check_engine
+        from themis.dataplane.generation import check_engine
 
         check_engine(paraphrase_engine(cfg, store=None))
 
@@ -359,9 +359,9 @@ def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[
     """Score every training record's IFD in the scorer's actor pool and add ``ifd``, its losses
     and ``ifd_error`` to the rows (in place); returns what the scoring cost. The records stream from
     the judgments file to the actors; only their scores come back to the driver."""
-    from themis.generation import LIGHT, read_rows
+    from themis.dataplane.generation import LIGHT, read_rows
+    from themis.dataplane.ifd_scoring import ScorerPass, score_dataset
     from themis.runtime import init_ray
-    from themis.scoring import ScorerPass, score_dataset
 
     scorer_cfg = cfg.dataset.selection.scorer
     scorer = ScorerPass(
@@ -400,7 +400,7 @@ def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[
 def scoring_inputs(batch: pa.Table, wanted: frozenset[str], scorer: Any) -> pa.Table:
     """The training records of a batch of judgments as the scorer reads them: (judgment_id, key,
     the SFT chat). Runs in Ray Data tasks, next to the data."""
-    from themis.scoring import INPUT
+    from themis.dataplane.ifd_scoring import INPUT
 
     mine = batch.filter(pc.is_in(batch.column("judgment_id"), value_set=pa.array(sorted(wanted), pa.string())))
     chats = [to_sft_example(row)["messages"] for row in mine.to_pylist()]
@@ -446,7 +446,7 @@ def augment_train(
     steps: list[dict],
     usage: StageTally,
 ) -> tuple[list[dict], dict[str, Any], dict[str, str]]:
-    """The augmented records of the selected training records (``themis.augment``), the report's
+    """The augmented records of the selected training records (``themis.curation.augment``), the report's
     ``augmentation`` section and the files written; adds the ``augmentation`` step and counts the
     teacher's calls in ``usage``. Subset regressions fit on ``pool``, the training side before selection."""
     section = cfg.dataset.augment
@@ -482,7 +482,7 @@ def augment_train(
 
 def paraphrase_engine(cfg: PipelineConfig, store: RunStore | None) -> Any:
     """The teacher as the judgments stage configures it, with this stage's paraphrase cache."""
-    from themis.generation import EnginePass
+    from themis.dataplane.generation import EnginePass
 
     name = cfg.judgments.engine
     if name not in cfg.engines:
@@ -535,11 +535,11 @@ def ask_teacher(requests: list, engine: Any, cfg: PipelineConfig, usage: StageTa
     reused from the cache) is counted in ``usage``. Raises when every call failed (the teacher is down)."""
     import ray
 
+    from themis.dataplane.generation import check_engine, generate
+    from themis.dataplane.tables import REQUEST
     from themis.engines import GenerationResult
     from themis.engines.base import request_to_row
-    from themis.generation import check_engine, generate
     from themis.runtime import init_ray
-    from themis.tables import REQUEST
 
     if not requests:
         return []

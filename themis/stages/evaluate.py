@@ -5,7 +5,7 @@ validation split, the PandaLM or HHH human-labelled pairs, or a user's file. The
 (``evaluate.judges``): this run's trained model, any engine (an OpenAI-compatible endpoint or a
 local checkpoint), or a file of recorded verdicts (in one or both orders). Engine judges see pairs
 in both orders and, with ``reference_effect``, items that have a reference both with and without
-it: every call is a ``themis.judging`` call, answered through ``generation.generate_requests`` and
+it: every call is a ``themis.judge.call`` call, answered through ``generation.generate_requests`` and
 parsed by ``judging.parse_verdict``.
 
 Writes, per judge, under ``reports/evaluation/<judge>/`` (a suite: ``<judge>/<benchmark id>/``):
@@ -38,19 +38,19 @@ from themis.config import (
     TrainedJudge,
     TransformersEngineConfig,
 )
+from themis.dataplane.generation import EnginePass, generate_requests
+from themis.dataplane.tables import to_table
 from themis.evaluation import benchmarks, judges, markdown, plots, sources
 from themis.evaluation.benchmarks import Item
 from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import scored_units
 from themis.evaluation.report import Settings, build_report
 from themis.evaluation.suite import benchmark_entry, build_suite_report, split_subsets
-from themis.generation import EnginePass, generate_requests
 from themis.models import EXPORT_MARKERS, ModelSource
 from themis.runner import say
 from themis.runtime import init_ray, package_versions
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import to_table
 
 # Per scored unit (a pair, or a pointwise item), what a paired comparison resamples (evaluation.paired).
 UNITS_SCHEMA = pa.schema([("item_id", pa.string()), ("family", pa.string()), ("features", pa.list_(pa.float64()))])

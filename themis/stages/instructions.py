@@ -15,13 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from themis import prompts
-from themis.call_cache import CacheSpec, compact
 from themis.config import InstructionsConfig, PipelineConfig
-from themis.engines import GenerationRequest
-from themis.engines.base import request_to_row
-from themis.evaluation import sources
-from themis.generation import (
+from themis.dataplane.call_cache import CacheSpec, compact
+from themis.dataplane.generation import (
     EnginePass,
     check_engine,
     generate_by_engine,
@@ -33,12 +29,16 @@ from themis.generation import (
     tally,
     write_rows,
 )
-from themis.judging import classifier_request, parse_classification
-from themis.parsing import ParseError, parse_instruction
-from themis.scenarios import Scenario, load_passages, load_quiz_attributes, load_scenarios, select_scenarios
+from themis.dataplane.tables import string_schema, to_table, with_columns
+from themis.engines import GenerationRequest
+from themis.engines.base import request_to_row
+from themis.evaluation import sources
+from themis.judge import prompts
+from themis.judge.call import classifier_request, parse_classification
+from themis.judge.parsing import ParseError, parse_instruction
+from themis.judge.scenarios import Scenario, load_passages, load_quiz_attributes, load_scenarios, select_scenarios
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import string_schema, to_table, with_columns
 
 COLUMNS = ["instruction_id", "instruction", "scenario", "method", "source", "passage", "reference", "scenario_source"]
 SCHEMA = string_schema(COLUMNS)

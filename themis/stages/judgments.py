@@ -3,7 +3,7 @@
 Three kinds, as in the paper: single-answer grading, reference-guided grading (only in scenarios
 with one right answer; the teacher writes the reference when the instruction has none), and
 pairwise comparison with ties, judged in both orders (``ab`` and ``ba``). Prompts, requests and
-parsing come from ``themis.judging``, the one judging core.
+parsing come from ``themis.judge.call``, the one judging core.
 
 One Ray Data pipeline from ``responses/data.parquet``: group the responses by instruction, plan
 the judge calls, run them through the teacher's actor pool, parse, write. A reference-guided
@@ -31,13 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from themis import prompts
-from themis.call_cache import CacheSpec, compact
 from themis.config import EngineConfig, JudgmentsConfig, PipelineConfig
-from themis.engines import GenerationRequest, forced_format_note
-from themis.engines.base import request_to_row
-from themis.filters import DISAGREE, self_consistent
-from themis.generation import (
+from themis.curation.filters import DISAGREE, self_consistent
+from themis.dataplane.call_cache import CacheSpec, compact
+from themis.dataplane.generation import (
     LIGHT,
     EnginePass,
     Part,
@@ -53,12 +50,15 @@ from themis.generation import (
     tally,
     write_rows,
 )
-from themis.judging import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
-from themis.parsing import ParseError
-from themis.scenarios import get_scenario
+from themis.dataplane.tables import MESSAGES, STRINGS, to_table, with_columns
+from themis.engines import GenerationRequest, forced_format_note
+from themis.engines.base import request_to_row
+from themis.judge import prompts
+from themis.judge.call import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
+from themis.judge.parsing import ParseError
+from themis.judge.scenarios import get_scenario
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import MESSAGES, STRINGS, to_table, with_columns
 
 INPUT = "responses/data.parquet"
 ROWS_PER_PARTITION = 50_000

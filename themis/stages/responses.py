@@ -13,12 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from themis import prompts
-from themis.call_cache import CacheSpec, compact
 from themis.config import PipelineConfig, ResponsesConfig
-from themis.engines import GenerationRequest
-from themis.engines.base import request_to_row
-from themis.generation import (
+from themis.dataplane.call_cache import CacheSpec, compact
+from themis.dataplane.generation import (
     EnginePass,
     check_engine,
     generate_by_engine,
@@ -31,9 +28,12 @@ from themis.generation import (
     tally,
     write_rows,
 )
+from themis.dataplane.tables import string_schema, with_columns
+from themis.engines import GenerationRequest
+from themis.engines.base import request_to_row
+from themis.judge import prompts
 from themis.stages import StageReport
 from themis.storage import RunStore
-from themis.tables import string_schema, with_columns
 
 CARRIED = ["instruction_id", "instruction", "scenario", "passage", "reference"]
 COLUMNS = ["response_id", *CARRIED, "model", "k", "response"]

@@ -2,8 +2,8 @@
 
 Reads ``dataset/train.parquet`` and ``dataset/validation.parquet``, tokenises them with Ray Data
 into Parquet shards under ``train/tokenized/`` (before any worker starts, so bad data fails
-early), and runs ``train.num_workers`` Ray Train workers (``themis.train_worker``), each of which
-starts one training process (``themis.training_loop``) that reads its rows from those shards.
+early), and runs ``train.num_workers`` Ray Train workers (``themis.training.worker``), each of which
+starts one training process (``themis.training.loop``) that reads its rows from those shards.
 Checkpoints go to ``checkpoints/train`` in the run's store. A worker that dies is replaced and the
 run continues from the latest checkpoint (``train.max_failures``); running the stage again also
 resumes from it (Ray Train V2 restores it for the same run name and storage). The trained judge is
@@ -21,15 +21,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from themis import sft, train_worker
 from themis.config import PipelineConfig, TrainConfig
+from themis.curation import sft
 from themis.models import resolve_model
 from themis.runtime import init_ray
 from themis.stages import StageReport
 from themis.storage import RunStore, StorageError
-from themis.train_data import TOKENIZED, open_split, tokenize_split
-from themis.train_metrics import LOSS_CURVE, TENSORBOARD, render_loss_curve
-from themis.training_loop import SUMMARY
+from themis.training import worker as train_worker
+from themis.training.data import TOKENIZED, open_split, tokenize_split
+from themis.training.loop import SUMMARY
+from themis.training.metrics import LOSS_CURVE, TENSORBOARD, render_loss_curve
 
 TRAIN, VALIDATION = "dataset/train.parquet", "dataset/validation.parquet"
 KEEP_CHECKPOINTS = 2  # the latest is all a resume needs; one more guards a half-written upload

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
-from themis.filters import DISAGREE
-from themis.judging import winner_in_ab_order
+from themis.curation.filters import DISAGREE
+from themis.judge.call import winner_in_ab_order
 from themis.view.data import Missing, jsonable, reason_head
 from themis.view.tables import SNIPPET, Once, Rows, Table, snippet
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from themis.train_metrics import LOSS_CURVE, TENSORBOARD
+from themis.training.metrics import LOSS_CURVE, TENSORBOARD
 from themis.view.curation import _not_there, _stage_warnings
 from themis.view.data import Missing
 from themis.view.events import read_scalars
@@ -18,7 +18,7 @@ from themis.view.events import read_scalars
 if TYPE_CHECKING:
     from themis.view.data import RunView
 
-SUMMARY = "train/summary.json"  # themis.training_loop.SUMMARY (that module imports torch)
+SUMMARY = "train/summary.json"  # themis.training.loop.SUMMARY (that module imports torch)
 # Chart -> the series it draws, in order; a series the run lacks is left out.
 CHARTS = {
     "loss": ["loss/total", "loss/score_ce", "loss/rationale", "loss/validation_ce"],

@@ -13,7 +13,7 @@ the chat template, the target with its end token, the prompt cut from the left t
 is A after the tokenizer's start token (its BOS, else its EOS), so both means cover exactly the
 same tokens of A: without it the first token of A would be scored given Q but not alone.
 
-Imports no torch or Ray: the scoring actor (``themis.scoring``) turns these examples into tensors
+Imports no torch or Ray: the scoring actor (``themis.dataplane.ifd_scoring``) turns these examples into tensors
 and hands the per-token losses back to ``score_from_token_losses``.
 """
 
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from themis.sft import IGNORE, Example, build_example
+from themis.curation.sft import IGNORE, Example, build_example
 
 
 @dataclass(frozen=True)

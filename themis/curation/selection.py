@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from themis.config import ScenarioMix
-from themis.filters import balance_key, reject
+from themis.curation.filters import balance_key, reject
 
 Row = dict[str, Any]
 

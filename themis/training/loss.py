@@ -1,6 +1,6 @@
 """The paper's multi-objective loss for a judge, as a pure function of logits (torch only).
 
-A judgment mixes two kinds of target tokens (``themis.sft`` marks them): score and format tokens
+A judgment mixes two kinds of target tokens (``themis.curation.sft`` marks them): score and format tokens
 (``[[4]]``, ``Strengths:``, the end token), where one exact token is right, and rationale tokens,
 where many words would do. Score tokens get cross-entropy. Rationale tokens get an
 embedding-similarity loss between the *expected* output embedding, ``softmax(logits) @ E``
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SCORE, RATIONALE = 1, 2  # token kinds, as themis.sft writes them (0 = not a target)
-IGNORE = -100  # the label of a position that is not a target (themis.sft.IGNORE, PyTorch's default)
+SCORE, RATIONALE = 1, 2  # token kinds, as themis.curation.sft writes them (0 = not a target)
+IGNORE = -100  # the label of a position that is not a target (themis.curation.sft.IGNORE, PyTorch's default)
 RATIONALE_LOSSES = ("ce", "mse", "cosine")
 
 

@@ -94,7 +94,7 @@ class KeyedParts:
     Opening loads every part there (a damaged one empties the store with a warning: it costs a
     re-run of the work, never correctness); ``add`` writes one part atomically, so a process killed
     mid-write leaves an ignored ``_tmp-`` file. Used for engine calls here and IFD scores
-    (``themis.scoring``).
+    (``themis.dataplane.ifd_scoring``).
     """
 
     def __init__(self, spec: CacheSpec, schema: pa.Schema):

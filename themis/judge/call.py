@@ -15,10 +15,15 @@ from typing import Literal
 
 from themis.config import Sampling
 from themis.engines.base import GenerationRequest
-from themis.parsing import Verdict, parse_pairwise, parse_scenario, parse_score  # Verdict: what the parsers return
-from themis.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
-from themis.scales import get_scale
-from themis.scenarios import Criterion, get_scenario, load_scenarios
+from themis.judge.parsing import (  # Verdict: what the parsers return
+    Verdict,
+    parse_pairwise,
+    parse_scenario,
+    parse_score,
+)
+from themis.judge.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
+from themis.judge.scales import get_scale
+from themis.judge.scenarios import Criterion, get_scenario, load_scenarios
 
 Kind = Literal["single", "reference", "pairwise"]
 Order = Literal["ab", "ba", ""]
@@ -36,7 +41,7 @@ class JudgeCall:
 
     ``responses`` holds one response (single, reference) or two in the order shown (pairwise);
     ``order`` says which order that is for a pair ("ab" as planned, "ba" swapped), "" otherwise.
-    ``scale`` (single and reference grading) is the score scale asked for (``themis.scales``; None
+    ``scale`` (single and reference grading) is the score scale asked for (``themis.judge.scales``; None
     is 1-5), and ``criteria``, when given, replace the scenario's own criteria in the prompt:
     custom-prompt augmentation uses both (paraphrased criteria, criteria subsets, other scales).
     """

@@ -1,11 +1,11 @@
 """The training process of one rank: DeepSpeed fine-tuning with resumable checkpoints and a
 Hugging Face export. No Ray here.
 
-Each Ray Train worker (``themis.train_worker``) starts one such process (``python -m
-themis.training_loop``) with torchrun's variables (rank, world size, the rendezvous address of
+Each Ray Train worker (``themis.training.worker``) starts one such process (``python -m
+themis.training.loop``) with torchrun's variables (rank, world size, the rendezvous address of
 the ranks' process group) and passes it, over a socket, the stage's config (the step plan, where
 the tokenised shards lie: each rank reads the rows of its own micro-batches from storage,
-``themis.train_data``) and the checkpoint folder to resume from, if any. A checkpoint is one
+``themis.training.data``) and the checkpoint folder to resume from, if any. A checkpoint is one
 folder in the run's store that merges every rank's DeepSpeed shards plus ``themis_state.json``
 (step and loss history): this process writes its shards to a temporary folder and asks its
 worker to report it to Ray Train, which hands the latest one back both when a worker dies mid-run
@@ -30,13 +30,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from themis import sft
 from themis.config import TrainConfig
+from themis.curation import sft
 from themis.models import resolve_model
 from themis.scratch import scoped_scratch_dir, scratch_dir
 from themis.storage import RunStore
-from themis.train_data import open_split
-from themis.train_metrics import TensorBoardLog, mfu, peak_bf16_flops
+from themis.training.data import open_split
+from themis.training.metrics import TensorBoardLog, mfu, peak_bf16_flops
 
 STATE_FILE = "themis_state.json"
 SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume point, for the driver
@@ -133,7 +133,7 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     deepspeed.init_distributed(dist_backend="nccl" if tcfg.use_gpu else "gloo")
     model = _load_model(tcfg, ds_config)
     if tcfg.lora is not None:
-        from themis.lora import apply_lora
+        from themis.training.lora import apply_lora
 
         model = apply_lora(model, tcfg.lora)
     if tcfg.gradient_checkpointing:
@@ -314,7 +314,7 @@ def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[lis
 
 
 def _loss(engine: Any, batch: dict[str, Any], tcfg: TrainConfig, table: Any, rationale: str | None = None) -> Any:
-    from themis.judge_loss import judge_loss
+    from themis.training.loss import judge_loss
 
     logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return judge_loss(
@@ -415,7 +415,7 @@ def _export(engine: Any, tcfg: TrainConfig, store: RunStore, rank: int) -> None:
     if rank == 0:
         with scoped_scratch_dir("export-") as folder:
             if tcfg.lora is not None:
-                from themis.lora import export_lora
+                from themis.training.lora import export_lora
 
                 export_lora(state_dict, tcfg, Path(folder))
             else:

@@ -256,7 +256,7 @@ def _is_json(start: Message) -> bool:
 def proxy_env(key_hashes: Iterable[str]) -> dict[str, str]:
     """Environment for Serve's proxy that puts ``ProxyGuard`` (with these key hashes) in front of it."""
     return {
-        PROXY_CALLBACK_ENV: "themis.serve_guard:proxy_middlewares",
+        PROXY_CALLBACK_ENV: "themis.serving.guard:proxy_middlewares",
         PROXY_KEY_HASHES_ENV: ",".join(sorted(key_hashes)),
     }
 

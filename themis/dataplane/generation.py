@@ -28,14 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from themis.call_cache import CacheSpec, CallCache, engine_fingerprint
 from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VLLMEngineConfig
+from themis.dataplane.call_cache import CacheSpec, CallCache, engine_fingerprint
+from themis.dataplane.tables import GENERATED, REQUEST, to_table, with_columns
 from themis.engines import GenerationRequest, GenerationResult, build_engine
 from themis.engines.base import request_from_row, request_to_row
 from themis.engines.limits import start_shared_limits
 from themis.models import ModelSource, resolve_model
 from themis.storage import RunStore
-from themis.tables import GENERATED, REQUEST, to_table, with_columns
 
 # Ray Data's own tasks around the engine (read, plan, parse, write) are light Python; asking for a
 # quarter core each leaves room beside an engine actor that holds most of a small machine.

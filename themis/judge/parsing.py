@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from themis.prompts import CRITERIA_HEADER, PAIR_CHOICES, SCENARIO_LETTERS
-from themis.scales import get_scale
+from themis.judge.prompts import CRITERIA_HEADER, PAIR_CHOICES, SCENARIO_LETTERS
+from themis.judge.scales import get_scale
 
 
 class ParseError(ValueError):

@@ -115,14 +115,14 @@ def check_promotion(cfg: PromotionConfig, storage: StorageConfig, run_name: str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m themis.promotion check CONFIG [--storage-root R] [--force]``: the gate for a job
+    """``python -m themis.serving.promotion check CONFIG [--storage-root R] [--force]``: the gate for a job
     config, before a RayService is applied (exit 1 with the reason if refused).
-    ``python -m themis.promotion force-rayservice``: rendered manifests on stdin, the same with the
+    ``python -m themis.serving.promotion force-rayservice``: rendered manifests on stdin, the same with the
     judge application's ``force: true`` and a ``themis.dev/promotion-forced`` annotation on stdout."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m themis.promotion")
+    parser = argparse.ArgumentParser(prog="python -m themis.serving.promotion")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check a job config's model against its serve.promotion")
     check.add_argument("config")

@@ -1,7 +1,7 @@
 """Every prompt Themis sends: instruction writing, scenario classification, answers, judgments.
 
 Judge prompts follow the paper's five blocks: the task with the scenario's ordered criteria, the
-tier scale (1-5 unless another from ``themis.scales`` is asked for), the data, the steps, and the
+tier scale (1-5 unless another from ``themis.judge.scales`` is asked for), the data, the steps, and the
 output format (verdict sentence first, reasons after). Each judge prompt comes with the fixed
 opening of its verdict sentence (``*_OPENING``) and the allowed verdict tokens, so local engines
 can force the format. Pure: no Ray, torch or DeepSpeed."""
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from themis.scales import convert_score, get_scale, render_scale
-from themis.scenarios import Scenario, load_scenarios
+from themis.judge.scales import convert_score, get_scale, render_scale
+from themis.judge.scenarios import Scenario, load_scenarios
 
 Messages = list[dict[str, str]]
 
@@ -100,7 +100,7 @@ def render_single_prompt(
     scenario: Scenario, instruction: str, response: str, reference: str | None = None, scale: str | None = None
 ) -> JudgePrompt:
     """Single-answer grading, or reference-guided grading when ``reference`` is given, on ``scale``
-    (default 1-5; see ``themis.scales``)."""
+    (default 1-5; see ``themis.judge.scales``)."""
     tiers = render_scale(scale) + ("\n" + reference_scale_note(scale) if reference else "")
     body = "\n\n".join(
         [

@@ -2,8 +2,8 @@
 
 One FastAPI ingress deployment holds an engine and answers ``POST /v1/judge``, ``POST
 /v1/judge/batch``, the OpenAI-compatible ``GET /v1/models`` and ``POST /v1/chat/completions``, and
-``GET /health``. The API rules live in the pure ``themis.judge_api``, keys and the body limit in
-``themis.serve_guard``, the promotion gate in ``themis.promotion``; this module is the Ray shell.
+``GET /health``. The API rules live in the pure ``themis.serving.api``, keys and the body limit in
+``themis.serving.guard``, the promotion gate in ``themis.serving.promotion``; this module is the Ray shell.
 
 Engines: ``serve.engine`` picks transformers (CPU or GPU) or vLLM (``themis.engines.vllm`` inside
 this deployment, not ``ray.serve.llm``: the judge routes force the verdict sentence in two passes
@@ -20,11 +20,11 @@ that failed in a batch of several is retried alone (``generate_isolated``), so o
 fault fails, whatever else its engine call held; a replica holding ``replica_capacity`` requests
 answers 503 with Retry-After itself (OpenAI-shaped, counted); cancelled requests leave their batch
 before it runs. Each item of ``/v1/judge/batch`` is checked on its own: a bad item fails alone.
-Batching: ``themis.batcher`` forms each engine batch when the engine is free, so under load every
+Batching: ``themis.serving.batcher`` forms each engine batch when the engine is free, so under load every
 call is full.
 
 Serve's proxy answers ``/-/routes`` and ``/-/healthz`` itself; ``serve_start_options`` puts
-``themis.serve_guard.ProxyGuard`` in front of them (a key for ``/-/routes``).
+``themis.serving.guard.ProxyGuard`` in front of them (a key for ``/-/routes``).
 
 Ports: HTTP binds ``serve.host``; Serve's gRPC proxy is not started (no servicers). Each replica's
 inter-deployment gRPC server binds ``[::]:0`` in Ray 2.60 (hard-coded in ray/serve/_private/
@@ -54,12 +54,14 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from themis.batcher import EngineBatcher
 from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, TransformersEngineConfig, load_config
 from themis.engines import Engine, build_engine
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.engines.process import EngineProcess
-from themis.judge_api import (
+from themis.judge.call import classifier_request, judge_request
+from themis.judge.parsing import ParseError
+from themis.models import EXPORT_MARKERS, ModelSource, resolve_model
+from themis.serving.api import (
     ApiError,
     BatchItemError,
     BatchJudgeRequest,
@@ -85,15 +87,13 @@ from themis.judge_api import (
     unclassified_response,
     validation_error_body,
 )
-from themis.judging import classifier_request, judge_request
-from themis.models import EXPORT_MARKERS, ModelSource, resolve_model
-from themis.parsing import ParseError
-from themis.promotion import check_promotion
-from themis.serve_guard import Guard, GuardSettings, load_key_hashes, proxy_env
-from themis.serve_metrics import JudgeMetrics, StatusCounter
+from themis.serving.batcher import EngineBatcher
+from themis.serving.guard import Guard, GuardSettings, load_key_hashes, proxy_env
+from themis.serving.metrics import JudgeMetrics, StatusCounter
+from themis.serving.promotion import check_promotion
 
 APP_NAME = "themis-judge"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EngineFactory = Callable[[ServeConfig, ModelSource], Engine]
 FORCED_TOKENS = 8  # room for a forced verdict choice and its closing after the prompt
 # The engine thread gives up the GIL in every torch op and must win it back from the event loop's
@@ -187,7 +187,7 @@ def connected_cluster_gpus() -> float | None:
     Ray is connected yet."""
     import ray
 
-    from themis.generation import cluster_gpus
+    from themis.dataplane.generation import cluster_gpus
 
     return cluster_gpus() if ray.is_initialized() else None
 
@@ -326,7 +326,7 @@ class JudgeServer:
         self.watch = EngineWatch(self.limits.generation_deadline_s + self.limits.health_grace_s)
         self._engine_lock = threading.Lock()  # one engine call at a time, even after a timeout
         # The only place the batch size is set: from serve.batch_size. Batches form when the engine
-        # is free (themis.batcher says why not @serve.batch).
+        # is free (themis.serving.batcher says why not @serve.batch).
         self._batcher = EngineBatcher(
             self._run_batch, serve_cfg.batch_size, serve_cfg.batch_wait_s, on_batch=self.metrics.batch_size
         )

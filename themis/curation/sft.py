@@ -1,12 +1,12 @@
 """Supervised fine-tuning, the pure part: examples, batches, LR schedule, DeepSpeed config.
 
 Imports no torch, Ray or DeepSpeed (a test checks), so all of it is unit-tested in milliseconds.
-The training process in ``themis.training_loop`` turns these lists into tensors.
+The training process in ``themis.training.loop`` turns these lists into tensors.
 
 An example is ``{"input_ids": [...], "labels": [...], "kinds": [...]}`` where ``labels`` is -100
 over the prompt: the loss covers only the judgment the student must learn to write, not the
 instruction it reads. ``kinds`` marks each token for the multi-objective loss
-(``themis.judge_loss``): PROMPT, SCORE (a ``[[N]]`` verdict, a section header, the end token) or
+(``themis.training.loss``): PROMPT, SCORE (a ``[[N]]`` verdict, a section header, the end token) or
 RATIONALE (the free text that explains the verdict).
 """
 
@@ -22,7 +22,7 @@ from themis.engines.base import render_chat_prompt
 
 IGNORE = -100  # the label id Hugging Face's cross-entropy skips
 PROMPT, SCORE, RATIONALE = 0, 1, 2  # token kinds: not a target, score/format, rationale
-# What a judgment's format is made of (themis.prompts asks for these): verdicts in [[ ]] and the
+# What a judgment's format is made of (themis.judge.prompts asks for these): verdicts in [[ ]] and the
 # section headers. Everything else in the target is rationale.
 FORMAT_SPAN = re.compile(
     r"\[\[[^\[\]\n]{0,12}\]\]|(?:Overall rating|Verdict|Criteria|Strengths|Shortcomings|Scenario)\s*:", re.I

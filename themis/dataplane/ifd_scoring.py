@@ -1,7 +1,7 @@
 """IFD scoring in a Ray Data actor pool: batched forward passes of the IFD model, no generation.
 
 Each actor loads the model once and scores the records of a batch: every record is two sequences
-(Q + A, and A alone, built by ``themis.ifd``), sorted by length and cut into ``batch_size``
+(Q + A, and A alone, built by ``themis.curation.ifd``), sorted by length and cut into ``batch_size``
 forward passes so short sequences are not padded to long ones. Sequences are padded on the left,
 so A's tokens sit at the end of every row and only the last few positions' logits are computed
 (``logits_to_keep``): a 49k-token vocabulary times a 1,000-token prompt would otherwise cost
@@ -22,12 +22,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from themis.call_cache import CacheSpec, KeyedParts
 from themis.config import IFDScorerConfig
-from themis.generation import PoolPlan, check_room_for_tasks
-from themis.ifd import IFDScore, build_ifd_examples, ifd_key, score_from_token_losses
-from themis.sft import IGNORE
-from themis.tables import MESSAGES, to_table
+from themis.curation.ifd import IFDScore, build_ifd_examples, ifd_key, score_from_token_losses
+from themis.curation.sft import IGNORE
+from themis.dataplane.call_cache import CacheSpec, KeyedParts
+from themis.dataplane.generation import PoolPlan, check_room_for_tasks
+from themis.dataplane.tables import MESSAGES, to_table
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ScorerPass:
 def scorer_plan(cfg: IFDScorerConfig, gpus_in_cluster: float | None = None) -> PoolPlan:
     """The scorer's actor pool: its ``pool`` settings with defaults like a local engine's (a device
     of 'auto' takes a GPU when the cluster has one: ``gpus_in_cluster``, else asked of Ray)."""
-    from themis.generation import local_model_gpus
+    from themis.dataplane.generation import local_model_gpus
 
     pool = cfg.pool
     gpus = local_model_gpus(cfg.device, pool.gpus_per_actor, gpus_in_cluster)

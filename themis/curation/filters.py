@@ -12,8 +12,8 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from themis.judging import winner_in_ab_order
-from themis.prompts import render_pair_verdict, render_score_verdict
+from themis.judge.call import winner_in_ab_order
+from themis.judge.prompts import render_pair_verdict, render_score_verdict
 
 Row = dict[str, Any]
 
@@ -153,7 +153,7 @@ def to_sft_example(row: Row) -> Row:
     ``score`` / ``winner`` are the teacher's verdict (the winner for the order shown; a score on
     ``scale``, 1-5 when null); the prompt's parts (instruction, responses, reference) let evaluation
     re-render it with or without the reference. ``augmentation`` is "" for a teacher judgment and the
-    kind for an augmented record (``themis.augment``); ``source_example_id`` is the judgment a record
+    kind for an augmented record (``themis.curation.augment``); ``source_example_id`` is the judgment a record
     comes from (its own id for a teacher judgment).
     """
     messages = [*row["messages"], {"role": "assistant", "content": render_target(row)}]

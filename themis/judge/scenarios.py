@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The Ray Train worker of the train stage: it supervises one training process and speaks for it
 to Ray Train.
 
-The training itself (``themis.training_loop``, DeepSpeed) runs in a child process that this worker
+The training itself (``themis.training.loop``, DeepSpeed) runs in a child process that this worker
 starts, not in the worker's own process. A Ray worker's core worker takes the GIL every 10 ms, and
 each controller poll runs as a task on it; in the same process that stalls the training thread,
 and the rank that stalls holds up every other rank at the next collective. Measured on 2 cores, the
@@ -87,7 +87,7 @@ def _free_address() -> tuple[str, int]:
 
 def _child_env(ctx: Any, master: tuple[str, int]) -> dict[str, str]:
     """torchrun's variables for the child, which ``deepspeed.init_distributed`` reads."""
-    package_root = str(Path(__file__).resolve().parents[1])  # the child imports themis from here
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports themis from here
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
@@ -105,7 +105,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
     """Start the child, hand it the config, serve its reports until it says done or dies."""
     ours, theirs = socket.socketpair()
     lifeline_read, lifeline_write = os.pipe()  # the write end stays here: its closing tells the child
-    command = [sys.executable, "-m", "themis.training_loop", str(theirs.fileno()), str(lifeline_read)]
+    command = [sys.executable, "-m", "themis.training.loop", str(theirs.fileno()), str(lifeline_read)]
     child = subprocess.Popen(command, env=env, pass_fds=(theirs.fileno(), lifeline_read))
     theirs.close()
     os.close(lifeline_read)

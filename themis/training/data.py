@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from themis import sft
+from themis.curation import sft
 from themis.storage import RunStore
 
 TOKENIZED = "train/tokenized"  # <run>/train/tokenized/{train,validation}/*.parquet

@@ -5,7 +5,7 @@ checks, and the request -> prompt -> verdict logic.
 the API is testable in milliseconds. Two endpoints families:
 
 * ``POST /v1/judge``: Themis' own judging call (single, reference-guided or pairwise), rendered,
-  requested and parsed by ``themis.judging`` like every other judge in the project. Single and
+  requested and parsed by ``themis.judge.call`` like every other judge in the project. Single and
   reference grading take a ``scale`` (0-1, 1-3, 1-5 or 1-10; default 1-5), echoed in the answer.
 * ``GET /v1/models`` and ``POST /v1/chat/completions``: enough of OpenAI's protocol for the
   official ``openai`` client, including vLLM's ``continue_final_message`` extension.
@@ -24,14 +24,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from themis.config import Sampling, ServeConfig, ServeLimits, TransformersEngineConfig, VLLMEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.judging import JudgeCall, Kind, parse_classification, parse_verdict, winner_in_ab_order
-from themis.parsing import ParseError
-from themis.scales import DEFAULT_SCALE
-from themis.scenarios import load_scenarios
+from themis.judge.call import JudgeCall, Kind, parse_classification, parse_verdict, winner_in_ab_order
+from themis.judge.parsing import ParseError
+from themis.judge.scales import DEFAULT_SCALE
+from themis.judge.scenarios import load_scenarios
 
 ScenarioSource = Literal["given", "classified"]
 Winner = Literal["A", "B", "tie"]
-ScaleName = Literal["1-5", "0-1", "1-3", "1-10"]  # themis.scales.SCALES as the schema's enum (a test checks)
+ScaleName = Literal["1-5", "0-1", "1-3", "1-10"]  # themis.judge.scales.SCALES as the schema's enum (a test checks)
 DEFAULT_LIMITS = ServeLimits()
 SNIPPET_CHARS = 80  # the most of a client's own input an error message repeats
 
@@ -523,7 +523,7 @@ def replica_gpus(serve_cfg: ServeConfig, gpus_in_cluster: float | None) -> float
 def replica_capacity(serve_cfg: ServeConfig) -> int:
     """Requests one replica holds at once: those it works on (room for two full batches, one running
     and one filling, and the autoscaler's target) plus those waiting their turn. Beyond it the
-    replica answers 503 with Retry-After itself (``themis.serve_guard``), in the OpenAI error shape."""
+    replica answers 503 with Retry-After itself (``themis.serving.guard``), in the OpenAI error shape."""
     limits = serve_cfg.limits
     return max(limits.max_ongoing_requests, 2 * serve_cfg.batch_size) + limits.max_queued_requests
 

@@ -36,11 +36,11 @@ from typing import Any
 
 from themis.config import AugmentConfig, Sampling, SubsetsConfig
 from themis.engines.base import GenerationRequest
-from themis.judging import JudgeCall, escape_data, render_call
-from themis.parsing import ParseError, parse_criterion_scores
-from themis.prompts import CRITERIA_HEADER, render_criteria
-from themis.scales import TEACHER_SCALE, convert_score, get_scale
-from themis.scenarios import Criterion, Scenario, get_scenario
+from themis.judge.call import JudgeCall, escape_data, render_call
+from themis.judge.parsing import ParseError, parse_criterion_scores
+from themis.judge.prompts import CRITERIA_HEADER, render_criteria
+from themis.judge.scales import TEACHER_SCALE, convert_score, get_scale
+from themis.judge.scenarios import Criterion, Scenario, get_scenario
 
 Row = dict[str, Any]
 PARAPHRASE, SUBSET = "paraphrase", "subset"
