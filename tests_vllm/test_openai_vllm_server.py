@@ -22,9 +22,9 @@ import pytest
 from tests_vllm.conftest import MAX_MODEL_LEN
 from themis.config import OpenAIEngineConfig, Sampling
 from themis.engines.openai_http import OpenAIEngine
-from themis.judging import judge_request, pairwise_calls, parse_verdict, single_call
+from themis.judge.call import judge_request, pairwise_calls, parse_verdict, single_call
+from themis.judge.parsing import ParseError
 from themis.models import SMOLLM2, resolve_model
-from themis.parsing import ParseError
 
 START_TIMEOUT_S = 420
 Q = "What is the capital of France?"

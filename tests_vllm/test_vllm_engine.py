@@ -7,7 +7,7 @@ import pytest
 
 from themis.config import Sampling
 from themis.engines import GenerationRequest
-from themis.judging import (
+from themis.judge.call import (
     classifier_request,
     judge_request,
     pairwise_calls,
