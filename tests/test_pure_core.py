@@ -33,6 +33,8 @@ PURE = [
     "themis.engines",
     "themis.engines.base",
     "themis.curation.sft",
+    "themis.training.plan",
+    "themis.training.checkpoints",
     "themis.training.metrics",
     "themis.scratch",
     "themis.training.data",

@@ -1,4 +1,5 @@
-"""The pure SFT core: label masking, truncation, padding, the step plan, the DeepSpeed config."""
+"""The pure SFT core: label masking, truncation and padding (curation.sft); the step plan and the
+DeepSpeed config (training.plan)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from themis.config import TrainConfig
 from themis.curation import sft
+from themis.training import plan
 
 CHAT = [
     {"role": "system", "content": "You are a judge."},
@@ -68,31 +70,31 @@ def test_collate_pads_right():
 
 
 def test_epoch_plan_gives_ranks_disjoint_equal_shards():
-    plans = [sft.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2) for r in (0, 1)]
-    assert [len(p) for p in plans] == [2, 2] == [sft.steps_per_epoch(19, 2, 2, 2)] * 2
+    plans = [plan.epoch_plan(19, epoch=1, seed=3, rank=r, world_size=2, micro_batch=2, grad_accum=2) for r in (0, 1)]
+    assert [len(p) for p in plans] == [2, 2] == [plan.steps_per_epoch(19, 2, 2, 2)] * 2
     seen = [i for p in plans for step in p for micro in step for i in micro]
     assert len(seen) == len(set(seen)) == 16
-    assert plans[0] == sft.epoch_plan(19, 1, 3, 0, 2, 2, 2)  # deterministic, so resume can skip
-    assert plans[0] != sft.epoch_plan(19, 2, 3, 0, 2, 2, 2)  # reshuffled each epoch
+    assert plans[0] == plan.epoch_plan(19, 1, 3, 0, 2, 2, 2)  # deterministic, so resume can skip
+    assert plans[0] != plan.epoch_plan(19, 2, 3, 0, 2, 2, 2)  # reshuffled each epoch
 
 
 def test_eval_plan_has_equal_pass_counts_and_zero_weight_fillers():
-    plans = [sft.eval_plan(5, rank=r, world_size=2, micro_batch=2) for r in (0, 1)]
+    plans = [plan.eval_plan(5, rank=r, world_size=2, micro_batch=2) for r in (0, 1)]
     assert plans[0] == [([0, 2], 1.0), ([4], 1.0)]
     assert plans[1] == [([1, 3], 1.0), ([0], 0.0)]
 
 
 def test_lr_factor_warms_up_then_decays_and_never_stalls():
-    factors = [sft.lr_factor(s, warmup_steps=2, total=6) for s in range(6)]
+    factors = [plan.lr_factor(s, warmup_steps=2, total=6) for s in range(6)]
     assert factors == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
-    assert sft.lr_factor(0, 0, 1) == 1.0
-    assert sft.total_steps(8, 3, None) == 24 and sft.total_steps(8, 3, 5) == 5
+    assert plan.lr_factor(0, 0, 1) == 1.0
+    assert plan.total_steps(8, 3, None) == 24 and plan.total_steps(8, 3, 5) == 5
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_deepspeed_config_per_stage(stage):
     cfg = TrainConfig(zero_stage=stage, bf16=stage == 3, micro_batch_size=2, grad_accum=4)
-    ds = sft.build_deepspeed_config(cfg, world_size=2, total_steps=10)
+    ds = plan.build_deepspeed_config(cfg, world_size=2, total_steps=10)
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["train_batch_size"] == 16
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 4
@@ -105,8 +107,7 @@ def test_deepspeed_config_per_stage(stage):
 
 def test_sft_imports_no_heavy_stack():
     code = (
-        "import sys, themis.curation.sft; "
-        "print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
+        "import sys, themis.curation.sft; print(sorted(m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ import torch
 
 from themis.config import LossConfig, TrainConfig
 from themis.curation import sft
+from themis.training import plan
 from themis.training.loss import judge_loss, similarity_loss
 
 # Vocabulary of 3, hidden size 2; one sequence of 4 positions, so 3 predictions.
@@ -115,14 +116,14 @@ def test_length_grouping_cuts_padding_and_keeps_shards_equal():
     rng = random.Random(1)
     lengths = [rng.choice([20, 40, 300, 600]) for _ in range(256)]
     args = (len(lengths), 0, 7, 0, 2, 4, 2)
-    plain = sft.epoch_plan(*args)
-    grouped = sft.epoch_plan(*args, lengths=lengths)
-    other_rank = sft.epoch_plan(len(lengths), 0, 7, 1, 2, 4, 2, lengths=lengths)
+    plain = plan.epoch_plan(*args)
+    grouped = plan.epoch_plan(*args, lengths=lengths)
+    other_rank = plan.epoch_plan(len(lengths), 0, 7, 1, 2, 4, 2, lengths=lengths)
     assert len(grouped) == len(plain) == len(other_rank)
-    seen = [i for plan in (grouped, other_rank) for step in plan for mb in step for i in mb]
+    seen = [i for shard in (grouped, other_rank) for step in shard for mb in step for i in mb]
     assert len(seen) == len(set(seen)) == 256  # every example once, across both ranks
     micro = [mb for step in grouped for mb in step]
-    assert sft.padding_fraction(micro, lengths) < 0.5 * sft.padding_fraction([mb for s in plain for mb in s], lengths)
+    assert plan.padding_fraction(micro, lengths) < 0.5 * plan.padding_fraction([mb for s in plain for mb in s], lengths)
 
 
 def test_multi_objective_counts_only_marked_positions():

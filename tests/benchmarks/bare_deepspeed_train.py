@@ -27,7 +27,7 @@ def main(settings_path: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from themis.config import TrainConfig
-    from themis.curation import sft
+    from themis.training import plan as train_plan
     from themis.training.data import open_split
 
     settings = json.loads(Path(settings_path).read_text())
@@ -37,18 +37,20 @@ def main(settings_path: str) -> None:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     model = AutoModelForCausalLM.from_pretrained(tcfg.base_model, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    ds_config = sft.build_deepspeed_config(tcfg, world, settings["steps"])
+    ds_config = train_plan.build_deepspeed_config(tcfg, world, settings["steps"])
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     data = open_split(pafs.LocalFileSystem(), settings["shard"])
     lengths = data.lengths if tcfg.group_by_length else None
-    plan = sft.epoch_plan(len(data), 0, settings["seed"], rank, world, tcfg.micro_batch_size, tcfg.grad_accum, lengths)
+    plan = train_plan.epoch_plan(
+        len(data), 0, settings["seed"], rank, world, tcfg.micro_batch_size, tcfg.grad_accum, lengths
+    )
     rows = data.take([i for step in plan for mb in step for i in mb])
     seconds, losses, first_step_at = [], [], None
     warmup = round(tcfg.warmup_ratio * settings["steps"])
     for step, micro_batches in enumerate(plan[: settings["steps"]]):
         began = time.perf_counter()
         for group in engine.optimizer.param_groups:  # the stage's schedule, so both runs match
-            group["lr"] = tcfg.lr * sft.lr_factor(step, warmup, settings["steps"])
+            group["lr"] = tcfg.lr * train_plan.lr_factor(step, warmup, settings["steps"])
         loss = _step(engine, [[rows[i] for i in mb] for mb in micro_batches], settings["pad_id"])
         if rank == 0:
             print(f"bare: step {step + 1} loss={loss:.4f}", flush=True)

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from themis.config import PipelineConfig, TrainConfig
-from themis.curation import sft
 from themis.models import resolve_model
 from themis.runtime import init_ray
 from themis.stages import StageReport
 from themis.storage import RunStore, StorageError
+from themis.training import plan
 from themis.training import worker as train_worker
 from themis.training.data import TOKENIZED, open_split, tokenize_split
 from themis.training.loop import SUMMARY
@@ -114,7 +114,7 @@ def _prepare(tcfg: TrainConfig, seed: int, store: RunStore, model_dir: Any) -> t
         "shards": shards,  # folders on the run's filesystem; workers read their rows from there
         "pad_id": tokenizer.eos_token_id if pad_id is None else pad_id,
         "steps_per_epoch": per_epoch,
-        "total_steps": sft.total_steps(per_epoch, tcfg.epochs, tcfg.max_steps),
+        "total_steps": plan.total_steps(per_epoch, tcfg.epochs, tcfg.max_steps),
     }
     counts = {
         "train_examples": len(opened["train"]),
@@ -132,7 +132,7 @@ def _write_rejects(store: RunStore, rejects: list[dict[str, str]]) -> None:
 
 
 def _steps_per_epoch(n_examples: int, tcfg: TrainConfig) -> int:
-    per_epoch = sft.steps_per_epoch(n_examples, tcfg.num_workers, tcfg.micro_batch_size, tcfg.grad_accum)
+    per_epoch = plan.steps_per_epoch(n_examples, tcfg.num_workers, tcfg.micro_batch_size, tcfg.grad_accum)
     if per_epoch == 0:
         raise ValueError(
             f"{n_examples} usable training examples are fewer than one optimizer step takes "

@@ -5,11 +5,8 @@ Each Ray Train worker (``themis.training.worker``) starts one such process (``py
 themis.training.loop``) with torchrun's variables (rank, world size, the rendezvous address of
 the ranks' process group) and passes it, over a socket, the stage's config (the step plan, where
 the tokenised shards lie: each rank reads the rows of its own micro-batches from storage,
-``themis.training.data``) and the checkpoint folder to resume from, if any. A checkpoint is one
-folder in the run's store that merges every rank's DeepSpeed shards plus ``themis_state.json``
-(step and loss history): this process writes its shards to a temporary folder and asks its
-worker to report it to Ray Train, which hands the latest one back both when a worker dies mid-run
-(``train.max_failures``) and when the stage is re-run; the loop continues from it.
+``themis.training.data``) and the checkpoint folder to resume from, if any
+(``themis.training.checkpoints``); the step plan is ``themis.training.plan``.
 
 Under ZeRO-3 the model is built partitioned (transformers' DeepSpeed integration runs
 ``from_pretrained`` inside ``deepspeed.zero.Init``), so no worker ever holds the whole model.
@@ -17,10 +14,8 @@ Under ZeRO-3 the model is built partitioned (transformers' DeepSpeed integration
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import signal
 import sys
 import threading
@@ -33,15 +28,14 @@ from typing import Any
 from themis.config import TrainConfig
 from themis.curation import sft
 from themis.models import resolve_model
-from themis.scratch import scoped_scratch_dir, scratch_dir
+from themis.scratch import scoped_scratch_dir
 from themis.storage import RunStore
+from themis.training import checkpoints, plan
+from themis.training.checkpoints import HISTORY
 from themis.training.data import open_split
 from themis.training.metrics import TensorBoardLog, mfu, peak_bf16_flops
 
-STATE_FILE = "themis_state.json"
 SUMMARY = "train/summary.json"  # rank 0's final step, loss history and resume point, for the driver
-DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by Ray
-HISTORY = ("train_loss", "score_loss", "rationale_loss", "step_seconds")
 ROWS_PER_READ = 64  # optimizer steps whose rows a worker reads from storage at once
 # Progress lines for the driver's console at most this often: Ray forwards each line through its
 # log monitor, the GCS and the driver, which on a small machine costs the workers' CPU every step.
@@ -102,7 +96,7 @@ def train(config: dict[str, Any], link: WorkerLink) -> None:
     store: RunStore = config["store"]
     data = {split: open_split(store.fs, path) for split, path in config["shards"].items()}
     engine = _build_engine(tcfg, config["total_steps"], world)
-    state = _restore(engine, world, link)
+    state = checkpoints.restore(engine, world, link.checkpoint, link.checkpoint_uri)
     resumed_from = state["step"]
     log = TensorBoardLog(rank == 0, store, resumed_from)
     timing = {"loop_started_at": time.time()}
@@ -123,7 +117,7 @@ def _build_engine(tcfg: TrainConfig, total_steps: int, world: int) -> Any:
     import deepspeed
     import torch
 
-    ds_config = sft.build_deepspeed_config(tcfg, world, total_steps)
+    ds_config = plan.build_deepspeed_config(tcfg, world, total_steps)
     if tcfg.use_gpu:
         # As under torchrun: each rank on its node's GPU number LOCAL_RANK (Ray Train shows a
         # node's workers all of the node's GPUs), before NCCL or zero.Init touch a device.
@@ -167,24 +161,6 @@ def _load_model(tcfg: TrainConfig, ds_config: dict[str, Any]) -> Any:
         unset_hf_deepspeed_config()  # a later from_pretrained (the LoRA export on rank 0) must load whole
 
 
-def _restore(engine: Any, world: int, link: WorkerLink) -> dict[str, Any]:
-    """Load the checkpoint Ray Train handed this run, if any; return the loop state."""
-    folder = link.checkpoint
-    if folder is None:
-        return {"step": 0, "val_loss": [], "world_size": world, **{k: [] for k in HISTORY}}
-    state = json.loads((Path(folder) / STATE_FILE).read_text())
-    if state["world_size"] != world:
-        raise ValueError(
-            f"checkpoint {link.checkpoint_uri} was written by {state['world_size']} workers, "
-            f"this run has {world}: resume with the same train.num_workers or delete "
-            "the checkpoints"
-        )
-    loaded, _ = engine.load_checkpoint(folder, tag=DS_TAG, load_lr_scheduler_states=False)
-    if loaded is None:
-        raise RuntimeError(f"DeepSpeed found no checkpoint in {link.checkpoint_uri}")
-    return {k: [] for k in HISTORY} | state  # a checkpoint from before a history key existed
-
-
 def _train(
     engine: Any,
     config: dict[str, Any],
@@ -205,17 +181,17 @@ def _train(
     flops_per_token = _flops_budget(engine, tcfg)
     while state["step"] < total:
         epoch = state["step"] // per_epoch
-        plan = sft.epoch_plan(
+        steps = plan.epoch_plan(
             len(train), epoch, config["seed"], rank, world, tcfg.micro_batch_size, tcfg.grad_accum, lengths
         )
         rows: dict[int, sft.Example] = {}
         printed_at = 0.0
         for position in range(state["step"] % per_epoch, per_epoch):
             began = time.perf_counter()  # the whole iteration counts: reading rows, the step, logging
-            if not rows.keys() >= {i for mb in plan[position] for i in mb}:
-                rows = train.take([i for s in plan[position : position + ROWS_PER_READ] for mb in s for i in mb])
-            lr = tcfg.lr * sft.lr_factor(state["step"], warmup, total)
-            parts = _optimizer_step(engine, config, [[rows[i] for i in mb] for mb in plan[position]], lr)
+            if not rows.keys() >= {i for mb in steps[position] for i in mb}:
+                rows = train.take([i for s in steps[position : position + ROWS_PER_READ] for mb in s for i in mb])
+            lr = tcfg.lr * plan.lr_factor(state["step"], warmup, total)
+            parts = _optimizer_step(engine, config, [[rows[i] for i in mb] for mb in steps[position]], lr)
             state["step"] = step = state["step"] + 1
             if rank == 0 and (step == total or time.monotonic() - printed_at >= PROGRESS_EVERY_S):
                 print(f"[themis] train: step {step}/{total} loss={parts['total']:.4f} lr={lr:.2e}", flush=True)
@@ -228,9 +204,9 @@ def _train(
                 metrics["val_loss"] = _evaluate(engine, config, data["validation"], rank, world)
                 state["val_loss"].append({"epoch": epoch, "step": step, "loss": metrics["val_loss"]})
             log.scalars(step, _scalars(parts, lr, seconds, flops_per_token, metrics.get("val_loss")))
-            if _checkpoint_due(step, total, per_epoch, tcfg.checkpoint_every):
+            if checkpoints.due(step, total, per_epoch, tcfg.checkpoint_every):
                 log.upload()
-                _save_and_report(engine, state, metrics, link)
+                link.report(metrics, checkpoints.save(engine, state, rank), checkpoints.name(step))
             if step == total:
                 return
 
@@ -268,11 +244,6 @@ def _flops_budget(engine: Any, tcfg: TrainConfig) -> float | None:
         return None
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     return mfu(n_params, 1.0, peak, torch.distributed.get_world_size())
-
-
-def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
-    # Always at the last step, so a re-run with a larger max_steps resumes from the very end.
-    return step == total or (step % every == 0 if every else step % per_epoch == 0)
 
 
 def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[sft.Example]], lr: float) -> dict:
@@ -350,10 +321,10 @@ def _evaluate(engine: Any, config: dict[str, Any], val: Any, rank: int, world: i
         return None
     engine.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=engine.device)
-    plan = sft.eval_plan(len(val), rank, world, config["train"].micro_batch_size)
-    rows = val.take([i for indices, _ in plan for i in indices])
+    batches = plan.eval_plan(len(val), rank, world, config["train"].micro_batch_size)
+    rows = val.take([i for indices, _ in batches for i in indices])
     with torch.no_grad():
-        for indices, weight in plan:
+        for indices, weight in batches:
             batch = _tensors([rows[i] for i in indices], config["pad_id"], engine.device)
             parts = _loss(engine, batch, config["train"], None, rationale="ce")
             tokens = parts.score_tokens + parts.rationale_tokens
@@ -367,19 +338,6 @@ def _tensors(examples: list[sft.Example], pad_id: int, device: Any) -> dict[str,
 
     batch = sft.collate(examples, pad_id)
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
-
-
-def _save_and_report(engine: Any, state: dict[str, Any], metrics: dict[str, Any], link: WorkerLink) -> None:
-    """Each rank saves its DeepSpeed shards to a scratch folder; Ray merges them into one folder."""
-    folder = str(scratch_dir("ckpt-"))
-    try:
-        engine.save_checkpoint(folder, tag=DS_TAG)
-        if link.rank == 0:
-            Path(folder, STATE_FILE).write_text(json.dumps(state))
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # once reported, the worker deletes it
-        raise
-    link.report(metrics, folder, f"step_{state['step']:06d}")
 
 
 def _rss_mb() -> float:
