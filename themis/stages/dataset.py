@@ -57,7 +57,7 @@ from themis.curation.filters import (
     to_sft_example,
 )
 from themis.dataplane.call_cache import CacheSpec
-from themis.dataplane.generation import StageTally
+from themis.dataplane.ledger import StageTally
 from themis.dataplane.tables import MESSAGES, STRINGS, to_table, with_columns
 from themis.judge.parsing import ParseError
 from themis.judge.scenarios import Criterion, get_scenario
@@ -359,8 +359,8 @@ def attach_ifd(train: list[dict], cfg: PipelineConfig, store: RunStore) -> dict[
     """Score every training record's IFD in the scorer's actor pool and add ``ifd``, its losses
     and ``ifd_error`` to the rows (in place); returns what the scoring cost. The records stream from
     the judgments file to the actors; only their scores come back to the driver."""
-    from themis.dataplane.generation import LIGHT, read_rows
     from themis.dataplane.ifd_scoring import ScorerPass, score_dataset
+    from themis.dataplane.ledger import LIGHT, read_rows
     from themis.runtime import init_ray
 
     scorer_cfg = cfg.dataset.selection.scorer

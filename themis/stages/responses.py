@@ -15,10 +15,8 @@ import pyarrow as pa
 
 from themis.config import PipelineConfig, ResponsesConfig
 from themis.dataplane.call_cache import CacheSpec, compact
-from themis.dataplane.generation import (
-    EnginePass,
-    check_engine,
-    generate_by_engine,
+from themis.dataplane.generation import EnginePass, check_engine, generate_by_engine
+from themis.dataplane.ledger import (
     generation_fields,
     map_rows,
     planned_schema,
