@@ -6,7 +6,7 @@ validation split, the PandaLM or HHH human-labelled pairs, or a user's file. The
 local checkpoint), or a file of recorded verdicts (in one or both orders). Engine judges see pairs
 in both orders and, with ``reference_effect``, items that have a reference both with and without
 it: every call is a ``themis.judge.call`` call, answered through ``generation.generate_requests`` and
-parsed by ``judging.parse_verdict``.
+parsed by ``judges.parse_call`` (``themis.judge.call.read_verdict``).
 
 Writes, per judge, under ``reports/evaluation/<judge>/`` (a suite: ``<judge>/<benchmark id>/``):
 ``report.json`` (every number, the config, data hashes, package versions, join warnings),
@@ -116,7 +116,7 @@ def measure_benchmark(
         done.outputs |= write_report(store, folder, report, predictions, section.plots)
         done.outputs |= write_units(store, folder, scored_units(loaded.items, predictions, settings))
         done.details[folder] = headline(report)
-        say(f"evaluate: {folder}: {markdown.headline_line(report)}")
+        say(f"evaluate: {folder} on {len(loaded.items)} items: {markdown.headline_line(report)}")
         subfolder = bench.report_id if section.benchmarks is not None else ""
         entries[judge.name] = suite_entry(report, subfolder, loaded.items, predictions, bench, settings)
     return entries
