@@ -53,11 +53,14 @@ class ModelCacheError(RuntimeError):
     """The cache cannot hold a model (too big for its limit, root not writable); the message says why."""
 
 
+def cache_dir() -> Path:
+    """Themis' cache folder (THEMIS_CACHE, else ~/.cache/themis)."""
+    return Path(os.environ.get("THEMIS_CACHE", Path.home() / ".cache" / "themis")).expanduser()
+
+
 def cache_root(storage: StorageConfig | None = None) -> Path:
     """The node's cache folder: ``storage.model_cache_dir``, else THEMIS_MODEL_CACHE, else
     ``<THEMIS_CACHE or ~/.cache/themis>/model-cache``; never the temp folder, which nodes clean."""
-    from themis.models import cache_dir
-
     configured = storage.model_cache_dir if storage else None
     return Path(configured or os.environ.get(CACHE_ENV) or cache_dir() / "model-cache").expanduser()
 

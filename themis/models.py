@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from themis.config import StorageConfig
+from themis.model_cache import cache_dir
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,11 +50,6 @@ class ModelSource:
 
 class ModelNotFoundError(FileNotFoundError):
     """A model spec that names no loadable model; the message says what was looked for."""
-
-
-def cache_dir() -> Path:
-    """Themis' cache folder (THEMIS_CACHE, else ~/.cache/themis)."""
-    return Path(os.environ.get("THEMIS_CACHE", Path.home() / ".cache" / "themis")).expanduser()
 
 
 def resolve_model(spec: str) -> Path:

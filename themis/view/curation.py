@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from themis.curation.filters import DISAGREE
 from themis.judge.call import winner_in_ab_order
-from themis.view.data import Missing, jsonable, reason_head
+from themis.view.documents import Missing, jsonable, reason_head
 from themis.view.tables import SNIPPET, Once, Rows, Table, snippet
 
 if TYPE_CHECKING:

@@ -23,11 +23,9 @@ The sections are built in ``run`` (with stale detection), ``curation`` (judgment
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -37,6 +35,7 @@ import pyarrow.fs as pafs
 
 from themis.config import StorageConfig
 from themis.storage import RunStore, StorageError, build_filesystem
+from themis.view.documents import Missing
 from themis.view.tables import Table
 
 SECTIONS = {
@@ -61,10 +60,6 @@ READ_ERRORS = (StorageError, OSError, pa.ArrowInvalid, json.JSONDecodeError, Key
 
 class ViewError(ValueError):
     """A run root that cannot be viewed at all; the message says why and what to do."""
-
-
-class Missing(Exception):
-    """A section (or part of one) that this run root cannot show; the message says why."""
 
 
 def read_only_store(storage: StorageConfig, run_name: str) -> RunStore:
@@ -271,26 +266,6 @@ class RunView:
             for i in infos
             if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
         )
-
-
-def reason_head(reason: str) -> str:
-    """A reject reason's kind, without the row's own detail (as ``generation`` counts them)."""
-    return reason.split(":", 1)[0]
-
-
-def jsonable(value: Any) -> Any:
-    """A value JSON can carry: NaN and infinities become null, bytes their size, the rest as is."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 def _first_line(exc: BaseException) -> str:

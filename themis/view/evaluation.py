@@ -34,7 +34,7 @@ from themis.evaluation.judges import Prediction
 from themis.evaluation.paired import paired_differences
 from themis.evaluation.report import AGGREGATED, Settings, group_of, index_predictions, primary
 from themis.judge.call import flip_winner, winner_in_ab_order
-from themis.view.data import Missing, jsonable
+from themis.view.documents import Missing, jsonable
 from themis.view.tables import Table, snippet
 
 if TYPE_CHECKING:

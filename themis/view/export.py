@@ -27,9 +27,10 @@ import pyarrow.fs as pafs
 
 from themis.config import StorageConfig
 from themis.storage import build_filesystem
-from themis.view.data import READ_ERRORS, SECTIONS, RunView, ViewError, jsonable
+from themis.view.assets import ASSETS, asset, config_js
+from themis.view.data import READ_ERRORS, SECTIONS, RunView, ViewError
+from themis.view.documents import jsonable
 from themis.view.evaluation import COMPARE_CAP, find_reports
-from themis.view.server import ASSETS, asset, config_js
 
 MARKER = ".themis-view"  # names a folder this module wrote, so a second export may replace it
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 
 from themis.config import STAGES
-from themis.view.data import jsonable, reason_head
+from themis.view.documents import jsonable, reason_head
 from themis.view.tables import Table, snippet
 
 if TYPE_CHECKING:

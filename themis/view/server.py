@@ -25,25 +25,15 @@ import threading
 import webbrowser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
 
 from themis.view import curation, evaluation, training  # noqa: F401 (imported before the first request: scipy takes seconds)
-from themis.view.data import RunView, ViewError, jsonable, open_run
+from themis.view.assets import ASSETS, asset, config_js
+from themis.view.data import RunView, ViewError, open_run
+from themis.view.documents import jsonable
 
 DEFAULT_PORT = 8765
-ASSETS = ("index.html", "style.css", "data.js", "charts.js", "table.js", "app.js")
-
-
-def asset(name: str) -> bytes:
-    """One of the page's files, from the package."""
-    return (resources.files("themis.view") / "static" / name).read_bytes()
-
-
-def config_js(mode: str) -> bytes:
-    """``config.js``: where the page gets its data ("api": this server; "static": ``data/*.js``)."""
-    return f"window.Themis = window.Themis || {{}};\nThemis.config = {json.dumps({'mode': mode})};\n".encode()
 
 
 def document(view: RunView, key: str, query: dict[str, str]) -> Any:
@@ -145,30 +135,9 @@ def url_of(server: ThreadingHTTPServer) -> str:
     return f"http://{host}:{port}/"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="themis view",
-        description="Show a run in the browser: its stages, judgments, dataset, training and evaluation. "
-        "Served from this machine (127.0.0.1 by default); --out writes the same page as static files.",
-    )
-    parser.add_argument(
-        "run_root", help="a run root: <run.storage.root>/<run.name>, e.g. runs/demo or s3://bucket/runs/demo"
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT}, or a free one if taken)")
-    parser.add_argument("--no-browser", action="store_true", help="print the address; do not open a browser")
-    parser.add_argument(
-        "--out", default=None, help="write the page as static files to this folder (local or s3://) and exit"
-    )
-    parser.add_argument("--s3-endpoint", default=None, help="endpoint for S3-compatible servers")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``themis view``; a run root that cannot be viewed prints one line and returns 1."""
-    args = build_parser().parse_args(argv)
+def serve(args: argparse.Namespace) -> int:
+    """``themis view`` with its parsed arguments (``themis.cli`` defines them); a run root that
+    cannot be viewed prints one line and returns 1."""
     try:
         view = open_run(args.run_root, s3_endpoint=args.s3_endpoint)
         if args.out:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from themis.training.metrics import LOSS_CURVE, TENSORBOARD
 from themis.view.curation import _not_there, _stage_warnings
-from themis.view.data import Missing
+from themis.view.documents import Missing
 from themis.view.events import read_scalars
 
 if TYPE_CHECKING:
