@@ -191,6 +191,10 @@ class RecordedJudge(Strict):
 JudgeConfig = Annotated[TrainedJudge | EngineJudge | RecordedJudge, Field(discriminator="kind")]
 
 
+def _default_judges() -> list[JudgeConfig]:
+    return [TrainedJudge()]
+
+
 class BootstrapConfig(Strict):
     """Confidence intervals of the report's metrics, by bootstrap over items."""
 
@@ -209,7 +213,7 @@ class EvaluateConfig(Strict):
         "<judge>/<benchmark id>/), and a suite report per judge gives the paper's aggregate over all of them.",
     )
     judges: list[JudgeConfig] = Field(
-        default_factory=lambda: [TrainedJudge()], min_length=1, description="Judges under test; one report each."
+        default_factory=_default_judges, min_length=1, description="Judges under test; one report each."
     )
     sampling: Sampling = Field(Sampling(max_tokens=64), description="Sampling of the engine judges' calls.")
     unparsable: Literal["tie", "wrong", "exclude"] = Field(
