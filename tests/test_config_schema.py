@@ -67,7 +67,7 @@ def test_committed_schema_is_what_the_code_generates() -> None:
     committed = SCHEMA_PATH.read_text() if SCHEMA_PATH.exists() else ""
     assert committed == render_schema(), (
         f"{SCHEMA_PATH} is stale: the config models changed. Regenerate it with "
-        "`python -m themis.config.schema` (or `make config-schema`) and commit it."
+        "`.venv/bin/python -m themis.config.schema` and commit it."
     )
 
 

@@ -20,7 +20,10 @@ class Strict(BaseModel):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-DTYPE_HELP = "Weights' dtype: 'auto' (the checkpoint's), float32, bfloat16 or float16."
+DTYPE_HELP = (
+    "Weights' dtype: float32, bfloat16 or float16; 'auto' = bfloat16 on a GPU, float32 on CPU "
+    "(vLLM on a GPU: vLLM's own choice)."
+)
 DEVICE_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'."
 NUM_THREADS_HELP = "torch threads on CPU; None = torch's choice."
 
