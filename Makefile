@@ -208,8 +208,8 @@ train-cluster: setup
 # gate (serve.promotion of the job config) runs here first and again in the app builder; FORCE=1
 # serves anyway and marks the RayService (annotation themis.dev/promotion-forced, args.force).
 deploy-judge: setup
-	$(BIN)/python -m themis.serving.promotion check $(JOB_CONFIG) --storage-root $(STORAGE_ROOT) $(if $(FORCE),--force)
-	$(RENDER) $(if $(FORCE),| $(BIN)/python -m themis.serving.promotion force-rayservice) \
+	$(BIN)/themis promote check $(JOB_CONFIG) --storage-root $(STORAGE_ROOT) $(if $(FORCE),--force)
+	$(RENDER) $(if $(FORCE),| $(BIN)/themis promote force-rayservice) \
 	  | $(KUBECTL) apply -f - -l 'themis.dev/component in (platform,judge)'
 	$(KUBECTL) -n $(NAMESPACE) wait rayservice/themis-judge --for=condition=Ready --timeout=30m
 	@echo "judge ready: $(KUBECTL) -n $(NAMESPACE) port-forward svc/themis-judge-serve-svc 8000:8000"

@@ -57,14 +57,14 @@ def test_ablation_arms_cannot_change_what_they_share() -> None:
 @pytest.mark.slow  # minutes on 2 cores: three arms each train and evaluate
 @pytest.mark.integration
 def test_ablation_cpu_config_end_to_end(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from themis.ablation import main
+    from themis import cli
 
     overrides = [
         f"engines.local.model={tiny_model_dir}",
         f"train.base_model={tiny_model_dir}",
         f"run.storage.root={tmp_path}",
     ]
-    assert main([str(CPU), *overrides]) == 0
+    assert cli.main(["ablation", str(CPU), *overrides]) == 0
     shared = tmp_path / "ablation-cpu"
     summary = json.loads((shared / "ablation/summary.json").read_text())
     random, ifd, aug = (summary["arms"][a] for a in ("random", "ifd", "ifd-aug"))

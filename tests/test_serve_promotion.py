@@ -134,17 +134,17 @@ def test_promotion_defaults_refuse_a_judge_at_chance_and_say_what_they_compared(
 
 
 def test_promotion_defaults_from_a_config_without_a_promotion_section(tmp_path: Path, capsys):
-    """``python -m themis.serving.promotion check`` (make deploy-judge) on a config that names no thresholds."""
-    from themis.serving.promotion import main
+    """``themis promote check`` (make deploy-judge) on a config that names no thresholds."""
+    from themis.cli import main
 
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({"run": {"name": "r", "storage": {"root": str(tmp_path)}}}))
     assert load_config(config).serve.promotion == PromotionConfig()
     path = _write_report(tmp_path, report=AT_CHANCE)
-    assert main(["check", str(config)]) == 1
+    assert main(["promote", "check", str(config)]) == 1
     assert "overall 0.02 < 0.2 (FAIL)" in capsys.readouterr().err
     path.write_text(json.dumps(GOOD))
-    assert main(["check", str(config)]) == 0
+    assert main(["promote", "check", str(config)]) == 0
     out = capsys.readouterr().out
     assert "promotion: passed: overall 0.41 >= 0.2 (pass); pairwise/dual_order_consistency 0.72 >= 0.6 (pass)" in out
     # Shipped job configs: the cluster ones state the defaults, tiny and demo force past them.
@@ -159,9 +159,8 @@ GATE_IN_A_FRESH_PROCESS = """
 import json, sys
 import psutil
 from themis import cli
-from themis.serving.deployment import promotion
 command, config = sys.argv[1], sys.argv[2]
-rc = promotion.main(["check", config]) if command == "check" else cli.main([command, config])
+rc = cli.main(["promote", "check", config]) if command == "check" else cli.main([command, config])
 ray = sys.modules.get("ray")
 print(json.dumps({
     "rc": rc,

@@ -193,12 +193,12 @@ def test_items_changed_since_the_report(copy: Path) -> None:
 
 
 def test_compare_is_evaluate_compare(run_root: Path) -> None:
-    from themis import cli
+    from themis.evaluation.compare import compare_text
 
     view = open_run(str(run_root))
     listed = {r["id"]: r["index"] for r in view.section("compare")["reports"]}
     result = view.compare(listed["trained"], listed["baseline"])
-    expected = cli.compare_text(
+    expected = compare_text(
         str(run_root / "reports/evaluation/trained"), str(run_root / "reports/evaluation/baseline"), StorageConfig()
     )
     assert result["markdown"] == expected and result["same_items"]

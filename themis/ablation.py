@@ -1,12 +1,12 @@
 """An ablation a user can run: arms trained from the same judgments, compared on the same items.
 
-``themis ablation CONFIG`` (or ``python -m themis.ablation CONFIG``) runs the config's shared
-stages (instructions, responses, judgments) once, in ``<run.name>``. Each arm of ``ablation.arms``
-is the same config with its overrides (e.g. ``dataset.selection.strategy=random``), run as
-``<run.name>-<arm>``: the shared judgments are copied in, then its dataset, train and evaluate
-stages run. The dataset stage splits before it selects, so every arm's validation split holds the
-same items, and ``themis evaluate compare`` pairs them (a paired bootstrap). The comparison lands
-in ``<run.name>/ablation/``: ``report.md`` (every arm against the baseline), ``summary.json``.
+``themis ablation CONFIG`` runs the config's shared stages (instructions, responses, judgments)
+once, in ``<run.name>``. Each arm of ``ablation.arms`` is the same config with its overrides (e.g.
+``dataset.selection.strategy=random``), run as ``<run.name>-<arm>``: the shared judgments are
+copied in, then its dataset, train and evaluate stages run. The dataset stage splits before it
+selects, so every arm's validation split holds the same items, and ``themis evaluate compare``
+pairs them (a paired bootstrap). The comparison lands in ``<run.name>/ablation/``: ``report.md``
+(every arm against the baseline), ``summary.json``.
 
 An arm runs with or without custom-prompt augmentation by its overrides (``dataset.augment.*``,
 e.g. ``dataset.augment.subsets.enabled=true``). Augmentation only adds training records after
@@ -16,9 +16,7 @@ selection, so augmented and plain arms still share their validation items, and t
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,9 +28,9 @@ from themis.config import (
     TrainedJudge,
     apply_override,
     format_validation_error,
-    load_config,
     parse_override,
 )
+from themis.evaluation.compare import compare_text
 from themis.storage import RunStore
 
 SHARED_STAGES = ("instructions", "responses", "judgments")
@@ -97,8 +95,6 @@ def share_judgments(source: RunStore, arm: RunStore) -> None:
 
 def write_comparison(cfg: PipelineConfig, arms: dict[str, PipelineConfig], source: RunStore) -> dict[str, Any]:
     """Every arm against the baseline, per trained judge: ``ablation/report.md`` and ``summary.json``."""
-    from themis.cli import compare_text
-
     baseline = require_ablation(cfg).baseline_arm
     judges = [j.name for j in cfg.evaluate.judges if isinstance(j, TrainedJudge)]
     summary: dict[str, Any] = {"baseline": baseline, "arms": {}}
@@ -158,24 +154,3 @@ def arm_table(summary: dict[str, Any]) -> str:
                 f"| {arm['augmentation']['rows_added']} | {judge} | {shown} |"
             )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``themis ablation CONFIG [key=value ...]``: run every arm and write the comparison."""
-    parser = argparse.ArgumentParser(prog="themis ablation", description=main.__doc__)
-    parser.add_argument("config", help="a job config with an `ablation:` section, e.g. jobs/configs/ablation_cpu.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the whole config")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from themis.cli import USER_ERRORS
-
-    try:
-        summary = run_ablation(load_config(args.config, args.overrides))
-    except USER_ERRORS as exc:
-        print(f"themis: error: {exc}", file=sys.stderr)
-        return 1
-    print(summary["report"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,17 +9,16 @@ stage ``running`` while it runs, so a stage killed midway never looks finished t
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import sys
 import time
 from typing import Any
 
-from themis.config import STAGES, ConfigError, PipelineConfig
+from themis.config import ConfigError, PipelineConfig
 from themis.redact import redact_tree
 from themis.runtime import init_ray, package_versions
-from themis.stages import StageReport
+from themis.stages import StageReport, get_stage
 from themis.storage import RunStore
 
 NEEDS_RAY = {"instructions", "responses", "judgments", "train", "serve"}  # evaluate starts Ray only for engine judges
@@ -32,15 +31,14 @@ def say(message: str) -> None:
 
 def run_stage(name: str, cfg: PipelineConfig, **kwargs: Any) -> StageReport:
     """Run one stage and record it (or its failure) in the run's manifest."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    stage = get_stage(name)
     try:
         cfg.check_stage(name)
     except ValueError as exc:
         raise ConfigError(f"cannot run {name}: {exc}") from None
     store = RunStore(cfg.run.storage, cfg.run.name)
     check_upstream(cfg, name, store)
-    module = importlib.import_module(f"themis.stages.{name}")
+    module = stage.load()
     if hasattr(module, "check"):
         module.check(cfg)  # inputs first: a bad file fails in seconds, before Ray or any engine
     attempt = store.begin_attempt(name)

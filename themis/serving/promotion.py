@@ -111,46 +111,10 @@ def check_promotion(cfg: PromotionConfig, storage: StorageConfig, run_name: str)
     return decision
 
 
-# --- `make deploy-judge`: the same gate before anything is applied --------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m themis.serving.promotion check CONFIG [--storage-root R] [--force]``: the gate for a job
-    config, before a RayService is applied (exit 1 with the reason if refused).
-    ``python -m themis.serving.promotion force-rayservice``: rendered manifests on stdin, the same with the
-    judge application's ``force: true`` and a ``themis.dev/promotion-forced`` annotation on stdout."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m themis.serving.promotion")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="check a job config's model against its serve.promotion")
-    check.add_argument("config")
-    check.add_argument("--storage-root", default=None)
-    check.add_argument("--force", action="store_true")
-    sub.add_parser("force-rayservice", help="mark the RayService in rendered manifests as forced")
-    args = parser.parse_args(argv)
-    if args.command == "force-rayservice":
-        sys.stdout.write(force_rayservice(sys.stdin.read()))
-        return 0
-    from themis.config import load_config
-
-    overrides = [f"run.storage.root={args.storage_root}"] if args.storage_root else []
-    cfg = load_config(args.config, overrides + (["serve.promotion.force=true"] if args.force else []))
-    try:
-        decision = check_promotion(cfg.serve.promotion, cfg.run.storage, cfg.run.name)
-    except PromotionRefused as exc:
-        print(f"themis: error: {exc}", file=sys.stderr)
-        return 1
-    verdict = "forced past the gate" if decision["forced"] else "passed"
-    print(f"promotion: {verdict}: {decision['compared']} (report: {decision['report']})")
-    print(f"promotion: {json.dumps(decision)}")
-    return 0
-
-
 def force_rayservice(manifests: str) -> str:
-    """Rendered manifests with every RayService application's ``args.force`` set and the override
-    recorded as an annotation on the RayService."""
+    """``themis promote force-rayservice`` (``make deploy-judge FORCE=1``): rendered manifests with
+    every RayService application's ``args.force`` set and the override recorded as an annotation on
+    the RayService."""
     import yaml
 
     docs = [d for d in yaml.safe_load_all(manifests) if d]
@@ -163,7 +127,3 @@ def force_rayservice(manifests: str) -> str:
         doc["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config, sort_keys=False)
         doc["metadata"].setdefault("annotations", {})["themis.dev/promotion-forced"] = "true"
     return yaml.safe_dump_all(docs, sort_keys=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
