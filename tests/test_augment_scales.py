@@ -357,7 +357,8 @@ def _serve(body: dict) -> dict:
     """What the deployment does for one /v1/judge body (``serving.JudgeServer._judge_one`` with a
     given scenario), on the fake judge engine, without Ray."""
     from tests.fakes.judge_engine import FakeJudgeEngine
-    from themis.serving.api import JudgeRequest, check_judge_request, judge_call, judge_response
+    from themis.serving.api import check_judge_request, judge_call, judge_response
+    from themis.serving.models import JudgeRequest
 
     req = JudgeRequest.model_validate(body)
     kind = check_judge_request(req)

@@ -24,7 +24,7 @@ from themis.config import (
 )
 from themis.dataplane.generation import local_model_gpus, pool_plan
 from themis.dataplane.ifd_scoring import scorer_plan
-from themis.serving.api import deployment_options, replica_gpus, serve_engine_config
+from themis.serving.options import deployment_options, replica_gpus, serve_engine_config
 from themis.stages.evaluate import judge_engine
 from themis.storage import RunStore
 
@@ -106,7 +106,7 @@ import json, sys
 import ray, torch
 from themis.engines.hf import _pick_device
 from themis.dataplane.generation import cluster_gpus
-from themis.serving.deployment import replica_device
+from themis.serving.replica import replica_device
 
 @ray.remote
 class Probe:

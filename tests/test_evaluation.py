@@ -252,7 +252,7 @@ def test_engine_outputs_become_scores_winners_or_reasons() -> None:
     failed = judges.parse_call(ba, GenerationResult(error="timeout"))
     assert not failed.parsed and failed.error == "engine error: timeout" and failed.order == "ba"
     garbled = judges.parse_call(score_call, GenerationResult("fine"))
-    assert (garbled.score, garbled.error) == (None, "no rating found")
+    assert (garbled.score, garbled.error) == (None, "unparsable: no rating found")
     assert isinstance(score_call, ItemCall)
 
 

@@ -15,25 +15,18 @@ from themis.judge.parsing import ParseError
 from themis.judge.prompts import PAIR_OPENING, SCENARIO_OPENING, SCORE_OPENING
 from themis.judge.scenarios import load_scenarios
 from themis.serving.api import (
-    ApiError,
-    ChatCompletionRequest,
-    JudgeRequest,
     both_orders_response,
-    chat_completion,
-    chat_generation_request,
     check_judge_request,
     classified_scenario,
-    deployment_options,
-    infer_kind,
     judge_call,
     judge_response,
-    model_list,
     parse_batch_items,
-    replica_capacity,
-    serve_engine_config,
     unclassified_response,
-    validation_error_body,
 )
+from themis.serving.chat import chat_completion, chat_generation_request, model_list
+from themis.serving.errors import ApiError, validation_error_body
+from themis.serving.models import ChatCompletionRequest, JudgeRequest, infer_kind
+from themis.serving.options import deployment_options, replica_capacity, serve_engine_config
 
 Q = "What is the capital of France?"
 
@@ -49,7 +42,7 @@ def _chat(**fields) -> ChatCompletionRequest:
 
 def test_importing_the_api_pulls_in_no_ray_torch_or_fastapi():
     code = (
-        "import sys, themis.serving.api; "
+        "import sys, themis.serving.api, themis.serving.chat, themis.serving.options; "
         "print(sorted(m for m in ('ray', 'torch', 'fastapi', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -141,7 +134,7 @@ def test_scale_names_in_the_schema_are_the_known_scales():
     from typing import get_args
 
     from themis.judge.scales import SCALES
-    from themis.serving.api import ScaleName
+    from themis.serving.models import ScaleName
 
     assert set(get_args(ScaleName)) == set(SCALES)
     assert JudgeRequest.model_json_schema()["properties"]["scale"]["anyOf"][0]["enum"] == list(SCALES)
@@ -200,7 +193,7 @@ def test_classifier_request_and_parse():
     assert req.prefix == SCENARIO_OPENING and len(req.choices) == len(ids)
     assert Q in req.messages[-1]["content"]
     assert classified_scenario(GenerationResult(text=f"{SCENARIO_OPENING}B]]")) == ids[1]
-    with pytest.raises(ParseError, match="generation failed"):
+    with pytest.raises(ParseError, match="engine error: boom"):
         classified_scenario(GenerationResult(error="boom"))
     failed = unclassified_response("single", GenerationResult(text="??"), ParseError("no letter"))
     assert failed.scenario is None and not failed.parsed and "no letter" in failed.error
@@ -223,10 +216,10 @@ def test_judge_response_parses_or_reports():
         "classified",
     )
     bad = judge_response("single", "close_qa", "given", GenerationResult(text="no idea"))
-    assert not bad.parsed and bad.score is None and bad.error.startswith("unparseable output")
+    assert not bad.parsed and bad.score is None and bad.error.startswith("unparsable: ")
     assert bad.output == "no idea"
     failed = judge_response("single", "close_qa", "given", GenerationResult(error="OOM"))
-    assert not failed.parsed and "generation failed: OOM" in failed.error
+    assert not failed.parsed and "engine error: OOM" in failed.error
 
 
 # --- OpenAI-compatible chat ----------------------------------------------------------------------

@@ -154,7 +154,7 @@ def judge_url(ray_local):
     from ray import serve
 
     import tests.fakes.judge_engine as fake
-    from themis.serving.deployment import build_app, serve_start_options
+    from themis.serving.app import build_app, serve_start_options
     from themis.serving.guard import hash_key
     from themis.stages.serve import free_port, wait_until_healthy
 

@@ -16,7 +16,7 @@ import pytest
 from tests.fakes.judge_engine import FakeJudgeEngine
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.serving.batcher import EngineBatcher
-from themis.serving.deployment import generate_isolated
+from themis.serving.replica import generate_isolated
 
 
 class SubBatchEngine(FakeJudgeEngine):

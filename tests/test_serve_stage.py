@@ -104,7 +104,7 @@ def test_run_stage_smoke_tests_then_leaves_nothing_running(ray_local, tiny_model
 def judge_url(ray_local, tiny_model_dir):
     from ray import serve
 
-    from themis.serving.deployment import build_app
+    from themis.serving.app import build_app
     from themis.stages.serve import wait_until_healthy
 
     port = _free_port()

@@ -19,7 +19,7 @@ def judge_url():
     from ray import serve
 
     from themis.runtime import init_ray
-    from themis.serving.deployment import build_app
+    from themis.serving.app import build_app
     from themis.stages.serve import free_port, wait_until_healthy
 
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=400))

@@ -1,7 +1,7 @@
 """Seconds from deploying the judge to its first answer: `make bench-coldstart`.
 
 The judge is SmolLM2-135M-Instruct exported as a run's ``model/`` folder (517 MB of fp32
-safetensors, the size of the demo's export), served by the real serve path (``themis.serving.deployment.build_app``
+safetensors, the size of the demo's export), served by the real serve path (``themis.serving.app.build_app``
 on a local Ray Serve, one replica, the transformers engine in its own process), deployed from:
 
 - a local run root (the replica reads the run's folder where it lies);
@@ -77,7 +77,7 @@ def deploy_seconds(source: ModelSource, url: str) -> float:
     """Deploy the judge from ``source``, wait for its first answer, delete it; the seconds between."""
     from ray import serve
 
-    from themis.serving.deployment import build_app
+    from themis.serving.app import build_app
 
     start = time.perf_counter()
     serve.run(build_app(serve_config(), source), name=APP, route_prefix="/", blocking=False)
@@ -91,7 +91,7 @@ def main() -> None:
     from ray import serve
 
     from themis.runtime import init_ray
-    from themis.serving.deployment import serve_start_options
+    from themis.serving.app import serve_start_options
     from themis.stages.serve import free_port
 
     model = resolve_model(SMOLLM2)

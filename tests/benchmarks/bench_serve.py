@@ -34,7 +34,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from themis.config import RayConfig, ServeConfig  # noqa: E402
 from themis.judge.call import judge_request  # noqa: E402
-from themis.serving.api import JudgeRequest, check_judge_request, judge_call  # noqa: E402
+from themis.serving.api import check_judge_request, judge_call  # noqa: E402
+from themis.serving.models import JudgeRequest  # noqa: E402
 
 CLIENTS = (1, 8, 32)
 BATCH = 8
@@ -77,7 +78,7 @@ class Ceiling:
 
     def __init__(self, model: str, n: int) -> None:
         from themis.engines import build_engine
-        from themis.serving.api import serve_engine_config
+        from themis.serving.options import serve_engine_config
 
         cfg = serve_config(model, BATCH)
         self.engine = build_engine(serve_engine_config(cfg, model))
@@ -130,7 +131,7 @@ def bench_endpoint(model: str, name: str, port: int, ceiling: Ceiling) -> tuple[
     the ceilings just before and after a batched 32-client run, that run)."""
     from ray import serve
 
-    from themis.serving.deployment import build_app
+    from themis.serving.app import build_app
     from themis.stages.serve import wait_until_healthy
 
     url = f"http://127.0.0.1:{port}"

@@ -41,10 +41,10 @@ from themis.judge.parsing import ParseError, parse_criterion_scores
 from themis.judge.prompts import CRITERIA_HEADER, render_criteria
 from themis.judge.scales import TEACHER_SCALE, convert_score, get_scale
 from themis.judge.scenarios import Criterion, Scenario, get_scenario
+from themis.judge.verdict import POINTWISE_KINDS
 
 Row = dict[str, Any]
 PARAPHRASE, SUBSET = "paraphrase", "subset"
-GRADED = ("single", "reference")  # the kinds with a score and criterion lines
 
 
 def scale_kind(scale: str) -> str:
@@ -198,7 +198,7 @@ def paraphrase_record(row: Row, criteria: tuple[Criterion, ...], suffix: str) ->
     """``row`` prompted with reworded criteria; its criterion lines renamed to them by position."""
     original = get_scenario(row["scenario"]).criteria
     names = [c.name for c in original]
-    block = criteria_block(row["rationale"], names) if row["kind"] in GRADED else None
+    block = criteria_block(row["rationale"], names) if row["kind"] in POINTWISE_KINDS else None
     rationale = row["rationale"]
     if block is not None:
         rationale = rewrite_block(block, {old.name: new.name for old, new in zip(original, criteria, strict=True)})
@@ -265,7 +265,7 @@ def fit_data(rows: list[Row]) -> dict[str, list[tuple[dict[str, int], int]]]:
     """Per scenario, the (criterion scores, overall score) of every graded judgment with a Criteria block."""
     data: dict[str, list[tuple[dict[str, int], int]]] = defaultdict(list)
     for row in rows:
-        if row["kind"] not in GRADED or row["score"] is None:
+        if row["kind"] not in POINTWISE_KINDS or row["score"] is None:
             continue
         block = criteria_block(row["rationale"], [c.name for c in get_scenario(row["scenario"]).criteria])
         if block is not None:
@@ -304,7 +304,7 @@ def add_subsets(rows: list[Row], fit_rows: list[Row], cfg: SubsetsConfig, rng: r
     out, data = Augmentation(), fit_data(fit_rows)
     fits: dict[tuple, OverallFit | str] = {}  # one fit per (scenario, subset); a string is why none
     for row in rows:
-        if row["kind"] not in GRADED:
+        if row["kind"] not in POINTWISE_KINDS:
             out.skipped["subset: pairwise (only paraphrase applies)"] += 1
             continue
         criteria = get_scenario(row["scenario"]).criteria
@@ -332,7 +332,8 @@ def add_subsets(rows: list[Row], fit_rows: list[Row], cfg: SubsetsConfig, rng: r
 
 # --- other scales ---------------------------------------------------------------------------------
 
-_BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]*?)\s*\]\]")
+# Any text in double brackets on one line ("[[4]]" quoted in a rationale), to convert if it is a score.
+_DOUBLE_BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]*?)\s*\]\]")
 
 
 def convert_rationale(rationale: str | None, scale: str) -> str:
@@ -344,7 +345,7 @@ def convert_rationale(rationale: str | None, scale: str) -> str:
             raise ValueError(f"[[{text}]] is not a 1-5 score")
         return f"[[{convert_score(int(text), scale)}]]"
 
-    return _BRACKETED.sub(convert, rationale or "")
+    return _DOUBLE_BRACKETED.sub(convert, rationale or "")
 
 
 def scale_record(row: Row, scale: str) -> Row:
@@ -357,7 +358,7 @@ def scale_record(row: Row, scale: str) -> Row:
 def add_scales(rows: list[Row], scales: list[str], per_scale: int, rng: random.Random) -> Augmentation:
     """For each scale, ``per_scale`` graded records drawn at random, re-rendered on it."""
     out = Augmentation()
-    graded = [r for r in rows if r["kind"] in GRADED and r["score"] is not None]
+    graded = [r for r in rows if r["kind"] in POINTWISE_KINDS and r["score"] is not None]
     for scale in scales:
         for row in rng.sample(graded, min(per_scale, len(graded))):
             try:

@@ -14,8 +14,12 @@ from typing import Any
 
 from themis.judge.call import winner_in_ab_order
 from themis.judge.prompts import render_pair_verdict, render_score_verdict
+from themis.judge.verdict import family_of
 
 Row = dict[str, Any]
+# The balancing classes' family labels in the dataset's outputs ("score:4", "pairwise:A"): data
+# that runs already hold, so the pointwise family keeps its label "score" there.
+CLASS_FAMILY_LABELS = {"pointwise": "score", "pairwise": "pairwise"}
 
 
 def reject(rows: list[Row], reason: str) -> list[Row]:
@@ -45,11 +49,14 @@ def drop_duplicates(rows: list[Row]) -> tuple[list[Row], list[Row]]:
 
 
 def balance_key(row: Row) -> tuple[str, str]:
-    """The class balancing evens out: the judgment family ("score" or "pairwise") and its score, or
-    its winner in the pair's ``ab`` order (so a pair's two orders fall in one class)."""
-    if row["kind"] != "pairwise":
-        return "score", str(row["score"])
-    return "pairwise", winner_in_ab_order(row["winner"], row["order"])
+    """The class balancing evens out: the judgment family's label ("score" for pointwise kinds, or
+    "pairwise") and its score, or its winner in the pair's ``ab`` order (so a pair's two orders fall
+    in one class)."""
+    family = family_of(row["kind"])
+    label = CLASS_FAMILY_LABELS[family]
+    if family == "pointwise":
+        return label, str(row["score"])
+    return label, winner_in_ab_order(row["winner"], row["order"])
 
 
 def pair_consistency(rows: list[Row], keep_swapped: bool) -> tuple[list[Row], list[Row], list[Row]]:
@@ -101,15 +108,16 @@ DISAGREE = "self-consistency: samples disagree"
 
 
 def verdict_of(row: Row) -> str | None:
-    """A parsed sample's verdict as text (its score or its winner); None when it did not parse."""
+    """A judgment row's verdict as text, as a sample's ``verdicts`` entry holds it (its score or its
+    winner); None when the row has none (its ``reason`` says why)."""
     if row["reason"] is not None:
         return None
-    return row["winner"] if row["kind"] == "pairwise" else str(row["score"])
+    return row["winner"] if family_of(row["kind"]) == "pairwise" else str(row["score"])
 
 
 def samples_agree(kind: str, verdicts: list[str], tolerance: int) -> bool:
     """The rule: the same pairwise winner in every sample, or scores within ``tolerance`` of each other."""
-    if kind == "pairwise":
+    if family_of(kind) == "pairwise":
         return len(set(verdicts)) == 1
     scores = [int(v) for v in verdicts]
     return max(scores) - min(scores) <= tolerance
@@ -143,7 +151,8 @@ def split_by_instruction(rows: list[Row], fraction: float, seed: int) -> tuple[l
 
 def render_target(row: Row) -> str:
     """The judgment text the student learns: the canonical verdict sentence, then the rationale."""
-    head = render_pair_verdict(row["winner"]) if row["kind"] == "pairwise" else render_score_verdict(row["score"])
+    pairwise = family_of(row["kind"]) == "pairwise"
+    head = render_pair_verdict(row["winner"]) if pairwise else render_score_verdict(row["score"])
     return f"{head}\n{row['rationale']}".strip()
 
 

@@ -26,13 +26,14 @@ from typing import Any
 from themis.evaluation import sources
 from themis.evaluation.records import BenchmarkError, Record, read_records
 from themis.judge.scales import DEFAULT_SCALE, Scale, get_scale
+from themis.judge.verdict import WINNERS
 
 # How human labels are read when a benchmark gives no ``values`` mapping: A, B or tie, nothing else.
 # Numbers are refused: published sets disagree on what 0/1/2 mean (PandaLM: 0 = tie, 1 = first
 # better; Auto-J: 0 = first better, 2 = tie), and a guess reads one of them silently wrong (Auto-J's
 # test set read the PandaLM way scores a judge 0.198 instead of its real accuracy).
-WINNER_ALIASES = {"a": "A", "b": "B", "tie": "tie"}
-PANDALM_WINNERS = {0: "tie", 1: "A", 2: "B"}
+WINNER_ALIASES = {w.lower(): w for w in WINNERS}
+PANDALM_WINNERS = {0: "tie", 1: "A", 2: "B"}  # PandaLM's own label numbers (its file format)
 NUMERIC_WINNER = re.compile(r"[+-]?\d+(\.\d*)?")
 NUMERIC_LABELS = (
     "human label {value!r} is a number, and pairwise benchmarks number their labels differently: "

@@ -1,9 +1,9 @@
 """Judges under test and what they predict. Pure: no Ray or torch.
 
-A prediction is one verdict of one judge on one item, in one order (pairs: ``ab`` or ``ba``, the
-winner always for the order shown) and with or without the reference answer: a ``score`` (on
-the item's scale, 1-5 by default) for a pointwise item, a ``winner`` ("A", "B" or "tie") for a
-pair, or neither with ``error`` saying why there is none.
+A prediction is one verdict (``themis.judge.verdict.Verdict``) of one judge placed on one item,
+in one order (pairs: ``ab`` or ``ba``, the winner always for the order shown) and with or without
+the reference answer: a ``score`` (on the item's scale, 1-5 by default) for a pointwise item, a
+``winner`` ("A", "B" or "tie") for a pair, or neither with ``error`` saying why there is none.
 
 Three kinds of judge:
 - recorded: a file of verdicts someone else produced (PandaLM's gpt-3.5-turbo and PandaLM-7B
@@ -11,7 +11,8 @@ Three kinds of judge:
   through ``values``; the join is checked (``load_recorded``);
 - an engine (any OpenAI-compatible endpoint, or a local checkpoint via transformers): the stage
   builds ``item_calls`` (``themis.judge.call`` calls, pairs in both orders), turns them into requests
-  with ``judging.judge_request``, generates, and turns results into predictions with ``parse_call``;
+  with ``themis.judge.call.judge_request``, generates, and turns results into predictions with
+  ``parse_call`` (``themis.judge.call.read_verdict``, the reject reasons every judge gives);
 - this run's trained judge, which is an engine over the exported model.
 """
 
@@ -20,20 +21,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from themis.config import RecordedJudge, Sampling
 from themis.engines.base import GenerationRequest, GenerationResult
 from themis.evaluation import sources
 from themis.evaluation.benchmarks import BenchmarkError, Item, PairwiseItem, label_key
 from themis.evaluation.records import Record, read_records
-from themis.judge.call import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
-from themis.judge.parsing import ParseError
+from themis.judge.call import JudgeCall, judge_request, pairwise_calls, read_verdict, single_call
+from themis.judge.verdict import WINNERS, Verdict, Winner
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One judge's verdict on one item: ``score`` for pointwise items, ``winner`` for pairs."""
+    """One judge's verdict placed on one item, as a row of ``predictions.parquet``: where it was
+    given (item, order, reference shown or not) and the verdict's fields, checked as a ``Verdict``
+    is. The rationale is not kept: reports score verdicts, and ``output`` holds the whole text."""
 
     item_id: str
     order: str  # "ab" or "ba" for pairs, "" for pointwise items
@@ -43,10 +46,25 @@ class Prediction:
     output: str = ""
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        _ = self.verdict  # a Verdict's checks: a score or a winner, a known winner, no error beside them
+
+    @classmethod
+    def of(cls, item_id: str, order: str, with_reference: bool, verdict: Verdict) -> Prediction:
+        """The prediction holding ``verdict``, given on ``item_id`` in ``order``."""
+        fields = {"score": verdict.score, "winner": verdict.winner, "output": verdict.output, "error": verdict.error}
+        return cls(item_id, order, with_reference, **fields)
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict itself (without its rationale)."""
+        winner = cast(Winner | None, self.winner)  # checked by Verdict
+        return Verdict(score=self.score, winner=winner, output=self.output, error=self.error)
+
     @property
     def parsed(self) -> bool:
         """Whether there is a verdict at all."""
-        return self.score is not None or self.winner is not None
+        return self.verdict.parsed
 
 
 # --- recorded predictions -------------------------------------------------------------------------
@@ -160,6 +178,9 @@ def _recorded(item: Item, order: str, raw: Any, labels: Mapping[str, str]) -> Pr
     if value is None:
         return Prediction(item.item_id, order, False, output=text, error=f"unrecognised recorded verdict {text!r}")
     if isinstance(item, PairwiseItem):
+        if value not in WINNERS:
+            error = f"recorded verdict {text!r} maps to {value!r}, not a winner ({', '.join(WINNERS)})"
+            return Prediction(item.item_id, order, False, output=text, error=error)
         return Prediction(item.item_id, order, False, winner=value, output=text)
     scale = item.score_scale
     if not scale.contains(float(value)):
@@ -206,12 +227,6 @@ def call_requests(calls: Sequence[ItemCall], sampling: Sampling, seed: int | Non
 
 
 def parse_call(call: ItemCall, result: GenerationResult) -> Prediction:
-    """The prediction for one answered judge call."""
-    where = (call.item_id, call.call.order, call.with_reference)
-    if not result.ok:
-        return Prediction(*where, output=result.text, error=f"engine error: {result.error}")
-    try:
-        verdict = parse_verdict(call.call.kind, result.text, call.call.scale)
-    except ParseError as exc:
-        return Prediction(*where, output=result.text, error=str(exc))
-    return Prediction(*where, score=verdict.score, winner=verdict.winner, output=result.text)
+    """The prediction for one answered judge call: its verdict, or the reject reason."""
+    verdict = read_verdict(call.call.kind, result, call.call.scale)
+    return Prediction.of(call.item_id, call.call.order, call.with_reference, verdict)

@@ -40,11 +40,17 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
 from themis.judge.call import flip_winner
+from themis.judge.scales import DEFAULT_SCALE, get_scale
+from themis.judge.verdict import TIE, WINNERS
 
-SCORES = (1, 2, 3, 4, 5)
-WINNERS = ("tie", "A", "B")  # in the order of their codes (confusion matrix rows and columns)
+SCORES = get_scale(DEFAULT_SCALE).values  # (1, 2, 3, 4, 5)
+# Winner codes, for confusion matrices (gold rows, predicted columns) and scikit-learn's labels:
+# the tie first, then the winners in vocabulary order, as PandaLM numbers its labels (0 = tie,
+# 1 = A, 2 = B) and as reports have always listed classes. An unparsable verdict takes the code
+# after them, a predicted column that no gold row has.
+CODED_WINNERS = (TIE, *(w for w in WINNERS if w != TIE))  # ("tie", "A", "B")
 UNPARSABLE = "unparsable"
-CODES = {"tie": 0, "A": 1, "B": 2, UNPARSABLE: 3}
+CODES = {w: code for code, w in enumerate((*CODED_WINNERS, UNPARSABLE))}
 MACRO_CLASSES = ("occurring", "all")
 
 
@@ -226,7 +232,7 @@ def annotator_agreement(votes: Sequence[Sequence], kind: str, labels: Sequence =
     for i in range(len(columns)):
         for j in range(i + 1, len(columns)):
             if kind == "pairwise":
-                out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(WINNERS), None)
+                out[f"kappa_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(CODED_WINNERS), None)
             else:
                 out[f"qwk_{i + 1}_{j + 1}"] = _kappa(columns[i], columns[j], list(labels), "quadratic")
     values = [v for v in out.values() if v is not None]

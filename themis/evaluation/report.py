@@ -182,7 +182,7 @@ def _mixed_metrics(used: Sequence[tuple[PointwiseItem, int]], s: Settings) -> di
     pred, gold = np.asarray([v for _, v in used]), np.asarray([i.human_score for i, _ in used])
     low = np.asarray([i.score_scale.low for i, _ in used])
     high = np.asarray([i.score_scale.high for i, _ in used])
-    values = _rename_agr(m.mixed_score_metrics(pred.tolist(), gold.tolist(), low, high, s.p, s.q))
+    values = _rename_agr(m.mixed_score_metrics(pred.tolist(), gold.tolist(), low.tolist(), high.tolist(), s.p, s.q))
     cis = stats.bootstrap_cis(
         len(used),
         lambda idx: m.batched_mixed_score_metrics(pred[idx], gold[idx], low[idx], high[idx], s.p, s.q),
@@ -276,7 +276,7 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     out["counts"]["pairs_in_both_orders"] = sum(len({o for o, _, _ in u}) == 2 for u in units)
     if s.decisive_only:
         out["counts"]["decisive"] = sum(_decisive(v, g) for _, v, g in rows)
-    out["macro_classes"] = [m.WINNERS[k] for k in labels]
+    out["macro_classes"] = [m.CODED_WINNERS[k] for k in labels]
     out["metrics"] = {k: stats.with_interval(v, cis.get(k)) for k, v in values.items()}
     out["position"] = {"judge": m.position_rates(pred), "human": m.position_rates(gold)}
     out["chance"] = chance
@@ -287,11 +287,11 @@ def pairwise_section(items: Sequence[PairwiseItem], preds: dict[Key, Prediction]
     by_pair = _groups([(i, f[PAIR_CORRECT], 1.0) for i, f in zip(unit_items, features)], s, PAIR_ACCURACY)
     for name, row in by_pair.items():
         out["groups"][name] |= {k: v for k, v in row.items() if k != "n"}
-    labels = list(m.WINNERS)
+    winners = list(m.CODED_WINNERS)
     out["confusion"] = {
-        "labels": labels,
-        "predicted": [*labels, m.UNPARSABLE],
-        "matrix": _confusion(gold, pred, labels, [*labels, m.UNPARSABLE]),
+        "labels": winners,
+        "predicted": [*winners, m.UNPARSABLE],
+        "matrix": _confusion(gold, pred, winners, [*winners, m.UNPARSABLE]),
     }
     out["human_human"] = _human_ceiling(items, "pairwise")
     return out
@@ -464,7 +464,7 @@ def _human_ceiling(items: Sequence[Item], kind: str, labels: Sequence = m.SCORES
 
 def reference_effect(items: Sequence[Item], preds: dict[Key, Prediction], s: Settings) -> dict[str, Any] | None:
     """Per scenario, the headline metric with and without the reference, on items judged both ways."""
-    rows: dict[str, dict[bool, list]] = defaultdict(lambda: {True: [], False: []})
+    rows: dict[tuple[str, str], dict[bool, list]] = defaultdict(lambda: {True: [], False: []})
     for item in items:
         orders = ("",) if isinstance(item, PointwiseItem) else ("ab", "ba")
         for order in orders:

@@ -1,10 +1,11 @@
-"""The one judging core: render a judge call, turn it into an engine request, parse the output.
+"""The one judging core: render a judge call, turn it into an engine request, read the verdict.
 
 Every place that judges uses this module: the judgments stage (the teacher), evaluate's engine
-judges and the served judge. A verdict is a ``score`` (1-5, single and reference-guided grading)
-or a ``winner`` ("A", "B" or "tie", pairwise); ``flip_winner`` is the one way to see a pairwise
-verdict from the other presentation order. The scenario classifier lives here too, with its one
-request, one parser and one set of settings. Pure: no Ray, torch or DeepSpeed.
+judges and the served judge. ``read_verdict`` turns an engine result into the one verdict record
+(``themis.judge.verdict.Verdict``), with the one set of reject reasons; ``flip_winner`` is the one
+way to see a pairwise verdict from the other presentation order. The scenario classifier lives
+here too, with its one request, one parser and one set of settings. Pure: no Ray, torch or
+DeepSpeed.
 """
 
 from __future__ import annotations
@@ -14,21 +15,23 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from themis.config import Sampling
-from themis.engines.base import GenerationRequest
-from themis.judge.parsing import (  # Verdict: what the parsers return
-    Verdict,
-    parse_pairwise,
-    parse_scenario,
-    parse_score,
-)
+from themis.engines.base import GenerationRequest, GenerationResult
+from themis.judge.parsing import ParseError, parse_pairwise, parse_scenario, parse_score
 from themis.judge.prompts import JudgePrompt, render_classifier_prompt, render_pairwise_prompt, render_single_prompt
 from themis.judge.scales import get_scale
 from themis.judge.scenarios import Criterion, get_scenario, load_scenarios
+from themis.judge.verdict import (
+    KINDS,
+    WINNERS,
+    Kind,
+    Verdict,
+    Winner,
+    engine_error_reason,
+    family_of,
+    unparsable_reason,
+)
 
-Kind = Literal["single", "reference", "pairwise"]
 Order = Literal["ab", "ba", ""]
-KINDS: tuple[Kind, ...] = ("single", "reference", "pairwise")
-WINNERS = ("A", "B", "tie")
 
 # The classifier answers with one forced letter; two tokens leave room for a closing bracket on
 # engines that cannot force the format.
@@ -155,15 +158,30 @@ def judge_request(
 
 def parse_verdict(kind: Kind, text: str, scale: str | None = None) -> Verdict:
     """The verdict in a judge's output (a score on ``scale``, or a winner); raises ``ParseError``
-    (its message is the reject reason)."""
-    return parse_pairwise(text) if kind == "pairwise" else parse_score(text, scale)
+    (its message says what is missing)."""
+    return parse_pairwise(text) if family_of(kind) == "pairwise" else parse_score(text, scale)
 
 
-def flip_winner(winner: str) -> str:
+def read_verdict(kind: Kind, result: GenerationResult, scale: str | None = None) -> Verdict:
+    """The verdict of an answered judge call, never raising: the score (on ``scale``) or winner
+    and rationale read from the engine's output, or no verdict and the reject reason in ``error``
+    (``engine error: ...`` when the generation failed, ``unparsable: ...`` when the output holds
+    no verdict). The output is kept either way."""
+    if not result.ok:
+        return Verdict(output=result.text, error=engine_error_reason(result.error))
+    try:
+        verdict = parse_verdict(kind, result.text, scale)
+    except ParseError as exc:
+        return Verdict(output=result.text, error=unparsable_reason(exc))
+    return replace(verdict, output=result.text)
+
+
+def flip_winner(winner: str) -> Winner:
     """The same pairwise verdict seen with the two responses swapped ("tie" stays "tie")."""
-    if winner not in WINNERS:
+    flipped: dict[str, Winner] = {"A": "B", "B": "A", "tie": "tie"}
+    if winner not in flipped:
         raise ValueError(f"winner must be one of {WINNERS}, got {winner!r}")
-    return {"A": "B", "B": "A"}.get(winner, winner)
+    return flipped[winner]
 
 
 def winner_in_ab_order(winner: str, order: Order) -> str:

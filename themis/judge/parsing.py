@@ -8,27 +8,19 @@ with the row. Small models drift from the format, so the parsers accept the comm
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from themis.judge.prompts import CRITERIA_HEADER, PAIR_CHOICES, SCENARIO_LETTERS
+from themis.judge.prompts import CRITERIA_HEADER, SCENARIO_LETTERS
 from themis.judge.scales import get_scale
+from themis.judge.verdict import PROMPT_LETTERS, TIE, WINNER_OF_LETTER, Verdict
 
 
 class ParseError(ValueError):
     """An output that does not contain what was asked for; the message is the reject reason."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A parsed judgment: ``score`` (1-5) for single/reference grading, ``winner`` ("A", "B" or
-    "tie", for the order shown) for a pair, and the rationale that follows it."""
-
-    score: int | None = None
-    winner: str | None = None
-    rationale: str = ""
-
-
-_BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]{1,12}?)\s*(?:\]\]|\]|(?=\s|$))")
+# The token in a verdict's double brackets ("[[4]]", "[[ A ]]"), also when the model left out the
+# closing brackets ("[[4] Good", "[[4 Good").
+_VERDICT_TOKEN = re.compile(r"\[\[\s*([^\[\]\n]{1,12}?)\s*(?:\]\]|\]|(?=\s|$))")
 _LOOSE_SCORE = re.compile(r"(?:rating|score)\s*(?:is|:|=)?\s*\**\s*([0-9]+(?:\.[0-9]+)?(?:\s*/\s*5)?)", re.I)
 
 
@@ -37,7 +29,7 @@ def parse_score(text: str, scale: str | None = None) -> Verdict:
     text after it."""
     text = _nonempty(text)
     s = get_scale(scale)
-    match = _BRACKETED.search(text) or _LOOSE_SCORE.search(text)
+    match = _VERDICT_TOKEN.search(text) or _LOOSE_SCORE.search(text)
     if not match:
         raise ParseError("no rating found")
     raw = match.group(1).split("/")[0].strip()  # "4/5" -> "4"
@@ -78,24 +70,28 @@ def _name_key(name: str) -> str:
     return " ".join(name.lower().replace("*", " ").split())
 
 
+*_FIRST_LETTERS, _LAST_LETTER = PROMPT_LETTERS.values()
+_LETTERS = f"{', '.join(_FIRST_LETTERS)} or {_LAST_LETTER}"  # "A, B or C"
+
+
 def parse_pairwise(text: str) -> Verdict:
-    """The winner in ``[[A]]``/``[[B]]``/``[[C]]`` (C or 'tie' = tie) and the text after it."""
+    """The winner in ``[[A]]``/``[[B]]``/``[[C]]`` (the prompt's letters; C or 'tie' = tie) and the
+    text after it."""
     text = _nonempty(text)
-    match = _BRACKETED.search(text)
+    match = _VERDICT_TOKEN.search(text)
     if not match:
         raise ParseError("no verdict found")
     token = match.group(1).strip().upper()
-    if token in ("TIE", "C"):
-        return Verdict(winner="tie", rationale=_rest(text, match.end()))
-    if token in PAIR_CHOICES:
-        return Verdict(winner=token, rationale=_rest(text, match.end()))
-    raise ParseError(f"verdict is not A, B or C: {match.group(1)!r}")
+    winner = TIE if token == TIE.upper() else WINNER_OF_LETTER.get(token)
+    if winner is None:
+        raise ParseError(f"verdict is not {_LETTERS}: {match.group(1)!r}")
+    return Verdict(winner=winner, rationale=_rest(text, match.end()))
 
 
 def parse_scenario(text: str, scenario_ids: list[str]) -> str:
     """The scenario id picked by the classifier's ``[[X]]`` letter."""
     text = _nonempty(text)
-    match = _BRACKETED.search(text)
+    match = _VERDICT_TOKEN.search(text)
     if not match:
         raise ParseError("no scenario letter found")
     letter = match.group(1).strip().upper()

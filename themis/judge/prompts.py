@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from themis.judge.scales import convert_score, get_scale, render_scale
+from themis.judge.scales import DEFAULT_SCALE, convert_score, get_scale, render_scale
 from themis.judge.scenarios import Scenario, load_scenarios
+from themis.judge.verdict import PROMPT_LETTERS, WINNERS
 
 Messages = list[dict[str, str]]
 
 SCORE_OPENING = "Overall rating: [["
-SCORE_CHOICES = get_scale("1-5").choices
+SCORE_CHOICES = get_scale(DEFAULT_SCALE).choices
 PAIR_OPENING = "Verdict: [["
-PAIR_CHOICES = ("A", "B", "C")  # C = tie, as in MT-bench's "[[C]]"
+PAIR_CHOICES = tuple(PROMPT_LETTERS[w] for w in WINNERS)  # ("A", "B", "C"): C is a tie, as in MT-bench
 SCENARIO_OPENING = "Scenario: [["
 SCENARIO_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -29,7 +30,7 @@ CRITERIA_HEADER = "Criteria:"
 
 def reference_scale_note(scale: str | None = None) -> str:
     """How a reference answer anchors the scale: as good as it is a 4 on 1-5, better is a 5."""
-    as_good, better = convert_score(4, scale or "1-5"), convert_score(5, scale or "1-5")
+    as_good, better = convert_score(4, scale or DEFAULT_SCALE), convert_score(5, scale or DEFAULT_SCALE)
     return (
         f"A reference answer is given: a response as good as the reference deserves {as_good}, one better "
         f"than the reference {better}; judge correctness against the reference."
@@ -179,8 +180,10 @@ def render_score_verdict(score: int) -> str:
 
 
 def render_pair_verdict(winner: str) -> str:
-    """The canonical verdict sentence for 'A', 'B' or 'tie'."""
-    return f"{PAIR_OPENING}{'C' if winner == 'tie' else winner}]]"
+    """The canonical verdict sentence for 'A', 'B' or 'tie' (in the prompt's letters)."""
+    if winner not in PROMPT_LETTERS:
+        raise ValueError(f"winner must be one of {', '.join(WINNERS)}, got {winner!r}")
+    return f"{PAIR_OPENING}{PROMPT_LETTERS[winner]}]]"
 
 
 def _chat(system: str, user: str) -> Messages:

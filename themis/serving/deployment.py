@@ -1,9 +1,11 @@
-"""The judge on Ray Serve: the deployment (``JudgeServer``) and the application builders.
+"""The judge on Ray Serve: the deployment (``JudgeServer``) and its HTTP routes.
 
 One FastAPI ingress deployment holds an engine and answers ``POST /v1/judge``, ``POST
 /v1/judge/batch``, the OpenAI-compatible ``GET /v1/models`` and ``POST /v1/chat/completions``, and
-``GET /health``. The API rules live in the pure ``themis.serving.api``, keys and the body limit in
-``themis.serving.guard``, the promotion gate in ``themis.serving.promotion``; this module is the Ray shell.
+``GET /health``. The API rules live in the pure ``themis.serving.api`` (judging) and
+``themis.serving.chat`` (OpenAI's protocol), keys and the body limit in ``themis.serving.guard``,
+the engine's isolation in ``themis.serving.replica``, the application builders in
+``themis.serving.app``; this module is the Ray shell.
 
 Engines: ``serve.engine`` picks transformers (CPU or GPU) or vLLM (``themis.engines.vllm`` inside
 this deployment, not ``ray.serve.llm``: the judge routes force the verdict sentence in two passes
@@ -23,79 +25,70 @@ before it runs. Each item of ``/v1/judge/batch`` is checked on its own: a bad it
 Batching: ``themis.serving.batcher`` forms each engine batch when the engine is free, so under load every
 call is full.
 
-Serve's proxy answers ``/-/routes`` and ``/-/healthz`` itself; ``serve_start_options`` puts
-``themis.serving.guard.ProxyGuard`` in front of them (a key for ``/-/routes``).
-
 Ports: HTTP binds ``serve.host``; Serve's gRPC proxy is not started (no servicers). Each replica's
 inter-deployment gRPC server binds ``[::]:0`` in Ray 2.60 (hard-coded in ray/serve/_private/
 replica.py, no option): on Kubernetes the NetworkPolicy admits only the judge port from outside.
 """
 
 # No `from __future__ import annotations` here: FastAPI routes inside a `serve.ingress` class need
-# real annotations to see the JSON body, and Serve reads the builder's parameter annotation.
-# Serve pickles the deployment class by value when it is decorated: every module-level name the
-# class uses must be defined above it.
+# real annotations to see the JSON body. Serve pickles the deployment class by value when it is
+# decorated: every module-level name the class uses must be defined above it.
 
 import asyncio
-import copy
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from ray import serve
-from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from themis.config import PipelineConfig, ServeConfig, ServeLimits, StorageConfig, TransformersEngineConfig, load_config
-from themis.engines import Engine, build_engine
+from themis.config import ServeConfig
 from themis.engines.base import GenerationRequest, GenerationResult
-from themis.engines.process import EngineProcess
 from themis.judge.call import classifier_request, judge_request
 from themis.judge.parsing import ParseError
-from themis.models import EXPORT_MARKERS, ModelSource, resolve_model
+from themis.models import ModelSource
 from themis.serving.api import (
-    ApiError,
+    both_orders_response,
+    check_judge_request,
+    classified_scenario,
+    judge_call,
+    judge_response,
+    parse_batch_items,
+    unclassified_response,
+)
+from themis.serving.batcher import EngineBatcher
+from themis.serving.chat import chat_completion, chat_generation_request, model_list
+from themis.serving.errors import ApiError, ErrorBody, snippet, validation_error_body
+from themis.serving.guard import Guard, GuardSettings
+from themis.serving.metrics import JudgeMetrics, StatusCounter
+from themis.serving.models import (
     BatchItemError,
     BatchJudgeRequest,
     BatchJudgeResponse,
     ChatCompletionRequest,
-    ErrorBody,
     JudgeRequest,
     JudgeResponse,
-    both_orders_response,
-    chat_completion,
-    chat_generation_request,
-    check_judge_request,
-    classified_scenario,
-    deployment_options,
     infer_kind,
-    judge_call,
-    judge_response,
-    model_list,
-    parse_batch_items,
-    replica_capacity,
-    serve_engine_config,
-    snippet,
-    unclassified_response,
-    validation_error_body,
 )
-from themis.serving.batcher import EngineBatcher
-from themis.serving.guard import Guard, GuardSettings, load_key_hashes, proxy_env
-from themis.serving.metrics import JudgeMetrics, StatusCounter
-from themis.serving.promotion import check_promotion
+from themis.serving.options import replica_capacity
+from themis.serving.replica import (
+    EngineFactory,
+    EngineWatch,
+    build_serve_engine,
+    context_length,
+    counting_tokenizer,
+    generate_isolated,
+    prompt_token_limit,
+    set_generation_deadline,
+)
 
-APP_NAME = "themis-judge"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EngineFactory = Callable[[ServeConfig, ModelSource], Engine]
-FORCED_TOKENS = 8  # room for a forced verdict choice and its closing after the prompt
 # The engine thread gives up the GIL in every torch op and must win it back from the event loop's
 # thread; at Python's default 5 ms it waited (tiny model on CPU: a batch of 8 took 761 ms in the
 # replica, 657 ms at 0.5 ms; alone, 530 ms).
@@ -171,115 +164,6 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 async def _too_deep(_: Request, __: RecursionError) -> JSONResponse:
     error = ApiError(422, "request body is nested too deeply", code="invalid_body")
     return JSONResponse(error.body(), status_code=422)
-
-
-def replica_device() -> str:
-    """Where this replica's transformers engine runs: the GPU Ray gave the replica, else the CPU
-    (Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a replica given no GPU, and the engine's child
-    process is no Ray worker, so it is told, not left to find a GPU nobody reserved)."""
-    import ray
-
-    return "cuda" if ray.get_gpu_ids() else "cpu"
-
-
-def connected_cluster_gpus() -> float | None:
-    """GPUs the connected Ray cluster has or may add (``generation.cluster_gpus``); None when no
-    Ray is connected yet."""
-    import ray
-
-    from themis.dataplane.generation import cluster_gpus
-
-    return cluster_gpus() if ray.is_initialized() else None
-
-
-def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
-    """The default engine hook: fetch the model on this node, build the configured engine (a
-    transformers engine in a child process unless ``serve.engine_process`` is off)."""
-    path = str(model.fetch())
-    engine_cfg = serve_engine_config(serve_cfg, path, replica_device())
-    if isinstance(engine_cfg, TransformersEngineConfig) and serve_cfg.engine_process:
-        return EngineProcess(engine_cfg, path)
-    return build_engine(engine_cfg)
-
-
-# --- engine facts the limits need --------------------------------------------------------------
-
-
-def context_length(engine: Engine) -> int | None:
-    """The model's context in tokens, where the engine says (vLLM's max_model_len, the HF config)."""
-    if getattr(engine, "max_model_len", None):
-        return int(engine.max_model_len)
-    config = getattr(getattr(engine, "model", None), "config", None)
-    return getattr(config, "max_position_embeddings", None)
-
-
-def prompt_token_limit(limits: ServeLimits, context: int | None, max_tokens: int) -> int:
-    """The most prompt tokens a request may have: the configured limit, and never more than the
-    context leaves once the reply and a forced verdict fit."""
-    if context is None:
-        return limits.max_prompt_tokens
-    return max(1, min(limits.max_prompt_tokens, context - max_tokens - FORCED_TOKENS))
-
-
-def counting_tokenizer(engine: Engine) -> Any:
-    """A tokenizer for counting prompts on the event loop: a copy of the engine's, so counting never
-    touches the one the engine's thread is using (fast tokenizers refuse concurrent use)."""
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is None or not hasattr(engine, "render_prompt"):
-        return None
-    try:
-        return copy.deepcopy(tokenizer)
-    except Exception:  # a tokenizer that cannot be copied is used as it is
-        return tokenizer
-
-
-def set_generation_deadline(engine: Engine, seconds: float) -> None:
-    """Make an engine that can stop itself stop after ``seconds`` (transformers' ``max_time``; an
-    engine process also kills a call that overruns it); vLLM bounds a request by its max_tokens
-    and the prompt checks instead."""
-    set_deadline = getattr(engine, "set_deadline", None)
-    if set_deadline is not None:
-        set_deadline(seconds)
-
-
-class EngineWatch:
-    """When the current engine call started, so a health check can see one that never ends."""
-
-    def __init__(self, limit_s: float):
-        self.limit_s, self.started = limit_s, None
-
-    def stuck(self) -> bool:
-        started = self.started
-        return started is not None and time.monotonic() - started > self.limit_s
-
-
-def generate_isolated(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult]:
-    """``engine.generate(requests)``, where one bad request fails no other: with several requests,
-    each that failed (or all, if the call raised) is retried alone. An engine may fail more rows
-    than the one at fault (a transformers engine fails a whole sub-batch of rows), so a success
-    elsewhere in the call proves nothing about the failed rows. A row past the deadline is not
-    retried: its request has already been answered 504."""
-    results = _try_generate(engine, requests)
-    if len(requests) == 1:
-        return results or [GenerationResult(error="generation failed")]
-    retried: list[GenerationResult | None] = list(results) if results else [None] * len(requests)
-    for i, result in enumerate(retried):
-        if result is None or not (result.ok or result.error.startswith("deadline")):
-            alone = _try_generate(engine, [requests[i]])
-            retried[i] = alone[0] if alone else GenerationResult(error="generation failed")
-    return retried  # type: ignore[return-value]  # every None was replaced
-
-
-def _try_generate(engine: Engine, requests: list[GenerationRequest]) -> list[GenerationResult] | None:
-    try:
-        results = engine.generate(requests)
-    except Exception as exc:  # the engine's own handling missed it; logged, never sent raw
-        logger.warning("engine call of %d request(s) failed: %s", len(requests), type(exc).__name__)
-        return None
-    if len(results) != len(requests):
-        logger.warning("engine returned %d results for %d requests", len(results), len(requests))
-        return None
-    return list(results)
 
 
 async def _judge_item(judge: Callable, item: JudgeRequest | ApiError) -> JudgeResponse:
@@ -472,92 +356,15 @@ class JudgeServer:
         return len(self.counter.encode(text, add_special_tokens=False)) if self.counter and text else 0
 
 
-# --- application builders ----------------------------------------------------------------------
+# ``themis.stages.serve`` (kept out of this change) still imports the application builders from
+# here; they live in ``themis.serving.app``, which imports this module, so they are looked up there
+# on first use. Remove once that import names ``themis.serving.app``.
+_MOVED_TO_APP = frozenset({"APP_NAME", "build_app", "serve_start_options", "served_model_source"})
 
 
-def build_app(
-    serve_cfg: ServeConfig,
-    model: ModelSource | str,
-    key_hashes: frozenset = frozenset(),
-    engine_factory: EngineFactory = build_serve_engine,
-) -> Application:
-    """The Serve application for a model (a source, or a folder): one autoscaled deployment."""
-    source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
-    deployment = JudgeServer.options(**deployment_options(serve_cfg, connected_cluster_gpus()))
-    return deployment.bind(source, serve_cfg, frozenset(key_hashes), engine_factory)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_APP:
+        from themis.serving import app
 
-
-def serve_start_options(host: str, port: int, key_hashes: frozenset = frozenset()) -> dict[str, Any]:
-    """``serve.start``'s keyword arguments for the judge: HTTP on ``host:port``, no gRPC proxy, and
-    ``ProxyGuard`` in front of Serve's proxy (its ``/-/routes`` needs a key where keys are set, its
-    own errors are OpenAI-shaped). Ray 2.60 takes proxy middleware only from an import path in the
-    proxy's environment, which the controller passes on to the proxies it starts."""
-    return {
-        "http_options": {"host": host, "port": port},
-        "grpc_options": {"grpc_servicer_functions": []},
-        "controller_options": {"runtime_env": {"env_vars": proxy_env(key_hashes)}},
-    }
-
-
-def served_model_source(serve_cfg: ServeConfig, storage: StorageConfig, run_name: str) -> ModelSource:
-    """What to serve: the run's export ('trained') or the configured model, checked but not
-    downloaded here (each replica fetches its own copy on its own node). Creates no folders."""
-    if serve_cfg.model != "trained":
-        if not serve_cfg.model.startswith("builtin:"):
-            resolve_model(serve_cfg.model)  # a missing folder fails here, clearly
-        return ModelSource(spec=serve_cfg.model)
-    import pyarrow.fs as pafs
-
-    from themis.storage import build_filesystem
-
-    fs, base = build_filesystem(storage)
-    markers = [f"{base}/{run_name}/model/{marker}" for marker in EXPORT_MARKERS]  # merged or adapter-only
-    if all(info.type == pafs.FileType.NotFound for info in fs.get_file_info(markers)):
-        where = f"{storage.root.rstrip('/')}/{run_name}/model"
-        raise FileNotFoundError(
-            f"no trained model to serve at {where}: run the train stage first, "
-            "or set serve.model to a Hugging Face model folder"
-        )
-    return ModelSource(storage=storage, run_name=run_name)
-
-
-class JudgeAppArgs(BaseModel):
-    """``args`` of the Serve application (serveConfigV2 ``applications[].args``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    config: str = Field(description="A Themis job config, e.g. jobs/configs/cluster.yaml.")
-    storage_root: str | None = Field(None, description="Overrides run.storage.root (the overlay's bucket).")
-    overrides: list[str] = Field(default_factory=list, description="key=value config overrides.")
-    force: bool = Field(False, description="Serve even if the promotion gate refuses (logged).")
-
-
-def build_judge_app(args: JudgeAppArgs) -> Application:
-    """The judge application for a job config (what a RayService imports): the promotion gate,
-    the model's location (nothing fetched here), the API keys' hashes, then the deployment."""
-    args = JudgeAppArgs.model_validate(args)  # `serve run` and direct callers pass a dict
-    cfg = load_judge_config(args)
-    source = served_model_source(cfg.serve, cfg.run.storage, cfg.run.name)
-    decision = check_promotion(cfg.serve.promotion, cfg.run.storage, cfg.run.name)
-    if decision["forced"]:
-        logger.warning("promotion gate forced: %s (report: %s)", "; ".join(decision["failed"]), decision["report"])
-    return build_app(cfg.serve, source, load_key_hashes(cfg.serve.auth, cfg.serve.host))
-
-
-def load_judge_config(args: JudgeAppArgs) -> PipelineConfig:
-    """The job config the args name, with the storage root, overrides and force applied."""
-    overrides = list(args.overrides)
-    if args.storage_root:
-        overrides.insert(0, f"run.storage.root={args.storage_root}")
-    if args.force:
-        overrides.append("serve.promotion.force=true")
-    return load_config(resolve_config_path(args.config), overrides)
-
-
-def resolve_config_path(path: str) -> Path:
-    """``path`` itself if it exists, else the same relative path under the project root (Ray may
-    start the builder in any working directory)."""
-    given = Path(path).expanduser()
-    if given.is_file() or given.is_absolute():
-        return given
-    return PROJECT_ROOT / given if (PROJECT_ROOT / given).is_file() else given
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

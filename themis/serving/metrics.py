@@ -11,7 +11,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
-from themis.serving.api import ApiError, JudgeResponse
+from themis.serving.errors import ApiError
+from themis.serving.models import JudgeResponse
 
 OTHER_ROUTE = "other"  # any path that is not a route, so a scanner cannot grow the label set
 

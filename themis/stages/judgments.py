@@ -52,10 +52,9 @@ from themis.dataplane.generation import (
 )
 from themis.dataplane.tables import MESSAGES, STRINGS, to_table, with_columns
 from themis.engines import GenerationRequest, forced_format_note
-from themis.engines.base import request_to_row
+from themis.engines.base import GenerationResult, request_to_row
 from themis.judge import prompts
-from themis.judge.call import JudgeCall, judge_request, pairwise_calls, parse_verdict, single_call
-from themis.judge.parsing import ParseError
+from themis.judge.call import JudgeCall, judge_request, pairwise_calls, read_verdict, single_call
 from themis.judge.scenarios import get_scenario
 from themis.stages import StageReport
 from themis.storage import RunStore
@@ -398,10 +397,8 @@ def parse_judgment(row: dict[str, Any]) -> dict[str, Any]:
             "reference": ref["ref_output"],
             "reason": ref["ref_error"] and f"no reference answer: {ref['ref_error']}",
         }
-    if row["error"]:
-        return out | {"reason": f"engine error: {row['error']}"}
-    try:
-        verdict = parse_verdict(row["kind"], row["output"])
-    except ParseError as exc:
-        return out | {"reason": f"unparsable: {exc}"}
+    result = GenerationResult(text=row["output"] or "", error=row["error"] or None)
+    verdict = read_verdict(row["kind"], result)
+    if not verdict.parsed:
+        return out | {"reason": verdict.error}
     return out | {"score": verdict.score, "winner": verdict.winner, "rationale": verdict.rationale}
