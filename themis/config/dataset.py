@@ -89,7 +89,8 @@ class ScenarioMix(Strict):
             raise ValueError("dataset.mix: weights and quotas cannot be negative")
         if self.weights is not None and not any(v > 0 for v in self.weights.values()):
             raise ValueError("dataset.mix.weights: at least one scenario needs a positive weight")
-        from themis.judge.scenarios import load_scenarios  # pure: the scenarios file
+        # Imported here, not at the top: themis.judge imports themis.config (scenarios is pure data).
+        from themis.judge.scenarios import load_scenarios
 
         unknown = sorted(set(given) - set(load_scenarios()))
         if unknown:
@@ -139,7 +140,8 @@ class ScalesAugmentConfig(Strict):
     @field_validator("names")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        from themis.judge.scales import SCALES, TEACHER_SCALE  # pure: a table of scales
+        # Imported here, not at the top: themis.judge imports themis.config (scales is a pure table).
+        from themis.judge.scales import SCALES, TEACHER_SCALE
 
         unknown = [n for n in names if n not in SCALES]
         if unknown:
