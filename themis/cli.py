@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def _add_run(
     commands: argparse._SubParsersAction,
     name: str,
     summary: str,
-    run: Any,
+    run: Callable[[argparse.Namespace], int],
     force: bool = False,
     example: str = "jobs/configs/demo.yaml",
 ) -> argparse.ArgumentParser:
@@ -96,11 +96,12 @@ def _add_run(
     return sub
 
 
-class _AnyWord:
+class _AnyWord(dict[str, argparse.ArgumentParser]):
     """Choices that hold every word (``_CompareOrConfig`` decides what a word means); help lists
-    the subcommands' names."""
+    the subcommands' names, read from the live map as subcommands are added."""
 
     def __init__(self, names: dict[str, argparse.ArgumentParser]) -> None:
+        super().__init__()
         self.names = names
 
     def __contains__(self, word: object) -> bool:
@@ -116,11 +117,16 @@ class _CompareOrConfig(argparse._SubParsersAction):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.choices = _AnyWord(
-            self._name_parser_map
-        )  # argparse checks the first word against the choices before the call
+        # argparse checks the first word against the choices before it calls the action
+        self.choices = _AnyWord(self._name_parser_map)
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if values[0] in self._name_parser_map:
             super().__call__(parser, namespace, values, option_string)
             return

@@ -54,10 +54,10 @@ def read_report(path: str, storage: StorageConfig) -> tuple[str, dict]:
 def _paired(path_a: str, path_b: str, report_a: dict, storage: StorageConfig) -> dict | None:
     """Paired bootstrap differences from both reports' units.parquet; None if either is missing."""
     try:
-        units = [_read_units(p.rsplit("/", 1)[0] + "/units.parquet", storage) for p in (path_a, path_b)]
+        units_a, units_b = (_read_units(p.rsplit("/", 1)[0] + "/units.parquet", storage) for p in (path_a, path_b))
     except StorageError:
         return None
-    return paired_differences(*units, Settings(**report_a["settings"]))
+    return paired_differences(units_a, units_b, Settings(**report_a["settings"]))
 
 
 def _paired_suite(path_a: str, path_b: str, a: dict, b: dict, storage: StorageConfig) -> dict[str, dict]:
@@ -67,10 +67,10 @@ def _paired_suite(path_a: str, path_b: str, a: dict, b: dict, storage: StorageCo
         entry_b = b["benchmarks"].get(bench)
         if entry_b is None or entry_a["benchmark"]["sha256"] != entry_b["benchmark"]["sha256"]:
             continue
-        reports = [
+        report_a, report_b = (
             _join(p.rsplit("/", 1)[0], e["folder"]) + "/report.json" for p, e in ((path_a, entry_a), (path_b, entry_b))
-        ]
-        paired = _paired(*reports, {"settings": entry_a["settings"]}, storage)
+        )
+        paired = _paired(report_a, report_b, {"settings": entry_a["settings"]}, storage)
         if paired is not None:
             out[bench] = paired
     return out
