@@ -90,7 +90,7 @@ def balance(rows: list[Row], floor: int, seed: int) -> tuple[list[Row], list[Row
     groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in rows:
         groups[balance_key(row)].append(row)
-    quota = defaultdict(lambda: 10**9)
+    quota: defaultdict[str, int] = defaultdict(lambda: 10**9)
     for (family, _), members in groups.items():
         quota[family] = min(quota[family], len(members))
     kept, dropped = [], []
@@ -132,7 +132,7 @@ def self_consistent(samples: list[Row], tolerance: int) -> Row:
     failed = next((s for s in samples if s["reason"] is not None), None)
     if failed is not None:
         return failed | {"verdicts": verdicts}
-    if not samples_agree(samples[0]["kind"], verdicts, tolerance):
+    if not samples_agree(samples[0]["kind"], [v for v in verdicts if v is not None], tolerance):  # all parsed
         return samples[0] | {"verdicts": verdicts, "reason": DISAGREE}
     common = max(verdicts, key=lambda v: (verdicts.count(v), -verdicts.index(v)))
     return samples[verdicts.index(common)] | {"verdicts": verdicts}

@@ -52,8 +52,15 @@ class Prediction:
     @classmethod
     def of(cls, item_id: str, order: str, with_reference: bool, verdict: Verdict) -> Prediction:
         """The prediction holding ``verdict``, given on ``item_id`` in ``order``."""
-        fields = {"score": verdict.score, "winner": verdict.winner, "output": verdict.output, "error": verdict.error}
-        return cls(item_id, order, with_reference, **fields)
+        return cls(
+            item_id,
+            order,
+            with_reference,
+            score=verdict.score,
+            winner=verdict.winner,
+            output=verdict.output,
+            error=verdict.error,
+        )
 
     @property
     def verdict(self) -> Verdict:

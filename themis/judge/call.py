@@ -138,14 +138,15 @@ def prompt_request(
 ) -> GenerationRequest:
     """An engine request for a judge-style prompt; ``constrain`` forces the verdict sentence
     (its opening, one of the allowed tokens, its closing) on engines that can."""
-    forced = {"prefix": prompt.opening, "choices": prompt.choices, "closing": prompt.closing} if constrain else {}
     return GenerationRequest(
         messages=prompt.messages,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         seed=seed,
-        **forced,
+        prefix=prompt.opening if constrain else "",
+        choices=prompt.choices if constrain else (),
+        closing=prompt.closing if constrain else "",
     )
 
 

@@ -15,7 +15,7 @@ itself (``JudgeServer``, its routes) lives in ``themis.serving.deployment``.
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
@@ -41,7 +41,8 @@ def build_app(
 ) -> Application:
     """The Serve application for a model (a source, or a folder): one autoscaled deployment."""
     source = model if isinstance(model, ModelSource) else ModelSource(spec=str(model))
-    deployment = JudgeServer.options(**deployment_options(serve_cfg, connected_cluster_gpus()))
+    # serve.deployment made the class a Deployment; Ray's annotations do not say so.
+    deployment = cast(Any, JudgeServer).options(**deployment_options(serve_cfg, connected_cluster_gpus()))
     return deployment.bind(source, serve_cfg, frozenset(key_hashes), engine_factory)
 
 

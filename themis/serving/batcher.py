@@ -45,34 +45,34 @@ class EngineBatcher(Generic[Item, Result]):
         self._worker: asyncio.Task | None = None
 
     async def submit(self, item: Item) -> Result:
+        queue = self._queue = self._queue or asyncio.Queue()
         if self._worker is None or self._worker.done():
-            self._queue = self._queue or asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._serve_forever())
+            self._worker = asyncio.get_running_loop().create_task(self._serve_forever(queue))
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        queue.put_nowait((item, future))
         return await future
 
-    async def _serve_forever(self) -> None:
+    async def _serve_forever(self, queue: asyncio.Queue) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_batch(queue)
             if batch:
                 await self._run_batch(batch)
 
-    async def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
+    async def _next_batch(self, queue: asyncio.Queue) -> list[tuple[Item, asyncio.Future]]:
         """The first waiting request, everything queued behind it, and (if that is not a full batch)
         whatever arrives within ``wait_s``; requests whose caller gave up are dropped."""
-        batch = [await self._queue.get()]
+        batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not queue.empty():
+                batch.append(queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
             except TimeoutError:
                 break
         return [(item, future) for item, future in batch if not future.done()]

@@ -74,8 +74,7 @@ def _text(message: ChatMessage, index: int) -> str:
     texts = [p.get("text") for p in message.content if p.get("type") == "text"]
     if len(texts) != len(message.content) or not all(isinstance(t, str) for t in texts):
         param = f"messages[{index}].content"
-        message = "only text content parts are supported"
-        raise ApiError(400, message, "unsupported_value", param=param)
+        raise ApiError(400, "only text content parts are supported", "unsupported_value", param=param)
     return "".join(texts)  # type: ignore[arg-type]
 
 

@@ -75,6 +75,7 @@ from themis.serving.models import (
     ChatCompletionRequest,
     JudgeRequest,
     JudgeResponse,
+    ScenarioSource,
     infer_kind,
 )
 from themis.serving.options import replica_capacity
@@ -201,7 +202,8 @@ class JudgeServer:
     ):
         self.cfg, self.limits = serve_cfg, serve_cfg.limits
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # this replica's process only
-        self.engine = engine_factory(serve_cfg, model)
+        # Any: local engines also render prompts for counting (render_prompt), beyond the Engine protocol.
+        self.engine: Any = engine_factory(serve_cfg, model)
         set_generation_deadline(self.engine, self.limits.generation_deadline_s)
         self.counter = counting_tokenizer(self.engine)
         self.context = context_length(self.engine)
@@ -334,7 +336,7 @@ class JudgeServer:
             except ParseError as exc:
                 self.metrics.parse_failures.inc(tags={"kind": "classifier"})
                 return unclassified_response(kind, classified, exc, body.scale)
-        source = "given" if body.scenario else "classified"
+        source: ScenarioSource = "given" if body.scenario else "classified"
         call = judge_call(body, kind, scenario)
         both = kind == "pairwise" and (self.cfg.both_orders if body.both_orders is None else body.both_orders)
         calls = [call, call.swapped()] if both else [call]

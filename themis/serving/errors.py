@@ -7,6 +7,7 @@ official client raises the right exception; error messages quote a client's inpu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -59,10 +60,10 @@ class ErrorBody(BaseModel):
     detail: list[dict[str, Any]] | None = None
 
 
-def validation_error(errors: list[dict[str, Any]], where: str = "") -> ApiError:
+def validation_error(errors: Sequence[Mapping[str, Any]], where: str = "") -> ApiError:
     """A 422 from pydantic errors: one readable line per problem (each place prefixed by ``where``),
     plus the list."""
-    detail = [
+    detail: list[dict[str, Any]] = [
         {
             "loc": [snippet(p, 40) if isinstance(p, str) else p for p in e.get("loc", ())],
             "msg": snippet(e.get("msg"), 200),
@@ -74,6 +75,6 @@ def validation_error(errors: list[dict[str, Any]], where: str = "") -> ApiError:
     return ApiError(422, "; ".join(lines), "invalid_body", detail=detail)
 
 
-def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+def validation_error_body(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A 422 body from pydantic errors (see ``validation_error``)."""
     return validation_error(errors).body()

@@ -24,7 +24,7 @@ import hmac
 import ipaddress
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,7 @@ class BodyTooLarge(Exception):
     """Raised inside ``receive`` when a streamed body passes the limit."""
 
 
-def error_response(status: int, message: str, code: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> tuple:
+def error_response(status: int, message: str, code: str, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple:
     """An OpenAI-style error as (status, headers, body) for a raw ASGI reply."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()

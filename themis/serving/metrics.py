@@ -14,6 +14,12 @@ from typing import Any
 from themis.serving.errors import ApiError
 from themis.serving.models import JudgeResponse
 
+
+def _tags(*keys: str) -> Any:
+    """Tag keys as Ray's metrics take them (any number; Ray's annotation says exactly one)."""
+    return keys
+
+
 OTHER_ROUTE = "other"  # any path that is not a route, so a scanner cannot grow the label set
 
 
@@ -26,24 +32,28 @@ class JudgeMetrics:
         self.responses = Counter(
             "themis_judge_responses",
             description="Every HTTP answer by route and status, refusals (401/413/422/400/503) included.",
-            tag_keys=("route", "status"),
+            tag_keys=_tags("route", "status"),
         )
         self.requests = Counter(
             "themis_judge_requests",
             description="Requests by route, kind and status.",
-            tag_keys=("route", "kind", "status"),
+            tag_keys=_tags("route", "kind", "status"),
         )
         self.latency = Histogram(
             "themis_judge_latency_ms",
             description="Request latency by route and kind.",
             boundaries=[10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000],
-            tag_keys=("route", "kind"),
+            tag_keys=_tags("route", "kind"),
         )
         self.verdicts = Counter(
-            "themis_judge_verdicts", description="Verdicts by kind and value.", tag_keys=("kind", "verdict")
+            "themis_judge_verdicts", description="Verdicts by kind and value.", tag_keys=_tags("kind", "verdict")
         )
         self.parse_failures = Counter(
-            "themis_judge_parse_failures", description="Outputs without a verdict.", tag_keys=("kind",)
+            "themis_judge_parse_failures",
+            description="Outputs without a verdict.",
+            tag_keys=_tags(
+                "kind",
+            ),
         )
         self.disagreements = Counter(
             "themis_judge_dual_order_disagreements", description="Pairs whose two orders disagree."

@@ -55,8 +55,9 @@ def build_serve_engine(serve_cfg: ServeConfig, model: ModelSource) -> Engine:
 
 def context_length(engine: Engine) -> int | None:
     """The model's context in tokens, where the engine says (vLLM's max_model_len, the HF config)."""
-    if getattr(engine, "max_model_len", None):
-        return int(engine.max_model_len)
+    max_model_len = getattr(engine, "max_model_len", None)
+    if max_model_len:
+        return int(max_model_len)
     config = getattr(getattr(engine, "model", None), "config", None)
     return getattr(config, "max_position_embeddings", None)
 
@@ -94,7 +95,8 @@ class EngineWatch:
     """When the current engine call started, so a health check can see one that never ends."""
 
     def __init__(self, limit_s: float):
-        self.limit_s, self.started = limit_s, None
+        self.limit_s = limit_s
+        self.started: float | None = None
 
     def stuck(self) -> bool:
         started = self.started
@@ -112,7 +114,7 @@ def generate_isolated(engine: Engine, requests: list[GenerationRequest]) -> list
         return results or [GenerationResult(error="generation failed")]
     retried: list[GenerationResult | None] = list(results) if results else [None] * len(requests)
     for i, result in enumerate(retried):
-        if result is None or not (result.ok or result.error.startswith("deadline")):
+        if result is None or not (result.ok or (result.error or "").startswith("deadline")):
             alone = _try_generate(engine, [requests[i]])
             retried[i] = alone[0] if alone else GenerationResult(error="generation failed")
     return retried  # type: ignore[return-value]  # every None was replaced
