@@ -163,7 +163,7 @@ def _host() -> str:
 
 def _ours(name: str) -> bool:
     match = _NAME.match(name)
-    return bool(match) and match["host"] == _host()
+    return match is not None and match["host"] == _host()
 
 
 def _is_alive(name: str) -> bool:

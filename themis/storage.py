@@ -78,6 +78,8 @@ class RunStore:
     attempt's folder for a store made by ``begin_attempt``.
     """
 
+    attempt_id: str  # only on a store made by ``begin_attempt``
+
     def __init__(self, storage: StorageConfig, run_name: str):
         self.storage = storage
         self.run_name = run_name

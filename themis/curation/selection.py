@@ -45,8 +45,16 @@ class Unit:
 
     @property
     def ifd(self) -> float | None:
-        values = [r.get("ifd") for r in self.rows]
-        return None if any(v is None for v in values) else math.fsum(values) / len(values)
+        values = [v for v in (r.get("ifd") for r in self.rows) if v is not None]
+        return math.fsum(values) / len(values) if len(values) == len(self.rows) else None
+
+    @property
+    def scored_ifd(self) -> float:
+        """``ifd``, for the rules that rank by it; ValueError for a unit the IFD scoring left out."""
+        ifd = self.ifd
+        if ifd is None:
+            raise ValueError(f"unit {self.key} has no IFD score: rank only what drop_undefined keeps")
+        return ifd
 
     @property
     def key(self) -> str:
@@ -91,7 +99,7 @@ def drop_outliers(units: list[Unit], threshold: float) -> tuple[list[Unit], list
         by_scenario[unit.scenario].append(unit)
     outliers: set[str] = set()
     for members in by_scenario.values():
-        for unit, z in zip(members, z_scores([u.ifd for u in members])):
+        for unit, z in zip(members, z_scores([u.scored_ifd for u in members])):
             if abs(z) > threshold:
                 outliers.add(unit.key)
     kept = [u for u in units if u.key not in outliers]
@@ -100,7 +108,7 @@ def drop_outliers(units: list[Unit], threshold: float) -> tuple[list[Unit], list
 
 def by_ifd(units: list[Unit]) -> list[Unit]:
     """Highest IFD first; ties by key, so the order is the same on every run."""
-    return sorted(units, key=lambda u: (-u.ifd, u.key))
+    return sorted(units, key=lambda u: (-u.scored_ifd, u.key))
 
 
 def take(ordered: list[Unit], target: int) -> tuple[list[Unit], list[Unit]]:

@@ -125,7 +125,8 @@ class IFDScorer:
         self.device = _pick_device(cfg.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = _pick_dtype(cfg.dtype, self.device)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)  # transformers types .to() oddly
+        self.model = model.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.scorer = scorer
         self.cache = ScoreCache(scorer.cache) if scorer.cache else None

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,7 +37,8 @@ class TransformersEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = _pick_dtype(cfg.dtype, self.device)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)  # transformers types .to() oddly
+        self.model = model.to(self.device).eval()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request; a batch that fails marks its rows with the error."""
@@ -144,7 +146,7 @@ class TransformersEngine:
             picks = scores.argmax(dim=-1).tolist()
         return picks, out.cache
 
-    def _pad(self, rows: list[list[int]], device: torch.device | str):
+    def _pad(self, rows: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token rows of different lengths as a left-padded batch and its attention mask."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)

@@ -229,7 +229,7 @@ def start_shared_limits(engine: str, cfg: Any, window_s: float | None = None) ->
     window = TPM_WINDOW_S if window_s is None else window_s
     # No CPU: it must start beside pools that hold every core, and its calls take microseconds.
     actor = ray.remote(num_cpus=0)(SharedLimits)
-    handle = actor.options(name=name, get_if_exists=True).remote(cfg.qps, cfg.tokens_per_minute, window)
+    handle: Any = actor.options(name=name, get_if_exists=True).remote(cfg.qps, cfg.tokens_per_minute, window)
     ray.get(handle.ready.remote())  # up before any engine looks for it, or fail here, in the driver
     _STARTED[name] = handle  # Ray ends an actor, named or not, once its owner holds no handle to it
     return name

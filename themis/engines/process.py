@@ -24,9 +24,13 @@ import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from themis.config import TransformersEngineConfig
 from themis.engines.base import GenerationRequest, GenerationResult, render_chat_prompt
+
+if TYPE_CHECKING:
+    from themis.engines.hf import TransformersEngine
 
 START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
 # A call still running this long after its deadline is killed with the child (generation itself
@@ -143,7 +147,7 @@ def _serve(recv: Connection, send: Connection) -> None:
     try:
         from themis.engines import build_engine
 
-        engine = build_engine(cfg, model_path)
+        engine = cast("TransformersEngine", build_engine(cfg, model_path))  # cfg is a TransformersEngineConfig
     except Exception as exc:  # reported to the parent, which raises it where the replica starts
         send.send(("error", f"{type(exc).__name__}: {exc}"))
         return

@@ -68,7 +68,8 @@ def paired_differences(a: Mapping[str, list], b: Mapping[str, list], s: Settings
         cis = stats.bootstrap_cis(len(ids), statistic, s.resamples, s.confidence, s.seed, vectorized=True)
         for name, value in full.items():
             diff = float(value[0]) if np.isfinite(value[0]) else None
-            out[f"{family}/{name}"] = {"difference": diff, "ci": list(cis[name]) if cis.get(name) else None}
+            ci = cis.get(name)
+            out[f"{family}/{name}"] = {"difference": diff, "ci": list(ci) if ci else None}
             out[f"{family}/{name}"]["n"] = len(ids)
     return out
 

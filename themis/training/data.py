@@ -46,8 +46,7 @@ def tokenize_split(store: RunStore, source: str, split: str, model_dir: str, max
     if pads.dataset(source_path, filesystem=store.fs, format="parquet").count_rows():
         ds = ray.data.read_parquet(source_path, filesystem=store.fs, columns=["example_id", "messages"])
         ds = ds.map_batches(
-            _tokenize_batch,
-            fn_kwargs={"model_dir": model_dir, "max_seq_len": max_seq_len},
+            functools.partial(_tokenize_batch, model_dir=model_dir, max_seq_len=max_seq_len),
             batch_format="pyarrow",
             batch_size=256,
             num_cpus=0.5,  # two tokenisers side by side on a 2-core machine

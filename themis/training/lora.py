@@ -26,7 +26,7 @@ def build_peft_config(settings: LoraSettings) -> Any:
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=settings.r,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft annotates int; it computes alpha / r
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
     )

@@ -73,6 +73,8 @@ def judge_loss(
     if rationale == "ce":
         rationale_sum = (ce * is_rationale).sum()
     else:
+        if embeddings is None:
+            raise ValueError(f"the {rationale!r} rationale loss needs the output embedding matrix")
         rationale_sum = similarity_loss(logits[is_rationale], targets[is_rationale], embeddings, rationale).sum()
     n_score, n_rationale = is_score.sum(), is_rationale.sum()
     total = (score_weight * score_sum + rationale_weight * rationale_sum) / (n_score + n_rationale).clamp(min=1)

@@ -16,6 +16,7 @@ responses, the rationale) is read when first asked for.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,7 +68,7 @@ def judgments_table(view: RunView) -> Table:
         shorten=["instruction"],
     )
     verdicts = rows.columns["verdict"]
-    full = {rel: Once(lambda rel=rel: view.store.read_table(rel)) for rel in (JUDGMENTS, JUDGMENT_REJECTS)}
+    full = {rel: Once(partial(view.store.read_table, rel)) for rel in (JUDGMENTS, JUDGMENT_REJECTS)}
 
     def detail(n: int) -> dict[str, Any]:
         source, i = (JUDGMENTS, n) if n < n_parsed else (JUDGMENT_REJECTS, n - n_parsed)
@@ -128,8 +129,7 @@ def pair_agreement(cols: dict[str, list], status: list[str]) -> tuple[list[str],
         ab, ba = rows.get("ab"), rows.get("ba")
         if ab is not None and ba is not None:
             partner[ab], partner[ba] = ba, ab
-        parsed = ab is not None and ba is not None and status[ab] == status[ba] == "parsed"
-        if not parsed:
+        if ab is None or ba is None or not status[ab] == status[ba] == "parsed":
             state = ONE_ORDER
         elif cols["winner"][ab] == winner_in_ab_order(cols["winner"][ba], "ba"):
             state = AGREE
@@ -292,7 +292,7 @@ def records_table(view: RunView) -> Table:
     ]
     starts = {name: sum(t.num_rows for t in list(parts.values())[:i]) for i, name in enumerate(parts)}
 
-    full = {name: Once(lambda name=name: view.store.read_table(SPLITS[name])) for name in parts}
+    full = {name: Once(partial(view.store.read_table, SPLITS[name])) for name in parts}
 
     def detail(n: int) -> dict[str, Any]:
         name = split[n]

@@ -26,6 +26,7 @@ import json
 import posixpath
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
@@ -212,13 +213,13 @@ class RunView:
             out: dict[str, Callable[[], Table]] = {}
             for stage, rel in REJECTS.items():
                 if self.store.exists(rel):
-                    out[f"rejects-{stage}"] = lambda stage=stage, rel=rel: run.rejects_table(self, stage, rel)
+                    out[f"rejects-{stage}"] = partial(run.rejects_table, self, stage, rel)
             if self.store.exists("judgments/data.parquet") or self.store.exists(REJECTS["judgments"]):
                 out["judgments"] = lambda: curation.judgments_table(self)
             if self.store.exists("dataset/train.parquet"):
                 out["dataset-records"] = lambda: curation.records_table(self)
             for n, report in enumerate(evaluation.find_reports(self)):
-                out[f"eval-{n}"] = lambda report=report: evaluation.items_table(self, report)
+                out[f"eval-{n}"] = partial(evaluation.items_table, self, report)
             return out
 
         return self.cached("tables", listing)

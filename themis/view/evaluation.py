@@ -260,6 +260,7 @@ def _reload(view: RunView, report: dict[str, Any]) -> tuple[list[Any], str]:
     if bench is None:
         raise Missing(f"the report's config names no benchmark {bench_id!r}")
     name = bench.get("name")
+    items: list[Any]
     if name == "validation":
         rel = "dataset/validation.parquet"
         items = benchmarks.from_validation(view.store.read_table(rel).to_pylist())
@@ -382,7 +383,7 @@ def compare(view: RunView, a: int, b: int) -> dict[str, Any]:
         "test": "paired bootstrap on the same items" if paired is not None else markdown.NON_OVERLAP,
         "rows": rows,
         "relative_gap": stats.relative_gap(ours, base) if ours else None,
-        "markdown": markdown.compare_reports(ra, rb, *names, paired=paired),
+        "markdown": markdown.compare_reports(ra, rb, names[0], names[1], paired=paired),
     }
 
 

@@ -44,7 +44,8 @@ class _Event:
 
 def read_records(data: bytes) -> tuple[list[bytes], bool]:
     """The TFRecord payloads in ``data`` and whether the stream ended cleanly (not cut short)."""
-    records, pos = [], 0
+    records: list[bytes] = []
+    pos = 0
     while pos < len(data):
         if pos + 12 > len(data):
             return records, False
@@ -68,13 +69,14 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """(field number, wire type, value) of one protobuf message: ints for varints, bytes for
     length-delimited fields, raw bytes for the fixed 32/64-bit ones."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -89,18 +91,33 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
         yield number, wire, value
 
 
+def _int(value: int | bytes) -> int:
+    """A varint field's value; ValueError where the message has bytes in its place."""
+    if not isinstance(value, int):
+        raise ValueError("expected a varint field, found a length-delimited or fixed one")
+    return value
+
+
+def _raw(value: int | bytes) -> bytes:
+    """A length-delimited or fixed field's bytes; ValueError where the message has a varint."""
+    if not isinstance(value, bytes):
+        raise ValueError("expected a length-delimited or fixed field, found a varint")
+    return value
+
+
 def parse_event(record: bytes) -> _Event:
     """One Event's time, step, simple scalar values and whether it is a purge marker."""
     event = _Event()
     for number, wire, value in _fields(record):
         if number == 1 and wire == 1:
-            (event.wall_time,) = struct.unpack("<d", value)
+            (event.wall_time,) = struct.unpack("<d", _raw(value))
         elif number == 2 and wire == 0:
-            event.step = value - (1 << 64) if value >= 1 << 63 else value
+            step = _int(value)
+            event.step = step - (1 << 64) if step >= 1 << 63 else step
         elif number == 5 and wire == 2:
-            event.values += _summary_values(value)
+            event.values += _summary_values(_raw(value))
         elif number == 7 and wire == 2:
-            event.purge = any(n == 1 and v == START for n, _, v in _fields(value))
+            event.purge = any(n == 1 and v == START for n, _, v in _fields(_raw(value)))
     return event
 
 
@@ -110,11 +127,11 @@ def _summary_values(summary: bytes) -> list[tuple[str, float]]:
         if number != 1:
             continue
         tag, scalar = None, None
-        for n, wire, v in _fields(value):
+        for n, wire, v in _fields(_raw(value)):
             if n == 1 and wire == 2:
-                tag = v.decode("utf-8", "replace")
+                tag = _raw(v).decode("utf-8", "replace")
             elif n == 2 and wire == 5:
-                (scalar,) = struct.unpack("<f", v)
+                (scalar,) = struct.unpack("<f", _raw(v))
         if tag is not None and scalar is not None:
             out.append((tag, scalar))
     return out
@@ -139,9 +156,9 @@ def read_scalars(files: list[tuple[str, bytes]]) -> Scalars:
     points: dict[str, dict[int, float]] = {}
     for event in (e for events in streams for e in events):
         if event.purge:  # later writes replace everything from this step on
-            for series in points.values():
-                for step in [s for s in series if s >= event.step]:
-                    del series[step]
+            for steps in points.values():
+                for step in [s for s in steps if s >= event.step]:
+                    del steps[step]
         for tag, value in event.values:
             points.setdefault(tag, {})[event.step] = value
     series = {tag: sorted(steps.items()) for tag, steps in sorted(points.items()) if steps}

@@ -132,7 +132,7 @@ def build_server(view: RunView, host: str = "127.0.0.1", port: int = DEFAULT_POR
 
 def url_of(server: ThreadingHTTPServer) -> str:
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}/"
+    return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}/"
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ class Rows(Sequence):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, n):  # type: ignore[override]
+    def __getitem__(self, n):
         if isinstance(n, slice):
             return [self[i] for i in range(*n.indices(self._n))]
         return {k: snippet(v[n]) if k in self.shorten else v[n] for k, v in self.columns.items()}

@@ -66,7 +66,7 @@ def _read(view: RunView, rel: str) -> bytes:
 def from_summary(summary: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
     """The series ``train/summary.json`` holds, under the TensorBoard tags' names."""
 
-    def steps(values: list) -> list[tuple[int, float]]:
+    def steps(values: list | None) -> list[tuple[int, float]]:
         return [(n, v) for n, v in enumerate(values or [], 1) if v is not None]
 
     seconds = summary.get("step_seconds") or []
