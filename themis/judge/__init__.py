@@ -1,1 +1,2 @@
-"""The judge, pure: scenarios, scales, prompts, parsing, and the one judge call (render, request, parse)."""
+"""The judge, pure: scenarios, scales, prompts, parsing, the verdict and its vocabulary
+(``verdict``), and the one judge call (``call``: render, request, read the verdict)."""
