@@ -64,7 +64,7 @@ class ResumePoint(Exception):
 
 
 class LocalLink:
-    """``training_loop.WorkerLink`` without Ray: rank 0 of 1; each reported checkpoint folder is
+    """``themis.training.loop.WorkerLink`` without Ray: rank 0 of 1; each reported checkpoint folder is
     kept under ``keep`` (Ray Train would copy it into the run's storage)."""
 
     rank, world = 0, 1
@@ -361,6 +361,7 @@ def train_part(base: Path, n_params: int, mode: str, work: Path, args: argparse.
 def stopped_and_resumed(name: str, config: dict[str, Any], kept: Path, args: argparse.Namespace) -> tuple[dict, dict]:
     """Train to the checkpoint at ``--resume-at`` and stop there, as a worker that dies after it;
     then resume from that checkpoint to the end. Returns the checkpoint's state and the summary."""
+    from themis.training.checkpoints import STATE_FILE
     from themis.training.loop import SUMMARY, train
 
     kept.mkdir(parents=True, exist_ok=True)
@@ -372,7 +373,7 @@ def stopped_and_resumed(name: str, config: dict[str, Any], kept: Path, args: arg
         pass
     _free(args.device)
     checkpoint = first.reported[-1][1]
-    state = json.loads((checkpoint / "themis_state.json").read_text())
+    state = json.loads((checkpoint / STATE_FILE).read_text())
     train(config, LocalLink(kept, checkpoint=checkpoint))
     shutil.rmtree(kept, ignore_errors=True)  # DeepSpeed checkpoints: 12 bytes a parameter
     return state, config["store"].read_json(SUMMARY)
