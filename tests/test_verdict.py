@@ -110,3 +110,30 @@ def test_kinds_fall_in_two_families() -> None:
     assert POINTWISE_KINDS == ("single", "reference")
     with pytest.raises(ValueError, match="unknown judgment kind"):
         family_of("score")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [GenerationResult(error="CUDA out of memory"), GenerationResult(text="It is fine."), GenerationResult(text="")],
+)
+def test_the_stage_evaluation_and_endpoint_give_one_reason_for_one_bad_result(result) -> None:
+    from themis.evaluation.judges import ItemCall, parse_call
+    from themis.judge.call import single_call
+    from themis.serving.api import judge_response
+    from themis.stages.judgments import REJECT_SCHEMA, parse_judgment
+
+    expected = read_verdict("single", result).error
+    planned = {name: None for name in REJECT_SCHEMA.names} | {"kind": "single", "sample": 0}
+    row = parse_judgment(planned | {"output": result.text, "error": result.error})
+    prediction = parse_call(ItemCall("i", False, single_call("close_qa", "q", "r")), result)
+    answer = judge_response("single", "close_qa", "given", result)
+    assert row["reason"] == prediction.error == answer.error == expected
+    assert (row["score"], row["rationale"], prediction.score, answer.score, answer.parsed) == (None,) * 4 + (False,)
+
+
+def test_a_parsed_judgment_row_holds_the_verdicts_fields() -> None:
+    from themis.stages.judgments import REJECT_SCHEMA, parse_judgment
+
+    planned = {name: None for name in REJECT_SCHEMA.names} | {"kind": "pairwise", "order": "ba", "sample": 0}
+    row = parse_judgment(planned | {"output": "Verdict: [[C]] Equal.", "error": None})
+    assert (row["winner"], row["score"], row["rationale"], row["reason"]) == ("tie", None, "Equal.", None)
