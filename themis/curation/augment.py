@@ -2,7 +2,7 @@
 
 The paper trains on judge prompts a user might write differently: criteria reworded, only some of
 them, another score scale. Each augmented record is a teacher judgment re-rendered through the one
-judging core (``judging.render_call`` with ``criteria=`` or ``scale=``) with a target derived from
+judging core (``themis.judge.call.render_call`` with ``criteria=`` or ``scale=``) with a target derived from
 the teacher's own output:
 
 * **paraphrase**: the prompt lists a teacher-written rewording of the scenario's criteria (same

@@ -1,7 +1,8 @@
 """Turn model outputs back into data: scores, pairwise winners, scenario ids, instructions.
 
-Every parser returns a value or raises ``ParseError`` whose message is the reject reason stored
-with the row. Small models drift from the format, so the parsers accept the common near-misses
+Every parser returns a value or raises ``ParseError`` whose message says what is missing; a judge
+output's reject reason is that message behind ``unparsable:`` (``themis.judge.call.read_verdict``),
+and other stages store it as they say. Small models drift from the format, so the parsers accept the common near-misses
 (a missing closing bracket, "Rating: 4/5") but never guess. Pure: no Ray, torch or DeepSpeed.
 """
 
@@ -15,7 +16,7 @@ from themis.judge.verdict import PROMPT_LETTERS, TIE, WINNER_OF_LETTER, Verdict
 
 
 class ParseError(ValueError):
-    """An output that does not contain what was asked for; the message is the reject reason."""
+    """An output that does not contain what was asked for; the message says what is missing."""
 
 
 # The token in a verdict's double brackets ("[[4]]", "[[ A ]]"), also when the model left out the
