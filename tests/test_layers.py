@@ -4,12 +4,17 @@ is part of an import cycle."""
 
 from __future__ import annotations
 
+import pkgutil
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
+
+import themis
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
@@ -30,6 +35,15 @@ def test_import_contracts_hold() -> None:
     out = _lint_imports(ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
+
+
+def test_every_top_level_module_has_a_layer() -> None:
+    """A new module or package under themis/ must be placed in the layers, or nothing checks it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
+    layered = {name for layer in contracts["layers"]["layers"] for name in re.split(r"[|:]", layer)}
+    top = {f"themis.{m.name}" for m in pkgutil.iter_modules(themis.__path__)}
+    assert top - {n.strip() for n in layered} == set()
 
 
 def test_import_contracts_catch_violations(tmp_path: Path) -> None:
