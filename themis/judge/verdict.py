@@ -15,17 +15,17 @@ imports nothing of the project, so every other judge module can import it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Kind = Literal["single", "reference", "pairwise"]
-KINDS: tuple[Kind, ...] = ("single", "reference", "pairwise")
+KINDS: tuple[Kind, ...] = get_args(Kind)
 # A pointwise kind grades one response with a score (on a scale, 1-5 by default); the pairwise kind
 # picks a winner. "single" and "reference" are kinds (what the prompt shows), never family names.
 Family = Literal["pointwise", "pairwise"]
 POINTWISE_KINDS: tuple[Kind, ...] = ("single", "reference")
 
 Winner = Literal["A", "B", "tie"]
-WINNERS: tuple[Winner, ...] = ("A", "B", "tie")
+WINNERS: tuple[Winner, ...] = get_args(Winner)  # in this order wherever winners are listed
 TIE: Winner = "tie"
 # The prompt shows MT-bench's letters ([[A]], [[B]], [[C]] for a tie): models know them, and a
 # one-letter choice is what engines can force. Data, reports and the API always say "tie".
