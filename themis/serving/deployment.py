@@ -356,17 +356,3 @@ class JudgeServer:
     def _count(self, text: str) -> int:
         """Tokens by the engine's tokenizer; 0 for an engine without one (usage is then unknown)."""
         return len(self.counter.encode(text, add_special_tokens=False)) if self.counter and text else 0
-
-
-# ``themis.stages.serve`` (kept out of this change) still imports the application builders from
-# here; they live in ``themis.serving.app``, which imports this module, so they are looked up there
-# on first use. Remove once that import names ``themis.serving.app``.
-_MOVED_TO_APP = frozenset({"APP_NAME", "build_app", "serve_start_options", "served_model_source"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_APP:
-        from themis.serving import app
-
-        return getattr(app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,10 @@
 """Stage 7, serve: deploy the judge on Ray Serve, smoke-test it, or serve until Ctrl-C.
 
-The deployment and its application builders live in ``themis.serving.deployment``; this module only deploys
-(after the promotion gate), smoke-tests and serves. ``themis serve`` runs ``run(..., block=True)``
-and serves until Ctrl-C; in ``pipeline`` the stage deploys, optionally smoke-tests the endpoint,
-and shuts it down again. On a cluster (a KubeRay RayService) ``themis.serving.app:build_judge_app``
-builds the same application from a config file.
+The deployment lives in ``themis.serving.deployment``, its application builders in
+``themis.serving.app``; this module only deploys (after the promotion gate), smoke-tests and
+serves. ``themis serve`` runs ``run(..., block=True)`` and serves until Ctrl-C; in ``pipeline`` the
+stage deploys, optionally smoke-tests the endpoint, and shuts it down again. On a cluster (a KubeRay
+RayService) ``themis.serving.app:build_judge_app`` builds the same application from a config file.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
     # read its settings before the local Ray's loopback-only ones are in place.
     from ray import serve
 
-    from themis.serving.deployment import APP_NAME, build_app, serve_start_options, served_model_source
+    from themis.serving.app import APP_NAME, build_app, serve_start_options, served_model_source
 
     serve_cfg = cfg.serve
     source = served_model_source(serve_cfg, cfg.run.storage, cfg.run.name)
