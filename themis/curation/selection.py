@@ -251,7 +251,7 @@ def ifd_by_scenario(rows: list[Row]) -> dict[str, list[float]]:
 
 def counts_by_scenario_label(rows: list[Row]) -> dict[str, dict[str, int]]:
     """Records per scenario and label (``score:4``, ``pairwise:A`` in ab order)."""
-    out: dict[str, Counter] = defaultdict(Counter)
+    out: dict[str, Counter[str]] = defaultdict(Counter)
     for row in rows:
         out[row["scenario"]][":".join(balance_key(row))] += 1
     return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}

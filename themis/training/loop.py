@@ -246,7 +246,9 @@ def _flops_budget(engine: Any, tcfg: TrainConfig) -> float | None:
     return mfu(n_params, 1.0, peak, torch.distributed.get_world_size())
 
 
-def _optimizer_step(engine: Any, config: dict[str, Any], micro_batches: list[list[sft.Example]], lr: float) -> dict:
+def _optimizer_step(
+    engine: Any, config: dict[str, Any], micro_batches: list[list[sft.Example]], lr: float
+) -> dict[str, float]:
     """One optimizer step over ``grad_accum`` micro-batches; return the losses averaged over ranks
     (total, score and rationale parts) and the tokens all ranks processed."""
     import torch

@@ -123,7 +123,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
         os.close(lifeline_write)
 
 
-def _relay(conn: Connection, child: subprocess.Popen, rank: str) -> None:
+def _relay(conn: Connection, child: subprocess.Popen[bytes], rank: str) -> None:
     import ray.train
 
     while True:
