@@ -18,7 +18,7 @@ from themis.view.events import read_scalars
 if TYPE_CHECKING:
     from themis.view.data import RunView
 
-SUMMARY = "train/summary.json"  # themis.training.loop.SUMMARY (that module imports torch)
+SUMMARY = "train/summary.json"  # as themis.training.loop.SUMMARY writes it (the view does not load the loop)
 # Chart -> the series it draws, in order; a series the run lacks is left out.
 CHARTS = {
     "loss": ["loss/total", "loss/score_ce", "loss/rationale", "loss/validation_ce"],
