@@ -57,7 +57,7 @@ class Augmentation:
     """What augmenting a set of records gave: the new rows and, per reason, what could not be done."""
 
     rows: list[Row] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
 
     def by_kind(self) -> dict[str, int]:
         return dict(sorted(Counter(r["augmentation"] for r in self.rows).items()))
@@ -273,13 +273,13 @@ def fit_data(rows: list[Row]) -> dict[str, list[tuple[dict[str, int], int]]]:
     return data
 
 
-def draw_subsets(scored: list[str], total: int, count: int, min_size: int, rng: random.Random) -> list[tuple]:
+def draw_subsets(scored: list[str], total: int, count: int, min_size: int, rng: random.Random) -> list[tuple[str, ...]]:
     """Up to ``count`` distinct random subsets of the ``scored`` criteria (kept in their order), each of
     at least ``min_size`` and fewer than all ``total`` criteria of the scenario."""
     largest = min(len(scored), total - 1)
     if largest < min_size:
         return []
-    subsets: list[tuple] = []
+    subsets: list[tuple[str, ...]] = []
     for _ in range(8 * count):  # a few tries: small sets have few distinct subsets
         picked = set(rng.sample(scored, rng.randint(min_size, largest)))
         subset = tuple(n for n in scored if n in picked)
@@ -302,7 +302,7 @@ def add_subsets(rows: list[Row], fit_rows: list[Row], cfg: SubsetsConfig, rng: r
     """Every graded record with ``cfg.per_record`` criteria subsets; the
     regressions fit on ``fit_rows`` (the teacher's judgments on the training side)."""
     out, data = Augmentation(), fit_data(fit_rows)
-    fits: dict[tuple, OverallFit | str] = {}  # one fit per (scenario, subset); a string is why none
+    fits: dict[tuple[str, ...], OverallFit | str] = {}  # one fit per (scenario, subset); a string is why none
     for row in rows:
         if row["kind"] not in POINTWISE_KINDS:
             out.skipped["subset: pairwise (only paraphrase applies)"] += 1
@@ -339,7 +339,7 @@ _DOUBLE_BRACKETED = re.compile(r"\[\[\s*([^\[\]\n]*?)\s*\]\]")
 def convert_rationale(rationale: str | None, scale: str) -> str:
     """Every ``[[n]]`` of a rationale on ``scale``; raises ``ValueError`` on one that is not a 1-5 score."""
 
-    def convert(match: re.Match) -> str:
+    def convert(match: re.Match[str]) -> str:
         text = match.group(1)
         if not text.isdigit() or not get_scale(TEACHER_SCALE).contains(int(text)):
             raise ValueError(f"[[{text}]] is not a 1-5 score")

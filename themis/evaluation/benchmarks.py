@@ -289,7 +289,8 @@ def load_file(
     mapping = dict(columns or {})
     _check_mapping(mapping, kind)
     labels = None if values is None else {str(k).strip(): v for k, v in values.items()}
-    items, rejects, first_seen = [], [], {}
+    items, rejects = [], []
+    first_seen: dict[str, Any] = {}
     records = read_records(path)
     for record in records:
         try:
@@ -341,7 +342,7 @@ def _file_item(
     votes = [v for v in (human if isinstance(human, list) else [human]) if not _blank(v)]
     if not votes:
         raise _Unusable("no human label")
-    common = {
+    common: dict[str, Any] = {
         "item_id": str(_field(record.data, mapping, "item_id", False, f"{record.file.stem}-{record.n}")),
         "instruction": text("instruction"),
         "scenario": text("scenario"),

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -54,7 +55,7 @@ CODES = {w: code for code, w in enumerate((*CODED_WINNERS, UNPARSABLE))}
 MACRO_CLASSES = ("occurring", "all")
 
 
-def mae(pred: Sequence[float], gold: Sequence[float]) -> float:
+def mae(pred: Sequence[float] | np.ndarray, gold: Sequence[float] | np.ndarray) -> float:
     """Mean absolute error."""
     _check(pred, gold)
     return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(gold, float))))
@@ -240,7 +241,9 @@ def annotator_agreement(votes: Sequence[Sequence], kind: str, labels: Sequence =
     return out
 
 
-def _kappa(a: Sequence, b: Sequence, labels: list, weights: str | None) -> float | None:
+def _kappa(
+    a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray, labels: list[Any], weights: str | None
+) -> float | None:
     if len(set(a) | set(b)) < 2:
         return None  # one class only: chance agreement is 1 and kappa is undefined
     return _finite(cohen_kappa_score(a, b, labels=labels, weights=weights))
