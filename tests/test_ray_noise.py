@@ -42,8 +42,9 @@ from themis.ray_noise import hold_known_lines
 DRIVER, MONITOR, REAL, FAIL = {args}
 with hold_known_lines():
     os.write(2, (DRIVER + "\\n" + REAL[0] + "\\n").encode())  # the C++ core worker writes to fd 2
-    for line in MONITOR + REAL[1:]:
+    for line in MONITOR[:2] + REAL[1:]:
         print(line, file=sys.stderr)  # Ray's log monitor prints through sys.stderr
+    print(MONITOR[2])  # and the raylet's error messages through sys.stdout
     sys.stderr.write("\\rprogress 50%")  # a progress bar: no newline, flushed
     sys.stderr.flush()
     if FAIL:
@@ -55,7 +56,7 @@ print("after", file=sys.stderr)
 def run(fail: bool) -> str:
     code = SCRIPT.replace("{args}", repr((DRIVER, MONITOR, REAL, fail)))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
-    return done.stderr
+    return done.stdout + done.stderr
 
 
 def test_the_lines_a_successful_demo_printed_are_known_and_real_errors_are_not():

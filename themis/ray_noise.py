@@ -8,9 +8,10 @@ passes through as it came, and if the run fails the held lines are printed after
 failure is when a reader may want them.
 
 Two layers, because the lines arrive two ways: Ray's log monitor prints its processes' lines
-through ``sys.stderr`` in Python, and the driver's own C++ core worker writes to file descriptor
-2. The descriptor is routed through a pipe (a pseudo-terminal when it was a terminal, so that
-progress bars and colours still see a terminal) read by a thread; ``sys.stderr`` is wrapped.
+through ``sys.stderr`` in Python (and the raylet's error messages through ``sys.stdout``), and
+the driver's own C++ core worker writes to file descriptor 2. The descriptor is routed through a
+pipe (a pseudo-terminal when it was a terminal, so that progress bars and colours still see a
+terminal) read by a thread; ``sys.stdout`` and ``sys.stderr`` are wrapped.
 Partial lines (progress bars) pass through at once; only a complete known line is held back.
 """
 
@@ -65,26 +66,29 @@ def hold_known_lines(enabled: bool = True) -> Iterator[list[str]]:
     if not enabled:
         yield held
         return
-    text = _TextFilter(sys.stderr, held)
+    out, err = _TextFilter(sys.stdout, held), _TextFilter(sys.stderr, held)
     fd = _FdFilter(2, held)
     sys.stderr.flush()
     fd.start()
-    sys.stderr = text
+    sys.stdout, sys.stderr = out, err
     try:
         yield held
     except BaseException:
-        _stop(text, fd)
+        _stop(out, err, fd)
         if held:
             print(f"[themis] Ray printed these {len(held)} line(s) during the run:", file=sys.stderr)
             print("\n".join(held), file=sys.stderr, flush=True)
         raise
-    _stop(text, fd)
+    _stop(out, err, fd)
 
 
-def _stop(text: _TextFilter, fd: _FdFilter) -> None:
-    text.flush_all()
-    if sys.stderr is text:
-        sys.stderr = text.target
+def _stop(out: _TextFilter, err: _TextFilter, fd: _FdFilter) -> None:
+    out.flush_all()
+    err.flush_all()
+    if sys.stdout is out:
+        sys.stdout = out.target
+    if sys.stderr is err:
+        sys.stderr = err.target
     fd.stop()
 
 
