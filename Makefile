@@ -124,7 +124,7 @@ bench-s3-demo: setup
 # On one GPU, in one process, no Ray: the train stage's own loop on Qwen2-0.5B- and 1.5B-shaped random
 # models (ZeRO-3 bf16, gradient checkpointing, multi-objective loss, full then LoRA, stopped at a
 # checkpoint and resumed, export reloaded), then the transformers engine against a bare generate()
-# loop; prints tokens/s, MFU and peak GPU memory per part, ends with RESULT (README, "The GPU check").
+# loop; prints tokens/s, MFU and peak GPU memory per part, ends with RESULT (docs/training.md, "The GPU check").
 # GPU_CHECK_ARGS="--device cpu --tiny" runs the same code on a CPU.
 GPU_CHECK_ARGS ?=
 .PHONY: gpu-check gpu-wheels
@@ -175,7 +175,7 @@ $(VLLM_VENV)/.built: pyproject.toml
 test-vllm: $(VLLM_VENV)/.built
 	$(VLLM_BIN)/python -m pytest tests_vllm -q
 
-# --- Kubernetes (KubeRay), images, Terraform: README "Running on Kubernetes" ---------------------
+# --- Kubernetes (KubeRay), images, Terraform: docs/kubernetes.md ---------------------
 # OVERLAY picks k8s/overlays/<OVERLAY>; its settings.yaml names the job config and the run root.
 OVERLAY ?= local
 NAMESPACE ?= themis
@@ -248,3 +248,7 @@ checkov: setup $(CHECKOV)
 	for scan in "kubernetes k8s" "terraform infra/terraform" "dockerfile ray_cluster"; do set -- $$scan; \
 	  CHECKOV_PARALLELIZATION_TYPE=none $(CHECKOV) --skip-download --compact --quiet --framework $$1 -d $$2 || exit 1; done
 	$(BIN)/python -m pytest tests/test_checkov.py -q
+
+# The JSON schema of the job config, into docs/ (a test checks the committed file is current).
+config-schema: setup
+	$(BIN)/python -m themis.config.schema

@@ -1,7 +1,7 @@
 """The GPU check (`make gpu-check`) on a CPU with `--device cpu --tiny`: the train stage's own loop
 (``themis.training.loop.train``) without Ray, stopped after a checkpoint and resumed, full and
 LoRA, export reloaded by the transformers engine, generation and forced verdicts timed. The GPU
-figures themselves need a GPU (README, Training: "The GPU check")."""
+figures themselves need a GPU (docs/training.md, "The GPU check")."""
 
 from __future__ import annotations
 

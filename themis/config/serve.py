@@ -78,7 +78,7 @@ class PromotionConfig(Strict):
       0.2 passes the judges the paper would ship and refuses those baselines.
     - min_dual_order_consistency 0.6. A judge flipping a coin between A and B agrees with itself on
       half the pairs, a random judge with ties on fewer, a judge that always picks the first
-      response on none (the demo's 135M judge, measured in the README): only above 0.5 does the
+      response on none (the demo's 135M judge, measured in docs/benchmarks.md): only above 0.5 does the
       verdict follow the responses rather than their order, and 0.6 is two standard errors above a
       coin on 100 pairs.
     """

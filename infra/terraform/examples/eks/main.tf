@@ -1,7 +1,6 @@
 # Themis on AWS, end to end: the run bucket, an EKS cluster with autoscaling CPU and GPU node
 # groups, the IRSA role of the Ray pods, the cluster autoscaler, the NVIDIA device plugin and the
-# KubeRay operator. Then fill k8s/overlays/aws/settings.yaml from the outputs (README, "Running on
-# Kubernetes"):
+# KubeRay operator. Then fill k8s/overlays/aws/settings.yaml from the outputs (docs/kubernetes.md):
 #   terraform init && terraform apply -var bucket_name=... -var 'subnet_ids=[...]' -var 'public_access_cidrs=[...]'
 
 provider "aws" {
