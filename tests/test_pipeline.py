@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -44,15 +45,24 @@ def tiny_overrides(model: Path, root: Path | str, *extra: str) -> list[str]:
     ]
 
 
-def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: Path, tmp_path: Path, capfd) -> None:
     """The pipeline, then the pipeline again on its finished run root, as a user runs `make demo`
     twice: the rerun succeeds, every teacher call comes from the first run's cache and training
     resumes from its last checkpoint (the rerun's train stage once failed copying the first run's
-    TensorBoard events)."""
+    TensorBoard events). A successful run prints no error-looking line and ends with its summary."""
     cfg = tiny_config(tiny_model_dir, tmp_path)
     reports = runner.run_pipeline(cfg)
     _check_every_stage(cfg, reports, tmp_path)
     _check_rerun_finished(cfg, reports, runner.run_pipeline(cfg), tmp_path)
+    out, err = capfd.readouterr()
+    alarming = [line for line in (out + err).splitlines() if ERROR_LOOKING.search(line)]
+    assert not alarming, "\n".join(alarming)
+    assert "[themis] next:" in err and f"[themis]   inspect the run:  themis view {tmp_path / 'tiny'}" in err
+
+
+# What a reader takes for an error: Ray's C++ error level (`E pid tid]`), an ERROR log, a traceback,
+# a failed task.
+ERROR_LOOKING = re.compile(r"\d E \d+ \d+\]|\bERROR\b|Traceback \(most recent call last\)|\bTask \S+ failed\b")
 
 
 def _check_rerun_finished(cfg, first: dict, again: dict, tmp_path: Path) -> None:
