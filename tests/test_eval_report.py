@@ -246,7 +246,7 @@ def test_suite_stage_writes_each_report_the_aggregate_and_subset_means(tmp_path:
     counts = json.loads((root / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
     assert counts["rows_rejected"] == 1 and counts["benchmarks"] == 2
     err = capsys.readouterr().err
-    assert "evaluate: perfect/ties: accuracy 1.0000 [1.0000, 1.0000], f1 1.0000" in err
+    assert "evaluate: perfect/ties on 30 items: accuracy 1.0000 [1.0000, 1.0000], f1 1.0000" in err
     assert "evaluate: always_a: suite aggregate" in err
     # compare: two suites; two reports on the same items (paired).
     assert cli.main(["evaluate", "compare", str(base / "perfect"), str(base / "always_a" / "suite.json")]) == 0

@@ -62,6 +62,13 @@ def test_the_serve_command_repeats_the_pipeline_command_line(monkeypatch):
 
     monkeypatch.setattr("sys.argv", [".venv/bin/themis", "pipeline", "jobs/configs/demo.yaml", "run.name=my run"])
     assert serve_command(None) == ".venv/bin/themis serve jobs/configs/demo.yaml 'run.name=my run'"
-    assert serve_command("c.yaml") == ".venv/bin/themis serve c.yaml"
+    assert serve_command(["c.yaml", "run.name=x y"]) == ".venv/bin/themis serve c.yaml 'run.name=x y'"
     monkeypatch.setattr("sys.argv", ["pytest"])
     assert serve_command(None) == "themis serve CONFIG"
+
+
+def test_a_count_of_one_names_one_thing():
+    assert render_counts("evaluate", {"benchmarks": 2, "items": 62, "judges": 1}) == "2 benchmarks, 62 items, 1 judge"
+    assert render_counts("train", {"steps": 1, "train_examples": 1, "validation_examples": 0}) == (
+        "1 step, 1 train example, 0 validation examples"
+    )

@@ -261,7 +261,7 @@ def execute(command: str, config: str, overrides: list[str]) -> int:
 
     cfg = load_config(config, overrides)
     if command == "pipeline":
-        runner.run_pipeline(cfg)
+        runner.run_pipeline(cfg, [config, *overrides])
     else:
         runner.run_stage(command, cfg, **({"block": True} if command == "serve" else {}))
     return 0

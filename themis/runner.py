@@ -85,10 +85,11 @@ def check_upstream(cfg: PipelineConfig, name: str, store: RunStore) -> None:
             )
 
 
-def run_pipeline(cfg: PipelineConfig, config_path: str | None = None) -> dict[str, StageReport]:
+def run_pipeline(cfg: PipelineConfig, config_args: list[str] | None = None) -> dict[str, StageReport]:
     """Every stage in ``cfg.stages``, in order; stops at the first failure. Ends with a summary of
-    what each stage produced and the commands to serve and inspect the run (``config_path`` names
-    the config in the serve command; without it, the command line that ran is reused)."""
+    what each stage produced and the commands to serve and inspect the run (``config_args``, the
+    config path and its overrides, go into the serve command; without them, the command line that
+    ran is reused)."""
     from themis.ray_noise import hold_known_lines
     from themis.summary import render_summary
 
@@ -102,19 +103,19 @@ def run_pipeline(cfg: PipelineConfig, config_path: str | None = None) -> dict[st
             reports[name] = run_stage(name, cfg)
     store = RunStore(cfg.run.storage, cfg.run.name)
     say(f"pipeline finished in {time.monotonic() - start:.1f}s; manifest: {store.uri('manifest.json')}")
-    summary = render_summary(store.manifest(), list(cfg.stages), serve_command(config_path), view_command(cfg, store))
+    summary = render_summary(store.manifest(), list(cfg.stages), serve_command(config_args), view_command(cfg, store))
     for line in summary.splitlines():
         say(line)
     return reports
 
 
-def serve_command(config_path: str | None) -> str:
-    """``themis serve`` for this run's config: the given path, else the config and overrides of the
+def serve_command(config_args: list[str] | None) -> str:
+    """``themis serve`` for this run's config: the given config and overrides, else those of the
     ``themis pipeline`` command that is running, else a placeholder."""
     prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "themis" else "themis"
-    if config_path is None and sys.argv[1:2] == ["pipeline"] and len(sys.argv) > 2:
-        return shlex.join([prog, "serve", *sys.argv[2:]])
-    return shlex.join([prog, "serve", config_path or "CONFIG"])
+    if config_args is None and sys.argv[1:2] == ["pipeline"] and len(sys.argv) > 2:
+        config_args = sys.argv[2:]
+    return shlex.join([prog, "serve", *(config_args or ["CONFIG"])])
 
 
 def view_command(cfg: PipelineConfig, store: RunStore) -> str:

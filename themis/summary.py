@@ -49,7 +49,12 @@ def render_counts(stage: str, counts: dict[str, Any]) -> str:
     """``counts`` as ``7 kept, 0 rejected``: the stage's headline counts, or every scalar count."""
     keys = [k for k in HEADLINE.get(stage, ()) if k in counts]
     keys = keys or [k for k, v in counts.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-    return ", ".join(f"{counts[k]} {NAMES.get(k, k.replace('_', ' '))}" for k in keys) or "no counts"
+    return ", ".join(f"{counts[k]} {_noun(counts[k], NAMES.get(k, k.replace('_', ' ')))}" for k in keys) or "no counts"
+
+
+def _noun(count: Any, noun: str) -> str:
+    """``judges`` after 2, ``judge`` after 1 (plural count names end in ``s``)."""
+    return noun[:-1] if count == 1 and noun.endswith("s") and not noun.endswith("ss") else noun
 
 
 def main_output(outputs: dict[str, str], root: str) -> str:
