@@ -40,6 +40,7 @@ stage: setup
 # runs. pytest's exit code 5 ("no tests collected") fails like any other.
 test: setup
 	$(BIN)/ruff check themis jobs tests tests_vllm
+	$(BIN)/ruff format --check themis jobs tests tests_vllm
 	@set -u; $(MAKE) --no-print-directory $(VLLM_VENV)/.built > vllm-venv.log 2>&1 & build=$$!; \
 	$(BIN)/python -m pytest tests -q --durations=30; main=$$?; \
 	wait $$build; venv=$$?; \
@@ -250,5 +251,6 @@ checkov: setup $(CHECKOV)
 	$(BIN)/python -m pytest tests/test_checkov.py -q
 
 # The JSON schema of the job config, into docs/ (a test checks the committed file is current).
+.PHONY: config-schema
 config-schema: setup
 	$(BIN)/python -m themis.config.schema

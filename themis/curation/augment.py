@@ -302,7 +302,9 @@ def add_subsets(rows: list[Row], fit_rows: list[Row], cfg: SubsetsConfig, rng: r
     """Every graded record with ``cfg.per_record`` criteria subsets; the
     regressions fit on ``fit_rows`` (the teacher's judgments on the training side)."""
     out, data = Augmentation(), fit_data(fit_rows)
-    fits: dict[tuple[str, ...], OverallFit | str] = {}  # one fit per (scenario, subset); a string is why none
+    fits: dict[
+        tuple[str, tuple[str, ...]], OverallFit | str
+    ] = {}  # one fit per (scenario, subset); a string is why none
     for row in rows:
         if row["kind"] not in POINTWISE_KINDS:
             out.skipped["subset: pairwise (only paraphrase applies)"] += 1

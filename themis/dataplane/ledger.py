@@ -28,7 +28,7 @@ from themis.storage import RunStore
 
 # Ray Data's own tasks around the engine (read, plan, parse, write) are light Python; asking for a
 # quarter core each leaves room beside an engine actor that holds most of a small machine.
-LIGHT = {"num_cpus": 0.25}
+LIGHT: dict[str, Any] = {"num_cpus": 0.25}
 
 
 class EngineUnavailableError(RuntimeError):
@@ -112,7 +112,7 @@ class StageTally:
         out = {}
         for name in sorted({e for e, _ in self.calls}):
             prompt, completion = self.tokens[name]
-            entry = {
+            entry: dict[str, float] = {
                 "calls": self.calls[(name, "calls")],
                 "reused": self.calls[(name, "cached")],
                 "failed": self.calls[(name, "failed")],
@@ -142,7 +142,7 @@ class StageTally:
 
 def price(cfg: OpenAIEngineConfig, prompt_tokens: int, completion_tokens: int) -> float:
     """What the tokens cost at the engine's prices, in US dollars."""
-    cost = prompt_tokens * cfg.price_per_million_input_tokens + completion_tokens * (
+    cost = prompt_tokens * (cfg.price_per_million_input_tokens or 0) + completion_tokens * (
         cfg.price_per_million_output_tokens or 0
     )
     return round(cost / 1e6, 6)

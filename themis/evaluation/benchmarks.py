@@ -240,7 +240,7 @@ PAIRWISE_FIELDS = ("instruction", "response_a", "response_b", "scenario", "human
 OPTIONAL_FIELDS = ("item_id", "reference", "category", "scale")  # scale: pointwise only
 
 # A column mapping's value: the file's column, a list of annotator columns (human), or a constant.
-Column = str | list[str] | Mapping[str, str]
+Column = str | list[str] | Mapping[Any, str]  # Any: the config's key is Literal['const']
 
 
 @dataclass(frozen=True)

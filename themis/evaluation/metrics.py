@@ -257,7 +257,7 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _check(a: Sequence, b: Sequence) -> None:
+def _check(a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray) -> None:
     if len(a) != len(b):
         raise ValueError(f"length mismatch: {len(a)} predictions, {len(b)} to compare them with")
     if len(a) == 0:

@@ -190,7 +190,7 @@ def read_keys(store: RunStore) -> list[dict[str, Any]]:
 def read_whole(store: RunStore, ids: set[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The judgments with these ids, by id (only what augmentation rewrites is read whole)."""
     wanted = pa.array(sorted(ids), pa.string())
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for batch in store.scan(JUDGMENTS, columns or JUDGMENTS_SCHEMA.names, batch_size=BATCH_ROWS):
         chosen = batch.filter(pc.is_in(batch.column("judgment_id"), value_set=wanted))
         found |= {row["judgment_id"]: row for row in chosen.to_pylist()}
@@ -252,7 +252,7 @@ def filter_judgments(judgments: list[dict], cfg: PipelineConfig) -> tuple[list[d
     singles = [r for r in unique if r["kind"] != "pairwise"]
     records, copies, inconsistent = pair_consistency([r for r in unique if r["kind"] == "pairwise"], section.swap_pairs)
     records = singles + records
-    unbalanced = []
+    unbalanced: list[dict[str, Any]] = []
     if section.balance:
         records, unbalanced = balance(records, section.balance_floor, cfg.run.seed)
     kept_pairs = {r["pair_id"] for r in records if r["kind"] == "pairwise"}
@@ -307,7 +307,7 @@ def select_train(
         return train, [], {}
     report: dict[str, Any] = {"strategy": section.strategy, "target": section.target, "outlier_z": section.outlier_z}
     report["pool_by_scenario_label"] = selection.counts_by_scenario_label(train)
-    units, dropped = selection.group_units(train), []
+    units, dropped = selection.group_units(train), list[Any]()
     if section.needs_ifd:
         report["scoring"] = attach_ifd(train, cfg, store)
         units, dropped = run_step(steps, "ifd_scoring", units, unscored)
@@ -507,7 +507,7 @@ def teacher_paraphrases(
     requests = [augment.paraphrase_request(get_scenario(s), v, section.sampling, seed) for s, v in planned]
     results = ask_teacher(requests, paraphrase_engine(cfg, store), cfg, usage)
     variants: dict[str, list[tuple[Criterion, ...]]] = defaultdict(list)
-    rows, reasons = [], Counter()
+    rows, reasons = [], Counter[str]()
     for (scenario, v), result in zip(planned, results):
         row: dict[str, Any] = {"scenario": scenario, "variant": v, "output": result.text, "criteria": None}
         try:

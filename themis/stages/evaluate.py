@@ -199,14 +199,18 @@ def load_benchmark(cfg: BenchmarkConfig, store: RunStore, needs_texts: bool) -> 
         path = "dataset/validation.parquet"
         if not store.exists(path):
             raise FileNotFoundError(f"no validation split at {store.uri(path)}: run the dataset stage first")
-        loaded = benchmarks.Loaded(benchmarks.from_validation(store.read_table(path).to_pylist()), [], store.uri(path))
+        loaded = benchmarks.Loaded(
+            list[benchmarks.Item](benchmarks.from_validation(store.read_table(path).to_pylist())), [], store.uri(path)
+        )
     elif cfg.name == "pandalm":
         root = sources.data_root("pandalm", "testset-v1.json", cfg.data_dir)
-        loaded = benchmarks.Loaded(benchmarks.load_pandalm(root), [], sources.describe("pandalm", "testset-v1.json"))
+        loaded = benchmarks.Loaded(
+            list[benchmarks.Item](benchmarks.load_pandalm(root)), [], sources.describe("pandalm", "testset-v1.json")
+        )
     elif cfg.name == "hhh":
         root = sources.data_root("hhh_alignment", "hhh_alignment_eval.json", cfg.data_dir)
         source = sources.describe("hhh_alignment", "hhh_alignment_eval.json")
-        loaded = benchmarks.Loaded(benchmarks.load_hhh(root), [], source)
+        loaded = benchmarks.Loaded(list[benchmarks.Item](benchmarks.load_hhh(root)), [], source)
     else:
         assert cfg.path is not None  # the config requires it for name=file
         loaded = benchmarks.load_file(cfg.path, cfg.kind, cfg.columns, cfg.values, needs_texts)

@@ -77,7 +77,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
     outputs = publish_split(
         store, path, "instructions/data.parquet", SCHEMA, "rejects/instructions.parquet", REJECT_SCHEMA
     )
-    per_scenario = {}
+    per_scenario: dict[str, int] = {}
     for batch in store.scan("instructions/data.parquet", ["scenario"], written=True):
         for scenario in batch.column("scenario").to_pylist():
             per_scenario[scenario] = per_scenario.get(scenario, 0) + 1

@@ -63,7 +63,7 @@ def run(cfg: PipelineConfig, store: RunStore, block: bool = False) -> StageRepor
         else:
             serve.delete(APP_NAME)
     model = store.uri("model") if serve_cfg.model == "trained" else serve_cfg.model
-    details = {"smoke": smoke, "autoscaling": serve_cfg.autoscaling.model_dump(), "model": model}
+    details: dict[str, Any] = {"smoke": smoke, "autoscaling": serve_cfg.autoscaling.model_dump(), "model": model}
     details |= {"promotion": promotion, "api_keys": len(key_hashes)}
     counts = {"smoke_requests": len(smoke)}  # one request per endpoint
     return StageReport(inputs={"model": model}, outputs={"url": url}, counts=counts, details=details)
@@ -134,7 +134,7 @@ def smoke_test(url: str, model_name: str, api_key: str | None = None) -> dict[st
     return {
         "judge": judge,
         "models": [m["id"] for m in models["data"]],
-        "chat": {"content": chat.choices[0].message.content, "usage": chat.usage.model_dump()},
+        "chat": {"content": chat.choices[0].message.content, "usage": chat.usage.model_dump() if chat.usage else None},
     }
 
 
