@@ -1,4 +1,5 @@
-"""Labelled sets a judge is measured on, in one canonical format. Pure: no Ray or torch.
+"""Labelled sets a judge is measured on, in one canonical format. Pure: no Ray or torch. Over 400
+lines because each adapter sits beside the canonical items it fills: every source, one format.
 
 - ``PointwiseItem``: instruction, response, optional reference, scenario, and one human score
   per annotator in ``human``; ``human_score`` is the gold score. Scores are on the item's ``scale``

@@ -1,6 +1,7 @@
 """From predictions to a report: every number with its interval, counts in and used, per-group
 breakdowns, human ceilings, the normalised overall score and the effect of reference answers.
-Pure: no Ray or torch.
+Pure: no Ray or torch. Over 400 lines because the metrics, groups and ceilings share one bootstrap
+and one rule for which prediction counts; split apart, each part would restate both.
 
 Which prediction counts: an item is scored on the prompt it is normally judged with (with its
 reference when it has one, unless the judge never saw references); the other reference mode, when

@@ -6,6 +6,10 @@ duplicate prompts; keep pairs whose two orders agree (the ``ba`` judgment become
 swapped-order copy); balance scores and winners; split by instruction into train and validation;
 then, on the training split only, IFD selection and the scenario mix (``select_train``).
 
+Why one module of over 400 lines: the key table the filters decide on, the streaming write-out that
+routes each row by its decision, and the report that reconciles every judgment must agree row for
+row; kept together, that agreement is read in one place.
+
 Selection is part of this stage, after the split, rather than a stage of its own: it must see
 only the training split (validation stays the same items whatever is selected, so two selections
 are compared on the same items), the train stage keeps reading ``dataset/train.parquet``, and one
