@@ -55,7 +55,7 @@ def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: P
     _check_every_stage(cfg, reports, tmp_path)
     _check_rerun_finished(cfg, reports, runner.run_pipeline(cfg), tmp_path)
     out, err = capfd.readouterr()
-    alarming = [line for line in (out + err).splitlines() if ERROR_LOOKING.search(line)]
+    alarming = [line for line in (out + err).splitlines() if ERROR_LOOKING.search(line) and not HOST_STATE.search(line)]
     assert not alarming, "\n".join(alarming)
     assert "[themis] next:" in err and f"[themis]   inspect the run:  themis view {tmp_path / 'tiny'}" in err
 
@@ -63,6 +63,10 @@ def test_every_stage_end_to_end_then_rerun_finished(ray_local, tiny_model_dir: P
 # What a reader takes for an error: Ray's C++ error level (`E pid tid]`), an ERROR log, a traceback,
 # a failed task.
 ERROR_LOOKING = re.compile(r"\d E \d+ \d+\]|\bERROR\b|Traceback \(most recent call last\)|\bTask \S+ failed\b")
+# Ray's raylet warns at error level, every 10 s, while the disk under its temp folder is over 95% full.
+# That is the state of the host (CI hosts share a disk), not something the run did: Ray is right to
+# say it to the user, and the test does not count it against the run.
+HOST_STATE = re.compile(r"file_system_monitor\.cc:\d+: \S+ is over \d+% full")
 
 
 def _check_rerun_finished(cfg, first: dict, again: dict, tmp_path: Path) -> None:
