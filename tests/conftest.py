@@ -41,6 +41,15 @@ def ray_local():
     # The tests checkpoint every couple of 50 ms steps, and each report waits for the controller
     # to collect the one before: poll often here (runs default to Ray's 2 s; see themis.runtime).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray's workers inherit this environment once, at start: S3 clients in them (boto3, which signs
+    # every request) need credentials for the tests' moto servers, as a cluster's pods get theirs
+    # from their environment or IRSA. moto takes any.
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=400, profile="small_machine"))
     import ray
 

@@ -60,9 +60,11 @@ def _store(tmp_path: Path, n_train: int = 16, n_val: int = 3) -> RunStore:
     return store
 
 
-def _cfg(model: str, root: Path | None = None, **train) -> PipelineConfig:
-    """A train config for the tiny model; ``root`` names the run root (run "t") for the runner."""
-    run = {"run": {"name": "t", "storage": {"root": str(root)}}} if root else {}
+def _cfg(model: str, root: Path | None = None, storage: dict | None = None, **train) -> PipelineConfig:
+    """A train config for the tiny model; ``root`` (a folder) or ``storage`` (``run.storage``)
+    names the run root (run "t") for the runner."""
+    storage = storage or ({"root": str(root)} if root else None)
+    run = {"run": {"name": "t", "storage": storage}} if storage else {}
     return PipelineConfig.model_validate(
         {
             **run,

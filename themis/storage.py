@@ -94,6 +94,11 @@ class RunStore:
         except OSError as exc:
             raise StorageError(f"cannot use run root {self.uri_root}: {_first_line(exc)}") from None
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the run root is a local folder (else object storage, through ``themis.transfer``)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     # attempts
     def begin_attempt(self, stage: str) -> RunStore:
         """A store whose writes land in a fresh attempt folder until ``publish``."""
@@ -119,7 +124,7 @@ class RunStore:
             self.fs.delete_dir(self.write_root)  # an attempt that wrote nothing (serve) has no folder
 
     def _move(self, src: str, dest: str) -> None:
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if self.is_local:
             self.fs.move(src, dest)  # a rename
             return
         # Object stores have no rename of a folder: copy, then delete the attempt's copy.
@@ -252,7 +257,7 @@ class RunStore:
         dest = self.write_path(rel)
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             self.fs.delete_dir(dest)
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if self.is_local:
             shutil.copytree(source, dest)  # os.sendfile: the kernel copies, no Python loop
             return self.uri(rel)
         from themis import transfer
@@ -264,7 +269,7 @@ class RunStore:
     def local_dir(self, rel: str) -> Path:
         """A local folder holding ``rel``, to read and never to write: itself on a local root, else
         the node's cached copy (``themis.model_cache``), downloaded once per node and content."""
-        if not isinstance(self.fs, pafs.LocalFileSystem):
+        if not self.is_local:
             return _cached_copy(self.storage, self.read_path(rel), self.uri(rel), must_exist=True)
         if not self.exists(rel):
             raise StorageError(f"not found: {self.uri(rel)}")

@@ -22,6 +22,7 @@ class Seen:
     path: str
     query: str
     range: str | None
+    user_agent: str = ""  # which client sent it: boto3 ("Boto3/... Botocore/...") or pyarrow ("aws-sdk-cpp/...")
 
     @property
     def is_object_get(self) -> bool:
@@ -67,6 +68,7 @@ class CountingMotoServer(ThreadedMotoServer):
                 environ["PATH_INFO"],
                 environ.get("QUERY_STRING", ""),
                 environ.get("HTTP_RANGE"),
+                environ.get("HTTP_USER_AGENT", ""),
             )
             with log.lock:
                 log.requests.append(seen)

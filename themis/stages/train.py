@@ -26,7 +26,7 @@ from themis.models import resolve_model
 from themis.runtime import init_ray
 from themis.stages import StageReport
 from themis.storage import RunStore, StorageError
-from themis.training import plan
+from themis.training import checkpoints, plan
 from themis.training import worker as train_worker
 from themis.training.data import TOKENIZED, open_split, tokenize_split
 from themis.training.loop import SUMMARY
@@ -54,7 +54,7 @@ def run(cfg: PipelineConfig, store: RunStore) -> StageReport:
         inputs={"train": store.uri(TRAIN), "validation": store.uri(VALIDATION)},
         outputs={
             "model": store.uri("model"),
-            "checkpoints": store.uri("checkpoints", "train"),
+            "checkpoints": store.uri(checkpoints.FOLDER, checkpoints.RUN_NAME),
             "summary": store.uri(SUMMARY),
             "loss_curve": store.uri(LOSS_CURVE),
             "tensorboard": store.uri(TENSORBOARD),
@@ -153,10 +153,9 @@ def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str
             use_gpu=tcfg.use_gpu,
             resources_per_worker={"CPU": tcfg.cpus_per_worker},
         ),
-        # Same name and storage on every attempt: that is what makes Ray Train V2 resume.
         run_config=RunConfig(
-            name="train",
-            storage_path=store.path("checkpoints"),
+            name=checkpoints.RUN_NAME,
+            storage_path=store.path(checkpoints.FOLDER),
             storage_filesystem=store.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             # A dead worker restarts the group from the latest registered checkpoint, in this call.
@@ -166,4 +165,4 @@ def _fit(tcfg: TrainConfig, store: RunStore, loop_config: dict[str, Any]) -> str
     result = trainer.fit()  # raises TrainingFailedError carrying the worker's traceback
     if result.checkpoint is None:
         return None
-    return store.uri("checkpoints", "train", posixpath.basename(result.checkpoint.path))
+    return store.uri(checkpoints.FOLDER, checkpoints.RUN_NAME, posixpath.basename(result.checkpoint.path))

@@ -16,6 +16,9 @@ from typing import Any
 
 from themis.scratch import scratch_dir
 
+# Where in the run Ray Train keeps them: <run>/checkpoints/<RUN_NAME>/<name(step)>/. The same run
+# name on every attempt of the stage is what makes Ray Train V2 resume.
+FOLDER, RUN_NAME = "checkpoints", "train"
 STATE_FILE = "themis_state.json"
 DS_TAG = "ds"  # a fixed DeepSpeed tag: one step per checkpoint folder, named by Ray
 HISTORY = ("train_loss", "score_loss", "rationale_loss", "step_seconds")  # per-step lists in the state

@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 import psutil
 
 from themis.runtime import lower_priority
+from themis.storage import RunStore
+from themis.training import checkpoints
 
 
 def trainer(loop_config: dict[str, Any], scaling_config: Any, run_config: Any, loop: Any = None) -> Any:
@@ -114,7 +117,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
     conn = Connection(ours.detach())
     try:
         conn.send((config, link))
-        _relay(conn, child, env["RANK"])
+        _relay(conn, child, env["RANK"], _checkpoint_uploader(config["store"]))
     finally:
         conn.close()
         if child.poll() is None:
@@ -123,7 +126,7 @@ def _supervise(config: dict[str, Any], link: dict[str, Any], env: dict[str, str]
         os.close(lifeline_write)
 
 
-def _relay(conn: Connection, child: subprocess.Popen[bytes], rank: str) -> None:
+def _relay(conn: Connection, child: subprocess.Popen[bytes], rank: str, upload: Uploader | None) -> None:
     import ray.train
 
     while True:
@@ -140,7 +143,37 @@ def _relay(conn: Connection, child: subprocess.Popen[bytes], rank: str) -> None:
             raise RuntimeError(f"the training process of rank {rank} failed:\n{body[0]}")
         metrics, folder, name = body
         try:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=upload,
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         conn.send("reported")
+
+
+Uploader = Callable[[Any, str], Any]  # (this rank's local Checkpoint, its folder name) -> the stored Checkpoint
+
+
+def _checkpoint_uploader(store: RunStore) -> Uploader | None:
+    """How this rank's checkpoint folder reaches the run's store: on an ``s3://`` root through
+    ``themis.transfer`` (every file at once, big ones in parallel parts), as the exported model
+    does, since Ray Train's own copy (``pyarrow.fs.copy_files``) writes each file as one sequence of
+    1 MB parts. A local root keeps Ray's copy (None). Every rank uploads its own shards into the same
+    folder, as Ray's copy does."""
+    if store.is_local:
+        return None
+
+    def upload(checkpoint: Any, dir_name: str) -> Any:
+        import ray.train
+
+        from themis import transfer
+
+        dest = store.path(checkpoints.FOLDER, ray.train.get_context().get_experiment_name(), dir_name)
+        client = transfer.s3_client(store.storage)
+        transfer.upload_folder(client, store.storage, Path(checkpoint.path), *transfer.split_path(dest))
+        return ray.train.Checkpoint(dest, filesystem=store.fs)
+
+    return upload
