@@ -15,7 +15,7 @@ import yaml
 from tests.fakes.openai_server import FakeOpenAIServer
 from themis import runner
 from themis.config import PipelineConfig
-from themis.dataplane.generation import EngineUnavailableError
+from themis.dataplane.ledger import EngineUnavailableError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

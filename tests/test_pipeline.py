@@ -11,7 +11,7 @@ import pytest
 
 from themis import cli, runner
 from themis.config import load_config
-from themis.dataplane.generation import EngineUnavailableError
+from themis.dataplane.ledger import EngineUnavailableError
 from themis.models import ModelNotFoundError
 
 pytestmark = pytest.mark.integration

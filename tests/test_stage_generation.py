@@ -19,7 +19,7 @@ import yaml
 from tests.fakes.openai_server import FakeOpenAIServer
 from themis import runner
 from themis.config import PipelineConfig
-from themis.dataplane.generation import EngineUnavailableError
+from themis.dataplane.ledger import EngineUnavailableError
 
 pytestmark = pytest.mark.integration
 PRICES = {"price_per_million_input_tokens": 2.0, "price_per_million_output_tokens": 8.0}

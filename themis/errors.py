@@ -5,7 +5,7 @@ ablation) can name them without importing the CLI."""
 from __future__ import annotations
 
 from themis.config import ConfigError
-from themis.dataplane.generation import EngineUnavailableError
+from themis.dataplane.ledger import EngineUnavailableError
 from themis.storage import StorageError
 
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, KeyError, StorageError, EngineUnavailableError)

@@ -29,23 +29,7 @@ import pyarrow.compute as pc
 
 from themis.config import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VLLMEngineConfig
 from themis.dataplane.call_cache import CacheSpec, CallCache, engine_fingerprint
-
-# LIGHT and EngineUnavailableError are used here; the rest is re-exported for stages/judgments.py,
-# which still imports the ledger's names from this module (drop them once it imports ledger).
-from themis.dataplane.ledger import (  # noqa: F401
-    LIGHT,
-    EngineUnavailableError,
-    Part,
-    StageTally,
-    generation_fields,
-    map_rows,
-    planned_schema,
-    publish_parts,
-    read_rows,
-    rows_schema,
-    tally,
-    write_rows,
-)
+from themis.dataplane.ledger import LIGHT, EngineUnavailableError
 from themis.dataplane.tables import GENERATED, REQUEST, to_table
 from themis.engines import GenerationRequest, GenerationResult, build_engine
 from themis.engines.base import request_from_row, request_to_row

@@ -34,13 +34,11 @@ import pyarrow.compute as pc
 from themis.config import EngineConfig, JudgmentsConfig, PipelineConfig
 from themis.curation.filters import DISAGREE, self_consistent
 from themis.dataplane.call_cache import CacheSpec, compact
-from themis.dataplane.generation import (
+from themis.dataplane.generation import EnginePass, check_engine, generate
+from themis.dataplane.ledger import (
     LIGHT,
-    EnginePass,
     Part,
     StageTally,
-    check_engine,
-    generate,
     generation_fields,
     map_rows,
     planned_schema,
